@@ -1,0 +1,80 @@
+"""The model registry: names, presets and construction of the four reference networks.
+
+Each model lives in its own module (``reference_models/mana.py`` ...), which defines
+
+- ``MODEL``: the ``nn.Module`` class, built with ``MODEL(**preset_kwargs)``;
+- ``PRESETS``: ``{"paper": {...}, "tiny": {...}, ...}`` of constructor keyword arguments;
+- optionally ``from_official(state_dict, **official_kwargs) -> nn.Module``.
+
+Modules are imported on first use so that a model's heavy dependencies cost nothing until asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["list_models", "list_presets", "create_model", "from_official", "model_spec"]
+
+_MODULES = {
+    "dasaa": "reference_models.dasaa",
+    "mafnet": "reference_models.mafnet",
+    "mana": "reference_models.mana",
+    "vsrt": "reference_models.vsrt",
+}
+
+
+def _module(name: str) -> ModuleType:
+    if name not in _MODULES:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return importlib.import_module(_MODULES[name])
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`: ``["dasaa", "mafnet", "mana", "vsrt"]``."""
+    return sorted(_MODULES)
+
+
+def list_presets(name: str) -> list[str]:
+    """Preset names of model ``name`` (always including ``"paper"`` and ``"tiny"``)."""
+    return list(_module(name).PRESETS)
+
+
+def create_model(name: str, preset: str = "paper", **overrides: Any) -> nn.Module:
+    """Build reference model ``name`` from ``preset``, with constructor arguments overridden.
+
+    The returned model carries ``model_spec`` (name, preset, overrides) so that a checkpoint saved
+    with it can rebuild the same network.
+
+    Raises:
+        ValueError: unknown model or preset (the message lists the valid ones).
+    """
+    module = _module(name)
+    if preset not in module.PRESETS:
+        raise ValueError(f"unknown preset {preset!r} for model {name!r}; available: {', '.join(module.PRESETS)}")
+    model = module.MODEL(**{**module.PRESETS[preset], **overrides})
+    model.model_spec = {"name": name, "preset": preset, "overrides": dict(overrides)}
+    return model
+
+
+def from_official(name: str, state_dict: dict[str, torch.Tensor], **official_kwargs: Any) -> nn.Module:
+    """Build model ``name`` from an official implementation's state_dict and constructor arguments.
+
+    Returns the model in eval mode; it reproduces the official code's outputs.
+
+    Raises:
+        ValueError: the model has no official implementation, or the state_dict does not fit.
+    """
+    module = _module(name)
+    if not hasattr(module, "from_official"):
+        raise ValueError(f"model {name!r} has no official implementation to load from; models that do: mana, vsrt")
+    return module.from_official(state_dict, **official_kwargs).eval()
+
+
+def model_spec(model: nn.Module) -> dict[str, Any] | None:
+    """The ``{"name", "preset", "overrides"}`` a model was created with, if it came from :func:`create_model`."""
+    return getattr(model, "model_spec", None)
