@@ -1,1 +1,26 @@
 """Re-exports."""
+
+from vsrblocks.attention.stcsa import STCSA
+from vsrblocks.attention.channel_attention import ChannelAttention
+from vsrblocks.attention.spatial_attention import SpatialAttention
+from vsrblocks.attention.position_attention import PositionAttention, position_attention
+from vsrblocks.attention.channel_self_attention import ChannelSelfAttention, channel_self_attention
+from vsrblocks.attention.dual_attention import DualAttention
+from vsrblocks.attention.morphological_mask import (
+    MorphologicalMask,
+    closing,
+    dilate,
+    erode,
+    make_footprint,
+    morphological_gradient,
+    opening,
+    remove_small_holes,
+    remove_small_objects,
+)
+from vsrblocks.attention.masked_self_attention import (
+    AlignmentOutput,
+    LeakyResidualBlock,
+    MaskedSelfAttention,
+    local_attention,
+    received_attention,
+)

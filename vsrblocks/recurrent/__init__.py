@@ -1,1 +1,4 @@
 """Re-exports."""
+
+from vsrblocks.recurrent.conv_lstm import ConvLSTM, ConvLSTMCell, ConvLSTMState
+from vsrblocks.recurrent.deform_conv_lstm import DeformableConvLSTM

@@ -1,0 +1,388 @@
+"""Super-resolving whole clips of any length and frame size with a reference model.
+
+A reference model sees a fixed number of frames (``model.num_frames``) and either returns the centre
+frame (``output_mode == "center"``: MANA, DASAA) or every frame (``"all"``: VSRT, MAFnet). This module runs
+such a model over a clip of any length:
+
+- **centre-frame models** slide a window over the clip, one output per input frame; at the ends the window
+  is reflection-padded (frame ``-k`` is frame ``k``, frame ``T-1+k`` is frame ``T-1-k``), BasicSR's test
+  convention (``generate_frame_indices(..., padding="reflection")``);
+- **clip models** run windows that start every ``clip_stride`` frames (the last one ends at the last
+  frame) and keep, for every frame, the output of the window whose centre is nearest (ties: the earlier
+  window), so each kept frame has as much temporal context on both sides as the windows allow. A clip
+  shorter than the window is reflection-padded.
+
+``tile`` additionally cuts frames into overlapping ``tile x tile`` spatial tiles, each run on its own; the
+outputs are blended with weights that are zero on the outer quarter of the overlap next to a cut, rise
+along a raised cosine across the middle half and sum to one. A model whose receptive field reaches at
+most ``tile_overlap // 4`` LR pixels gives exactly the untiled result; for the others (global attention)
+tiling is an approximation that bounds memory.
+
+Frames stream through: at most one window (plus ``batch - 1`` more) of LR frames is held at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from vsrblocks.shapes import check_shape
+
+__all__ = [
+    "upscale_clip",
+    "upscale_frames",
+    "reflect_index",
+    "center_window",
+    "clip_windows",
+    "tile_spans",
+    "forward_tiled",
+]
+
+
+def reflect_index(i: int, length: int) -> int:
+    """Index ``i`` reflected into ``[0, length)`` without repeating the edge frame (``-1 -> 1``).
+
+    Examples:
+        >>> [reflect_index(i, 5) for i in range(-3, 8)]
+        [3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1]
+    """
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    if length == 1:
+        return 0
+    period = 2 * (length - 1)
+    i %= period
+    return i if i < length else period - i
+
+
+def center_window(i: int, length: int, num_frames: int) -> list[int]:
+    """Frame indices of the window whose centre (``num_frames // 2``) is frame ``i`` of a clip of ``length``.
+
+    Examples:
+        >>> center_window(0, 10, 5), center_window(9, 10, 5)
+        ([2, 1, 0, 1, 2], [7, 8, 9, 8, 7])
+    """
+    start = i - num_frames // 2
+    return [reflect_index(j, length) for j in range(start, start + num_frames)]
+
+
+def clip_windows(length: int, num_frames: int, stride: int | None = None) -> list[tuple[list[int], int, int]]:
+    """The windows a clip model runs on: ``(frame indices, first kept frame, end of kept frames)``.
+
+    Each window's outputs for frames ``first <= t < end`` are kept; the kept ranges tile ``[0, length)``.
+
+    Examples:
+        >>> [(w[0], w[-1], lo, hi) for w, lo, hi in clip_windows(10, 5, stride=3)]
+        [(0, 4, 0, 4), (3, 7, 4, 7), (5, 9, 7, 10)]
+    """
+    return list(_clip_plan(_KnownLength(length), num_frames, _stride(num_frames, stride)))
+
+
+def tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of tiles of ``tile`` pixels overlapping by at least ``overlap`` that cover ``size``.
+
+    Examples:
+        >>> tile_spans(100, 48, 16)
+        [(0, 48), (32, 80), (52, 100)]
+    """
+    if not 0 <= overlap < tile:
+        raise ValueError(f"tile_overlap must be in [0, tile={tile}), got {overlap}")
+    if size <= tile:
+        return [(0, size)]
+    starts = list(range(0, size - tile, tile - overlap)) + [size - tile]
+    return [(s, s + tile) for s in starts]
+
+
+def _blend_weights(start: int, end: int, size: int, overlap: int, scale: int) -> torch.Tensor:
+    """HR weights along one axis of the tile ``[start, end)`` of ``size`` LR pixels (module docstring)."""
+    n = scale * (end - start)
+    weights = torch.ones(n, dtype=torch.float64)
+    if overlap == 0:
+        return weights
+    margin = overlap // 4
+    width = overlap - 2 * margin
+    position = (torch.arange(n, dtype=torch.float64) + 0.5) / scale  # LR distance from the tile start
+
+    def ramp(distance: torch.Tensor) -> torch.Tensor:
+        return 0.5 - 0.5 * torch.cos(math.pi * ((distance - margin) / width).clamp(0, 1))
+
+    if start > 0:
+        weights *= ramp(position)
+    if end < size:
+        weights *= ramp((end - start) - position)
+    return weights
+
+
+def _model_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def forward_tiled(model: nn.Module, clip: torch.Tensor, tile: int, tile_overlap: int = 16) -> torch.Tensor:
+    """``model(clip)`` computed on overlapping spatial tiles of at most ``tile x tile`` LR pixels, blended
+    (module docstring). Returns float32.
+
+    Shape:
+        - clip: ``(B, T, C, H, W)``
+        - Output: the model's output for the whole frame, ``(..., scale * H, scale * W)``
+    """
+    dims = check_shape(clip, "B T C H W", name="clip")
+    height, width, scale = dims["H"], dims["W"], int(model.scale)
+    rows, cols = tile_spans(height, tile, tile_overlap), tile_spans(width, tile, tile_overlap)
+    out = total = None
+    for y0, y1 in rows:
+        wy = _blend_weights(y0, y1, height, tile_overlap, scale)
+        for x0, x1 in cols:
+            wx = _blend_weights(x0, x1, width, tile_overlap, scale)
+            part = _model_output(model, clip[..., y0:y1, x0:x1]).float()
+            weight = (wy[:, None] * wx[None, :]).to(part)
+            if out is None:
+                out = part.new_zeros(*part.shape[:-2], scale * height, scale * width)
+                total = part.new_zeros(scale * height, scale * width)
+            region = (..., slice(scale * y0, scale * y1), slice(scale * x0, scale * x1))
+            out[region] += part * weight
+            total[region[1:]] += weight
+    return out / total
+
+
+class _Frames:
+    """Frames read on demand from an iterator, kept on the model's device until dropped."""
+
+    def __init__(self, frames: Iterable[torch.Tensor], device: torch.device, dtype: torch.dtype) -> None:
+        self.iterator = iter(frames)
+        self.device, self.dtype = device, dtype
+        self.cache: dict[int, torch.Tensor] = {}
+        self.read = 0
+        self.length: int | None = None
+        self.shape: tuple[int, ...] | None = None
+
+    def has(self, i: int) -> bool:
+        """Whether frame ``i`` exists (reading up to it); sets :attr:`length` when the clip ends first."""
+        while self.length is None and self.read <= i:
+            try:
+                frame = next(self.iterator)
+            except StopIteration:
+                self.length = self.read
+                break
+            self.cache[self.read] = self._prepare(frame)
+            self.read += 1
+        return i < self.read
+
+    def _prepare(self, frame: torch.Tensor) -> torch.Tensor:
+        check_shape(frame, "C H W", name=f"frame {self.read}", C=3)
+        if self.shape is not None and tuple(frame.shape) != self.shape:
+            raise ValueError(f"frame {self.read} is {tuple(frame.shape)}, the first frame was {self.shape}")
+        self.shape = tuple(frame.shape)
+        frame = frame.to(self.device)
+        if frame.dtype == torch.uint8:
+            frame = frame.float() / 255.0
+        return frame.to(self.dtype)
+
+    def window(self, indices: list[int]) -> torch.Tensor:
+        return torch.stack([self.cache[i] for i in indices])
+
+    def drop_before(self, i: int) -> None:
+        for k in [k for k in self.cache if k < i]:
+            del self.cache[k]
+
+
+class _KnownLength:
+    """Stands in for :class:`_Frames` where only the clip length matters (planning, tests)."""
+
+    def __init__(self, length: int) -> None:
+        if length < 1:
+            raise ValueError(f"a clip needs at least one frame, got {length}")
+        self.length = length
+
+    def has(self, i: int) -> bool:
+        return i < self.length
+
+
+def _stride(num_frames: int, stride: int | None) -> int:
+    stride = (num_frames + 1) // 2 if stride is None else stride
+    if not 1 <= stride <= num_frames:
+        raise ValueError(f"clip_stride must be in [1, num_frames={num_frames}], got {stride}")
+    return stride
+
+
+def _clip_plan(frames: _Frames | _KnownLength, num_frames: int, stride: int) -> Iterator[tuple[list[int], int, int]]:
+    """Lazily: (indices, first kept, end kept) of each clip-model window; reads one window ahead."""
+    if not frames.has(num_frames - 1):
+        length = frames.length
+        if not length:
+            return
+        yield [reflect_index(j, length) for j in range(num_frames)], 0, length
+        return
+    centre = (num_frames - 1) / 2
+    start, kept_from = 0, 0
+    while True:
+        following = start + stride
+        if not frames.has(following + num_frames - 1):
+            last = frames.length - num_frames
+            following = last if last > start else None
+        if following is None:
+            yield list(range(start, start + num_frames)), kept_from, frames.length
+            return
+        kept_to = math.floor((start + following) / 2 + centre) + 1
+        yield list(range(start, start + num_frames)), kept_from, kept_to
+        start, kept_from = following, kept_to
+
+
+def _model_attributes(model: nn.Module) -> tuple[int, int, str]:
+    try:
+        num_frames, scale, mode = int(model.num_frames), int(model.scale), str(model.output_mode)
+    except AttributeError as exc:
+        raise ValueError(
+            f"{type(model).__name__} lacks the reference-model attributes num_frames, scale and output_mode"
+        ) from exc
+    if mode not in ("center", "all"):
+        raise ValueError(f"output_mode must be 'center' or 'all', got {mode!r}")
+    return num_frames, scale, mode
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def upscale_frames(
+    model: nn.Module,
+    frames: Iterable[torch.Tensor],
+    *,
+    tile: int | None = None,
+    tile_overlap: int = 16,
+    batch: int = 1,
+    clip_stride: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """Super-resolve a stream of frames, yielding one SR frame per input frame, in order.
+
+    Frames are read lazily and moved to the model's device and dtype; at most ``num_frames + batch``
+    (centre models) or ``batch`` windows plus one window of look-ahead (clip models) are held. Put the model
+    in eval mode first; this function does not change it.
+
+    Args:
+        model: a reference model (attributes ``num_frames``, ``scale``, ``output_mode``).
+        frames: ``(3, H, W)`` tensors, float in [0, 1] or uint8 in [0, 255], all the same size.
+        tile: run spatial tiles of at most ``tile x tile`` LR pixels (``None``: whole frames).
+        tile_overlap: overlap of neighbouring tiles in LR pixels.
+        batch: windows per forward pass.
+        clip_stride: frames between the starts of consecutive windows of a clip model
+            (default ``(num_frames + 1) // 2``).
+
+    Yields:
+        ``(3, scale * H, scale * W)`` float32 tensors on the model's device, not clamped.
+    """
+    num_frames, scale, mode = _model_attributes(model)
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if tile is not None:
+        tile_spans(tile, tile, tile_overlap)  # validates tile and overlap before any work
+        own_tile = getattr(model, "tile_size", None)
+        if own_tile is not None and tile < own_tile:
+            raise ValueError(
+                f"{type(model).__name__} runs {own_tile}x{own_tile} tiles itself; tile must be >= {own_tile}"
+            )
+    stride = _stride(num_frames, clip_stride) if mode == "all" else 1
+    buffer = _Frames(frames, *_device_dtype(model))
+
+    def run(windows: list[list[int]]) -> torch.Tensor:
+        clip = torch.stack([buffer.window(indices) for indices in windows])
+        with torch.no_grad():
+            if tile is not None and max(clip.shape[-2:]) > tile:
+                out = forward_tiled(model, clip, tile, tile_overlap)
+            else:
+                out = _model_output(model, clip).float()
+        b, _, _, h, w = clip.shape
+        expected = (b, 3, scale * h, scale * w) if mode == "center" else (b, num_frames, 3, scale * h, scale * w)
+        if tuple(out.shape) != expected:
+            raise ValueError(
+                f"{type(model).__name__} (output_mode={mode!r}, scale={scale}) returned {tuple(out.shape)} "
+                f"for a {tuple(clip.shape)} clip; expected {expected}"
+            )
+        return out
+
+    if mode == "center":
+        before = num_frames // 2
+        ahead = max(num_frames - 1 - before, before)
+        pending: list[list[int]] = []
+        i = 0
+        while buffer.has(i) or pending:
+            if buffer.has(i):
+                buffer.has(i + ahead)  # read ahead, so that the clip's end is known when the window reaches it
+                length = buffer.length if buffer.length is not None else i + ahead + 1
+                pending.append(center_window(i, length, num_frames))
+                i += 1
+                if len(pending) < batch and buffer.has(i):
+                    continue
+            yield from run(pending)
+            pending = []
+            buffer.drop_before(i - before)
+        return
+
+    group: list[tuple[list[int], int, int]] = []
+    plan = _clip_plan(buffer, num_frames, stride)
+    for step in plan:
+        group.append(step)
+        if len(group) < batch:
+            continue
+        yield from _kept(run([g[0] for g in group]), group)
+        buffer.drop_before(group[-1][0][0] + 1)  # the next window starts later
+        group = []
+    if group:
+        yield from _kept(run([g[0] for g in group]), group)
+
+
+def _kept(out: torch.Tensor, group: list[tuple[list[int], int, int]]) -> Iterator[torch.Tensor]:
+    for window_out, (indices, kept_from, kept_to) in zip(out, group):
+        yield from window_out[kept_from - indices[0] : kept_to - indices[0]]
+
+
+def upscale_clip(
+    model: nn.Module,
+    clip: torch.Tensor,
+    *,
+    tile: int | None = None,
+    tile_overlap: int = 16,
+    batch: int = 1,
+    clip_stride: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Super-resolve every frame of ``clip`` (any length, any size) with ``model``; see :func:`upscale_frames`.
+
+    Args:
+        model: a reference model in eval mode.
+        clip: frames in [0, 1] (float) or [0, 255] (uint8).
+        tile, tile_overlap, batch, clip_stride: as for :func:`upscale_frames`.
+        progress: show a tqdm progress bar.
+
+    Shape:
+        - clip: ``(T, 3, H, W)`` or ``(B, T, 3, H, W)``
+        - Output: ``(T, 3, sH, sW)`` or ``(B, T, 3, sH, sW)``, float32 on the model's device, not clamped
+
+    Examples:
+        >>> from reference_models import create_model
+        >>> model = create_model("mana", "tiny").eval()
+        >>> upscale_clip(model, torch.rand(3, 3, 10, 12)).shape
+        torch.Size([3, 3, 40, 48])
+    """
+    if isinstance(clip, torch.Tensor) and clip.dim() == 5:
+        return torch.stack(
+            [upscale_clip(model, c, tile=tile, tile_overlap=tile_overlap, batch=batch, clip_stride=clip_stride,
+                          progress=progress) for c in clip]
+        )
+    if check_shape(clip, "T C H W", name="clip", C=3)["T"] < 1:
+        raise ValueError("clip has no frames")
+    frames: Iterable[Any] = upscale_frames(
+        model, clip.unbind(0), tile=tile, tile_overlap=tile_overlap, batch=batch, clip_stride=clip_stride
+    )
+    if progress:
+        from tqdm.auto import tqdm
+
+        frames = tqdm(frames, total=clip.shape[0], unit="frame")
+    return torch.stack(list(frames))

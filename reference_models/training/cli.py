@@ -1,0 +1,169 @@
+"""``python -m reference_models train MODEL --data DIR ...``: the command line of the training loop.
+
+Every option left out takes its default, or, with ``--resume``, the value the checkpoint's run used, so
+``train mana --data clips --resume runs/mana/last.pt`` continues exactly (give ``--steps`` to extend it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reference_models.training.dataset import TrainClips, ValClips, load_clips
+from reference_models.training.degradation import DEGRADATIONS
+from reference_models.training.schedule import SCHEDULES
+from reference_models.training.trainer import LOSSES, PAPER_RECIPES, TrainConfig, Trainer
+
+__all__ = ["build_parser", "main"]
+
+#: Defaults of the options that are not :class:`TrainConfig` fields.
+_DATA_DEFAULTS: dict[str, Any] = {
+    "preset": "tiny",
+    "patch_size": 32,
+    "degradation": "bicubic",
+    "blur_sigma": [1.6],
+    "augment": True,
+    "val_data": None,
+    "val_holdout": 0,
+    "val_frames": 8,
+    "val_crop": 256,
+    "weights": None,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from reference_models import list_models
+
+    p = argparse.ArgumentParser(
+        prog="python -m reference_models train",
+        description="Train or fine-tune a reference model on a folder of HR clips (sub-folders of frames, or video files).",
+        epilog="Options left out take their defaults, or with --resume the values of the checkpoint's run.",
+    )
+    p.add_argument("model", choices=list_models(), help="the network to train")
+    p.add_argument("--data", required=True, help="folder of HR clips: one sub-folder of frames per clip, or video files")
+    p.add_argument("--preset", help="model preset (default: tiny)")
+    p.add_argument("--weights", help="start from these weights (a reference_models checkpoint or a state_dict file)")
+    p.add_argument("--resume", help="continue the run saved in this checkpoint (last.pt)")
+    p.add_argument("--output", dest="output_dir", help="folder for checkpoints and logs (default: runs/MODEL)")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--patch-size", type=int, help="LR crop size; the HR crop is 4x (default: 32)")
+    g.add_argument("--degradation", choices=DEGRADATIONS, help="bicubic: MATLAB-style x4 bicubic (default); blur: Gaussian blur + subsample")
+    g.add_argument("--blur-sigma", type=float, nargs="+", help="Gaussian sigma of --degradation blur, or a LOW HIGH range (default: 1.6)")
+    g.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no random flips/rotations")
+    g.add_argument("--val-data", help="folder of validation clips")
+    g.add_argument("--val-holdout", type=int, help="hold out the last N clips of --data for validation (default: 0)")
+    g.add_argument("--val-frames", type=int, help="frames scored per validation clip, evenly spaced (default: 8)")
+    g.add_argument("--val-crop", type=int, help="validate on a centred HR crop of this size, 0 for whole frames (default: 256)")
+    g.add_argument("--workers", dest="num_workers", type=int, help="DataLoader worker processes (default: 0)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, help="total optimiser steps (default: 10000)")
+    g.add_argument("--batch-size", type=int, help="clips per step (default: 8)")
+    g.add_argument("--lr", type=float, help="peak learning rate (default: the paper's: " + ", ".join(f"{k} {v['lr']:g}" for k, v in PAPER_RECIPES.items()) + ")")
+    g.add_argument("--betas", type=float, nargs=2, help="Adam betas (default: the paper's: mana 0.5 0.99, vsrt 0.9 0.99, dasaa/mafnet 0.9 0.999)")
+    g.add_argument("--loss", choices=LOSSES, help="pixel loss (default: charbonnier)")
+    g.add_argument("--schedule", choices=SCHEDULES, help="cosine (with --cycles restarts, VSRT), constant, or MANA's mana-3stage (default: cosine)")
+    g.add_argument("--cycles", type=int, help="cosine periods; 1 = no restart (default: 1)")
+    g.add_argument("--eta-min", type=float, help="cosine floor (default: 1e-7)")
+    g.add_argument("--stage-fractions", type=float, nargs=3, help="mana-3stage: share of the steps per stage (default: 0.6 0.2 0.2)")
+    g.add_argument("--grad-clip", type=float, help="clip the gradient norm (default: off)")
+    amp = g.add_mutually_exclusive_group()
+    amp.add_argument("--amp", dest="amp", action="store_true", default=None, help="mixed precision (default: on for CUDA)")
+    amp.add_argument("--no-amp", dest="amp", action="store_false", help="full precision")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    g.add_argument("--seed", type=int, help="seed of the data stream and the model's randomness (default: 0)")
+
+    g = p.add_argument_group("monitoring")
+    g.add_argument("--val-every", type=int, help="validate every N steps (default: 1000)")
+    g.add_argument("--crop-border", type=int, help="border pixels ignored by PSNR/SSIM (default: 4)")
+    g.add_argument("--checkpoint-every", type=int, help="save last.pt every N steps (default: 1000)")
+    g.add_argument("--log-every", type=int, help="refresh the progress bar every N steps (default: 10)")
+    g.add_argument("--quiet", dest="progress", action="store_false", default=None, help="no progress bar")
+    return p
+
+
+def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
+    """Explicit options, else the resumed run's, else the defaults."""
+    defaults = {**TrainConfig().to_dict(), **_DATA_DEFAULTS, "output_dir": f"runs/{args.model}"}
+    base = {**defaults, **(saved or {})}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("model", "data", "resume")}
+    return {**base, **given}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``train`` command; returns the exit status."""
+    from reference_models import create_model
+    from reference_models.checkpoint import load_checkpoint
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        argv = argv[1:]
+    args = build_parser().parse_args(argv)
+
+    saved = None
+    if args.resume:
+        from reference_models.checkpoint import read_checkpoint
+
+        checkpoint = read_checkpoint(args.resume)
+        training = checkpoint.get("training") or {}
+        saved = training.get("metadata", {}).get("options")
+        if saved is None:
+            raise SystemExit(f"error: {args.resume} holds no training state to resume from")
+    opts = _resolve(args, saved)
+    model = create_model(args.model, opts["preset"])
+    if opts["weights"] and not args.resume:
+        load_checkpoint(model, opts["weights"])
+
+    clips = load_clips(args.data)
+    val_clips = load_clips(opts["val_data"]) if opts["val_data"] else []
+    if opts["val_holdout"]:
+        if opts["val_holdout"] >= len(clips):
+            raise SystemExit(f"error: --val-holdout {opts['val_holdout']} leaves no training clip of the {len(clips)} in {args.data}")
+        clips, val_clips = clips[: -opts["val_holdout"]], val_clips + clips[-opts["val_holdout"] :]
+    sigma = opts["blur_sigma"]
+    sigma = float(sigma[0]) if len(sigma) == 1 else (float(sigma[0]), float(sigma[1]))
+    train_data = TrainClips(
+        clips,
+        num_frames=model.num_frames,
+        patch_size=opts["patch_size"],
+        scale=model.scale,
+        augment=opts["augment"],
+        degradation=opts["degradation"],
+        blur_sigma=sigma,
+        seed=opts["seed"],
+    )
+    val_data = None
+    if val_clips:
+        val_data = ValClips(
+            val_clips,
+            num_frames=model.num_frames,
+            scale=model.scale,
+            degradation=opts["degradation"],
+            blur_sigma=sigma if isinstance(sigma, float) else sum(sigma) / 2,
+            frames_per_clip=opts["val_frames"] or None,
+            crop=opts["val_crop"] or None,
+        )
+    config = TrainConfig.from_dict(opts)
+    trainer = Trainer(model, train_data, config, val_data, metadata={"options": opts})
+    if args.resume:
+        trainer.load_checkpoint(args.resume)
+        print(f"resumed {args.resume} at step {trainer.step} of {config.steps}")
+    if val_data is None:
+        print("no validation data (--val-data or --val-holdout): training without PSNR/SSIM checks")
+    out = Path(config.output_dir)
+    print(
+        f"training {args.model} ({opts['preset']}, {sum(p.numel() for p in model.parameters()):,} parameters) on {len(clips)} clip(s), "
+        f"{config.steps} steps of batch {config.batch_size}, lr {trainer.lr:g}, betas {trainer.betas}, {config.schedule} schedule, "
+        f"device {trainer.device}; writing {out}/"
+    )
+    trainer.fit()
+    if trainer.val_results:
+        last = trainer.val_results[-1]
+        print(f"final: PSNR-Y {last['psnr_y']:.2f} dB (bicubic {last['bicubic_psnr_y']:.2f} dB), SSIM-Y {last['ssim_y']:.4f}")
+    print(f"checkpoints: {out / 'last.pt'}" + (f", {out / 'best.pt'}" if (out / "best.pt").exists() else "") + f"; log: {out / 'log.csv'}, {out / 'curve.png'}")
+    return 0

@@ -1,0 +1,164 @@
+"""STCSA: shapes at any size, frame-permutation equivariance, batch independence, heads, masking of the
+padding, bf16, torch.compile, and parity with the official ``globalAttention`` block."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
+from tests.strategies import batches, frames, seeded_randn, seeds, sizes
+from vsrblocks.attention.stcsa import STCSA
+
+FIXTURE = Path(os.environ.get("VSRBLOCKS_FIXTURES", "/work/shared/fixtures/official")) / "vsrt_case1.pt"
+
+
+def _block(channels=8, patch_size=4, num_heads=1, seed=0, **kwargs) -> STCSA:
+    torch.manual_seed(seed)
+    return STCSA(channels, patch_size=patch_size, num_heads=num_heads, **kwargs).eval()
+
+
+def _reference(block: STCSA, x: torch.Tensor) -> torch.Tensor:
+    """Explicit attention matrix with per-pixel-position renormalisation over real key pixels."""
+    b, t, c, h, w = x.shape
+    p, g = block.patch_size, block.num_heads
+    ph, pw = -h % p, -w % p
+    flat = x.reshape(b * t, c, h, w)
+    q, k, v = (F.pad(conv(flat), (0, pw, 0, ph)) for conv in (block.to_q, block.to_k, block.to_v))
+    tok = "(b t) (g c) (nh i) (nw j) -> b g (t nh nw) (c i j)"
+    q, k, v = (rearrange(z, tok, t=t, g=g, i=p, j=p) for z in (q, k, v))
+    attn = torch.softmax(q @ k.transpose(-1, -2) * block.head_dim**-0.5, dim=-1)
+    valid = F.pad(torch.ones(h, w), (0, pw, 0, ph))
+    valid = rearrange(valid, "(nh i) (nw j) -> (nh nw) (i j)", i=p, j=p).repeat(t, 1)
+    if not block.mask_padding:
+        valid = torch.ones_like(valid)
+    v = rearrange(v, "b g n (c ij) -> b g n c ij", ij=p * p)
+    num = torch.einsum("bgqk,bgkcs,ks->bgqcs", attn, v, valid)
+    den = torch.einsum("bgqk,ks->bgqs", attn, valid).clamp_min(1e-30).unsqueeze(-2)
+    out = rearrange(num / den, "b g (t nh nw) c (i j) -> (b t) (g c) (nh i) (nw j)", t=t, nh=(h + ph) // p, i=p)
+    out = block.conv(out[..., :h, :w]).reshape(b, t, c, h, w)
+    return out + x if block.residual else out
+
+
+@given(batch=batches, num_frames=frames, height=sizes, width=sizes, seed=seeds)
+def test_shapes_any_size(batch, num_frames, height, width, seed):
+    block = _block(patch_size=4)
+    x = seeded_randn((batch, num_frames, 8, height, width), seed)
+    with torch.no_grad():
+        out = block(x)
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+
+
+@given(height=sizes, width=sizes, heads=st.sampled_from([1, 2, 4]), mask=st.booleans(), seed=seeds)
+def test_matches_explicit_masked_attention(height, width, heads, mask, seed):
+    block = _block(channels=8, patch_size=4, num_heads=heads, mask_padding=mask, seed=seed % 7)
+    x = seeded_randn((2, 3, 8, height, width), seed)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), _reference(block, x), atol=2e-5, rtol=1e-4)
+
+
+def test_padding_mask_changes_only_partial_patch_positions():
+    """At a size that is a multiple of the patch, masking is a no-op; otherwise it differs from zero padding."""
+    masked = _block(mask_padding=True)
+    plain = _block(mask_padding=False)
+    x = torch.randn(1, 3, 8, 8, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(masked(x), plain(x), atol=0, rtol=0)
+        y = torch.randn(1, 3, 8, 7, 12)
+        assert (masked(y) - plain(y)).abs().max() > 1e-4
+
+
+@given(seed=seeds, residual=st.booleans())
+def test_frame_permutation_equivariance(seed, residual):
+    block = _block(residual=residual)
+    x = seeded_randn((1, 4, 8, 7, 9), seed)
+    perm = torch.randperm(4, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x[:, perm]), block(x)[:, perm], atol=1e-5, rtol=1e-4)
+
+
+def test_batch_independence():
+    block = _block()
+    with torch.no_grad():
+        assert_batch_independent(block, torch.randn(3, 2, 8, 9, 6))
+
+
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_heads_own_contiguous_channels(num_heads):
+    """With 2 heads, head 0 (channels 0-3) attends with q/k channels 0-3 only: changing the q/k convs of
+    channels 4-7 leaves output channels 0-3 of the attention unchanged. With 1 head it changes them."""
+    block = _block(channels=8, num_heads=num_heads, residual=False)
+    x = torch.randn(1, 2, 8, 8, 8)
+    with torch.no_grad():
+        block.conv.weight[:, 4:] = 0
+        before = block(x)
+        block.to_q.weight[4:] *= 3.0
+        block.to_k.weight[4:] *= -2.0
+        after = block(x)
+    if num_heads == 2:
+        torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
+    else:
+        assert (after - before).abs().max() > 1e-4
+
+
+def test_single_head_vs_heads_differ():
+    one, two = _block(num_heads=1), _block(num_heads=2)
+    two.load_state_dict(one.state_dict())
+    x = torch.randn(1, 2, 8, 8, 8)
+    with torch.no_grad():
+        assert (one(x) - two(x)).abs().max() > 1e-5
+
+
+def test_bf16_finite_and_close():
+    block = _block()
+    x = torch.randn(1, 3, 8, 9, 11)
+    with torch.no_grad():
+        ref = block(x)
+        out = assert_half_precision_finite(block, x, dtype=torch.bfloat16)
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_compiles():
+    assert_compiles(_block(), torch.randn(1, 2, 8, 9, 10))
+
+
+def test_gradients_flow_to_every_parameter():
+    block = _block()
+    x = torch.randn(1, 2, 8, 7, 10, requires_grad=True)
+    block(x).square().mean().backward()
+    for name, param in block.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name
+    assert torch.isfinite(x.grad).all()
+
+
+def test_invalid_arguments_and_shapes():
+    with pytest.raises(ValueError, match="num_heads"):
+        STCSA(channels=6, num_heads=4)
+    with pytest.raises(ValueError, match="patch_size"):
+        STCSA(channels=6, patch_size=0)
+    with pytest.raises(ValueError, match=r"expected \(B, T, C, H, W\) with C=8"):
+        _block()(torch.randn(2, 8, 8, 8))
+    with pytest.raises(ValueError, match="C=8"):
+        _block()(torch.randn(1, 2, 4, 8, 8))
+
+
+def test_official_parity():
+    if not FIXTURE.is_file():
+        pytest.skip(f"official fixture {FIXTURE} not found (set VSRBLOCKS_FIXTURES to its folder)")
+    fixture = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    prefix = "transformer.layers.0.0.fn.fn."
+    state = {k[len(prefix):]: v for k, v in fixture["state_dict"].items() if k.startswith(prefix)}
+    config = fixture["config"]
+    block = STCSA(config["num_feat"], patch_size=config["patch_size"], num_heads=config["heads"])
+    block.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        out = block(fixture["intermediates"]["stcsa_in"])
+    torch.testing.assert_close(out, fixture["intermediates"]["stcsa_out"], atol=1e-5, rtol=0)

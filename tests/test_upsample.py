@@ -1,0 +1,121 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
+from tests.strategies import batches, seeded_randn, seeds, sizes
+from vsrblocks import PixelShuffleUpsampler
+from vsrblocks.upsample import icnr_
+
+SCALES = [2, 3, 4, 8]
+
+
+@given(b=batches, h=sizes, w=sizes, scale=st.sampled_from(SCALES), out=st.sampled_from([1, 3, None]), seed=seeds)
+def test_shape_any_size(b, h, w, scale, out, seed):
+    torch.manual_seed(seed)
+    up = PixelShuffleUpsampler(channels=4, scale=scale, out_channels=out)
+    y = up(seeded_randn((b, 4, h, w), seed))
+    assert y.shape == (b, out or 4, scale * h, scale * w)
+
+
+@pytest.mark.parametrize("scale, factors", [(2, [2]), (3, [3]), (4, [2, 2]), (8, [2, 2, 2])])
+def test_stage_structure(scale, factors):
+    up = PixelShuffleUpsampler(channels=6, scale=scale)
+    assert [stage.factor for stage in up.stages] == factors
+    for stage in up.stages:
+        assert stage.conv.out_channels == 6 * stage.factor**2
+
+
+@given(scale=st.sampled_from(SCALES), h=sizes, w=sizes, seed=seeds)
+def test_icnr_stages_are_nearest_upsampling(scale, h, w, seed):
+    """A fresh ICNR stage is nearest-upsampling of the sub-kernel's conv: constant in every r x r block."""
+    torch.manual_seed(seed)
+    up = PixelShuffleUpsampler(channels=5, scale=scale)
+    x = seeded_randn((2, 5, h, w), seed)
+    for stage in up.stages:
+        r = stage.factor
+        y = stage(x)
+        sub_weight = stage.conv.weight[:: r * r]
+        sub_bias = stage.conv.bias[:: r * r]
+        sub_conv = F.conv2d(x, sub_weight, sub_bias, padding=1)
+        expected = stage.act(F.interpolate(sub_conv, scale_factor=r, mode="nearest"))
+        torch.testing.assert_close(y, expected, atol=1e-6, rtol=1e-5)
+        blocks = y.unfold(2, r, r).unfold(3, r, r)  # (B, C, H, W, r, r)
+        assert torch.equal(blocks, blocks[..., :1, :1].expand_as(blocks))
+        x = y
+
+
+def test_without_icnr_has_checkerboard():
+    """The ICNR test above can fail: PyTorch's default init is not constant within blocks."""
+    torch.manual_seed(0)
+    up = PixelShuffleUpsampler(channels=4, scale=2, icnr=False)
+    y = up.stages[0](torch.randn(1, 4, 6, 6))
+    blocks = y.unfold(2, 2, 2).unfold(3, 2, 2)
+    assert not torch.allclose(blocks, blocks[..., :1, :1].expand_as(blocks))
+
+
+@given(scale=st.sampled_from(SCALES), shift=st.sampled_from([-1, 1]), dim=st.sampled_from([2, 3]), seed=seeds)
+def test_commutes_with_lr_pixel_shifts(scale, shift, dim, seed):
+    """Shifting the input by one LR pixel shifts the output by ``scale`` HR pixels (away from the borders,
+    where zero padding and the wrapped-around column differ)."""
+    torch.manual_seed(seed)
+    up = PixelShuffleUpsampler(channels=4, scale=scale)
+    x = seeded_randn((1, 4, 12, 12), seed)
+    with torch.no_grad():
+        shifted = up(torch.roll(x, shift, dims=dim))
+        expected = torch.roll(up(x), shift * scale, dims=dim)
+    margin = 3 * scale
+    interior = (slice(None), slice(None), slice(margin, -margin), slice(margin, -margin))
+    torch.testing.assert_close(shifted[interior], expected[interior], atol=1e-5, rtol=1e-5)
+
+
+def test_icnr_rejects_incompatible_weight():
+    with pytest.raises(ValueError, match="multiple of scale"):
+        icnr_(torch.empty(6, 3, 3, 3), scale=2)
+
+
+@pytest.mark.parametrize("scale", [0, 1, 5, 6, 12])
+def test_rejects_bad_scale(scale):
+    with pytest.raises(ValueError, match="scale must be 3 or a power of 2"):
+        PixelShuffleUpsampler(channels=4, scale=scale)
+
+
+def test_rejects_even_kernel():
+    with pytest.raises(ValueError, match="odd"):
+        PixelShuffleUpsampler(channels=4, scale=2, kernel_size=4)
+
+
+def test_wrong_channels_message():
+    up = PixelShuffleUpsampler(channels=8, scale=2)
+    with pytest.raises(ValueError, match=r"input: expected \(B, C, H, W\) with C=8, got \(1, 3, 5, 5\)"):
+        up(torch.zeros(1, 3, 5, 5))
+
+
+def test_activation_and_no_activation():
+    up = PixelShuffleUpsampler(channels=4, scale=4, act_layer=None)
+    assert all(isinstance(stage.act, nn.Identity) for stage in up.stages)
+    up = PixelShuffleUpsampler(channels=4, scale=4)
+    assert all(isinstance(stage.act, nn.LeakyReLU) and stage.act.negative_slope == 0.1 for stage in up.stages)
+
+
+def test_gradients_reach_every_parameter():
+    up = PixelShuffleUpsampler(channels=4, scale=4)
+    up(torch.randn(2, 4, 5, 6)).square().mean().backward()
+    for name, p in up.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_batch_independent_compiles_and_half():
+    torch.manual_seed(0)
+    up = PixelShuffleUpsampler(channels=4, scale=4)
+    x = torch.randn(2, 4, 7, 5)
+    assert_batch_independent(up, x)
+    assert_compiles(up, x)
+    assert_half_precision_finite(up, x, dtype=torch.bfloat16)
+
+
+def test_repr_mentions_hyperparameters():
+    assert "scale=4" in repr(PixelShuffleUpsampler(channels=4, scale=4))

@@ -1,0 +1,325 @@
+"""Modulated deformable convolution (DCNv2) with offsets and masks predicted from a guide feature.
+
+Zhu et al., "Deformable ConvNets v2: More Deformable, Better Results", CVPR 2019, in the "DCN pack"
+form of EDVR / BasicSR (``DCNv2Pack``) and Zooming Slow-Mo (``DCN_sep``): a plain convolution maps a
+*guide* feature to the offsets and the modulation mask, and the deformable convolution is applied to a
+different tensor, the feature being aligned.
+
+Two interchangeable backends compute the same function:
+
+- ``"torchvision"``: :func:`torchvision.ops.deform_conv2d` (CPU and CUDA kernels, no compiled extension of
+  ours to build).
+- ``"torch"``: a pure-PyTorch implementation (bilinear sampling by gathering the four neighbours, then an
+  im2col-style column matrix and one matmul per convolution group) for environments without
+  torchvision's compiled ops, and as a readable reference.
+
+Offset and mask layout (torchvision's, used by both backends). For ``deform_groups = G`` and a
+``kh x kw`` kernel, ``K = kh * kw`` taps enumerated row-major (tap ``k = i * kw + j``):
+
+- ``offset``: ``(B, 2 * G * K, H_out, W_out)``; channel ``2 * (g * K + k)`` is the **y** (row)
+  displacement and channel ``2 * (g * K + k) + 1`` the **x** (column) displacement, in input pixels, of
+  tap ``k`` for the input channels of deformable group ``g`` (channels ``g * C_in / G ... (g + 1) * C_in / G - 1``).
+  Note: y first, unlike flows, which are x first.
+- ``mask``: ``(B, G * K, H_out, W_out)``; channel ``g * K + k`` multiplies the sample of tap ``k`` in group ``g``.
+
+Tap ``(i, j)`` of output pixel ``(p, q)`` reads the input at
+``(p * stride - padding + i * dilation + dy, q * stride - padding + j * dilation + dx)`` with bilinear
+interpolation; samples outside the input read zeros.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from vsrblocks.shapes import check_shape
+
+__all__ = ["DeformConv2d", "deform_conv2d", "torchvision_available"]
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["auto", "torchvision", "torch"]
+_IntOrPair = int | tuple[int, int]
+
+
+def torchvision_available() -> bool:
+    """Whether torchvision's compiled ``deform_conv2d`` operator can be used."""
+    try:
+        from torchvision.ops import deform_conv2d as _tv  # noqa: F401
+    except Exception:  # ImportError, or a torchvision built against another torch
+        return False
+    return hasattr(torch.ops, "torchvision") and hasattr(torch.ops.torchvision, "deform_conv2d")
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend not in ("auto", "torchvision", "torch"):
+        raise ValueError(f"backend must be 'auto', 'torchvision' or 'torch', got {backend!r}")
+    if backend == "auto":
+        return "torchvision" if torchvision_available() else "torch"
+    if backend == "torchvision" and not torchvision_available():
+        raise RuntimeError("backend='torchvision' requested but torchvision.ops.deform_conv2d is not available")
+    return backend
+
+
+def _deform_conv2d_torch(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    b, c_in, height, width = x.shape
+    c_out, c_per_group, kh, kw = weight.shape
+    groups = c_in // c_per_group
+    taps = kh * kw
+    out_h, out_w = offset.shape[-2:]
+    deform_groups = offset.shape[1] // (2 * taps)
+
+    # Base sampling position of every (tap, output pixel), in input pixels.
+    dtype, device = offset.dtype, offset.device
+    rows = torch.arange(out_h, device=device, dtype=dtype) * stride[0] - padding[0]
+    cols = torch.arange(out_w, device=device, dtype=dtype) * stride[1] - padding[1]
+    tap_rows = torch.arange(kh, device=device, dtype=dtype) * dilation[0]
+    tap_cols = torch.arange(kw, device=device, dtype=dtype) * dilation[1]
+    base_y = (tap_rows[:, None, None, None] + rows[None, None, :, None]).expand(kh, kw, out_h, out_w)
+    base_x = (tap_cols[None, :, None, None] + cols[None, None, None, :]).expand(kh, kw, out_h, out_w)
+    base_y = base_y.reshape(taps, out_h, out_w)
+    base_x = base_x.reshape(taps, out_h, out_w)
+
+    offset = rearrange(offset, "b (g k two) h w -> (b g) k h w two", g=deform_groups, k=taps, two=2)
+    sample_y = (base_y + offset[..., 0]).flatten(1)
+    sample_x = (base_x + offset[..., 1]).flatten(1)
+    # Bilinear reads by gathering the four neighbours, exactly as torchvision's kernel: corners outside
+    # the input read zero, and integer positions give weights exactly 1 and 0 (grid_sample's coordinate
+    # normalisation would not).
+    y0, x0 = sample_y.floor(), sample_x.floor()
+    frac_y, frac_x = sample_y - y0, sample_x - x0
+    x_flat = rearrange(x, "b (g c) h w -> (b g) c (h w)", g=deform_groups)
+    sampled = 0
+    for corner_y, weight_y in ((y0, 1 - frac_y), (y0 + 1, frac_y)):
+        for corner_x, weight_x in ((x0, 1 - frac_x), (x0 + 1, frac_x)):
+            inside = (corner_y >= 0) & (corner_y <= height - 1) & (corner_x >= 0) & (corner_x <= width - 1)
+            index = (corner_y.clamp(0, height - 1) * width + corner_x.clamp(0, width - 1)).long()
+            values = x_flat.gather(2, index[:, None, :].expand(-1, x_flat.shape[1], -1))
+            sampled = sampled + values * (weight_y * weight_x * inside)[:, None, :]
+    sampled = rearrange(sampled, "(b g) c (k h w) -> b g c k h w", b=b, k=taps, h=out_h)
+    if mask is not None:
+        mask = rearrange(mask, "b (g k) h w -> b g 1 k h w", g=deform_groups, k=taps)
+        sampled = sampled * mask
+    columns = rearrange(sampled, "b g c k h w -> b (g c) k (h w)")
+    columns = rearrange(columns, "b (n c) k l -> b n (c k) l", n=groups)
+    weight = rearrange(weight, "(n o) c i j -> n o (c i j)", n=groups)
+    out = torch.einsum("nok,bnkl->bnol", weight, columns)
+    out = rearrange(out, "b n o (h w) -> b (n o) h w", h=out_h)
+    if bias is not None:
+        out = out + bias[None, :, None, None]
+    return out
+
+
+def deform_conv2d(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: _IntOrPair = 1,
+    padding: _IntOrPair = 0,
+    dilation: _IntOrPair = 1,
+    mask: torch.Tensor | None = None,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Modulated deformable convolution, with torchvision's signature and offset/mask layout.
+
+    The convolution groups are ``C_in // weight.shape[1]`` and the deformable groups
+    ``offset.shape[1] // (2 * kh * kw)``, as in :func:`torchvision.ops.deform_conv2d`. The layout of
+    ``offset`` and ``mask`` is described in this module's docstring (``(dy, dx)`` pairs per tap, y
+    first). bfloat16 inputs are computed in float32 and cast back (torchvision has no bfloat16 kernel,
+    and bfloat16 cannot hold sampling positions precisely).
+
+    Args:
+        x: the feature to sample.
+        offset: per-tap sampling displacements in pixels.
+        weight: ``(C_out, C_in / groups, kh, kw)``.
+        bias: ``(C_out,)`` or ``None``.
+        stride, padding, dilation: as for :func:`torch.nn.functional.conv2d`.
+        mask: modulation scalars (DCNv2), or ``None`` for DCNv1 (all ones).
+        backend: ``"torchvision"``, ``"torch"`` (pure PyTorch) or ``"auto"`` (torchvision when available).
+
+    Shape:
+        - x: ``(B, C_in, H, W)``
+        - offset: ``(B, 2 * G * kh * kw, H_out, W_out)``; mask: ``(B, G * kh * kw, H_out, W_out)``
+        - Output: ``(B, C_out, H_out, W_out)``
+
+    Examples:
+        >>> x, w = torch.randn(1, 4, 6, 7), torch.randn(8, 4, 3, 3)
+        >>> offset = torch.zeros(1, 2 * 9, 6, 7)
+        >>> out = deform_conv2d(x, offset, w, padding=1, backend="torch")
+        >>> torch.allclose(out, F.conv2d(x, w, padding=1), atol=1e-5)
+        True
+    """
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    dims = check_shape(x, "B C H W", name="x")
+    c_out, c_per_group, kh, kw = check_shape(weight, "O I kh kw", name="weight").values()
+    if dims["C"] % c_per_group != 0 or c_out % (dims["C"] // c_per_group) != 0:
+        raise ValueError(
+            f"weight: expected (C_out, C_in / groups, kh, kw) with groups dividing C_in={dims['C']} and C_out, "
+            f"got {tuple(weight.shape)}"
+        )
+    out_h = (dims["H"] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    out_w = (dims["W"] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"x: input {tuple(x.shape)} is smaller than the (dilated) kernel ({kh}, {kw}) after padding")
+    off = check_shape(offset, "B C H W", name="offset", B=dims["B"], H=out_h, W=out_w)
+    taps = kh * kw
+    if off["C"] % (2 * taps) != 0 or off["C"] == 0 or dims["C"] % (off["C"] // (2 * taps)) != 0:
+        raise ValueError(
+            f"offset: expected (B, 2 * G * {taps}, {out_h}, {out_w}) with G dividing C_in={dims['C']}, "
+            f"got {tuple(offset.shape)}"
+        )
+    if mask is not None:
+        check_shape(mask, "B C H W", name="mask", B=dims["B"], C=off["C"] // 2, H=out_h, W=out_w)
+    if bias is not None:
+        check_shape(bias, "O", name="bias", O=c_out)
+
+    out_dtype = x.dtype
+    if out_dtype not in (torch.float32, torch.float64):
+        x, offset, weight = x.float(), offset.float(), weight.float()
+        bias = None if bias is None else bias.float()
+        mask = None if mask is None else mask.float()
+    if _resolve_backend(backend) == "torchvision":
+        from torchvision.ops import deform_conv2d as tv_deform_conv2d
+
+        out = tv_deform_conv2d(
+            x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask
+        )
+    else:
+        out = _deform_conv2d_torch(x, offset, weight, bias, stride, padding, dilation, mask)
+    return out.to(out_dtype)
+
+
+class DeformConv2d(nn.Module):
+    """Modulated deformable convolution whose offsets and mask are predicted from a guide feature.
+
+    EDVR/BasicSR's ``DCNv2Pack`` and Zooming Slow-Mo's ``DCN_sep``: ``conv_offset`` (a ``kernel_size``
+    convolution with the main convolution's stride, padding and dilation) maps ``guide`` to
+    ``3 * deform_groups * kh * kw`` channels, split into thirds ``(o1, o2, m)``; the offsets are
+    ``cat(o1, o2)`` in the layout of :func:`deform_conv2d` and the mask is ``sigmoid(m)``. The
+    deformable convolution is then applied to ``x``.
+
+    Initialisation (BasicSR / ZSM conventions): ``conv_offset`` is **zero-initialised**, so a fresh
+    module has zero offsets and mask 0.5 everywhere, i.e. it starts as a plain convolution whose output
+    (before the bias) is halved. The main weight is uniform in ``+-1 / sqrt(C_in * kh * kw)`` and the bias 0.
+    Parameter names (``weight``, ``bias``, ``conv_offset.*``) match BasicSR's ``DCNv2Pack`` checkpoints.
+
+    In training mode, if the mean absolute offset exceeds ``max_offset_warn`` pixels a warning is logged
+    (BasicSR uses 50, ZSM 100; a sign of diverging training). The check costs a device synchronisation,
+    so it is skipped in eval mode and under ``torch.compile``.
+
+    Args:
+        in_channels: channels of ``x``.
+        out_channels: channels of the output.
+        kernel_size, stride, padding, dilation: of the deformable (and the offset) convolution.
+        groups: convolution groups of the deformable convolution.
+        deform_groups: G, groups of input channels sharing one set of offsets and mask.
+        guide_channels: channels of ``guide`` (default ``in_channels``).
+        bias: whether the deformable convolution has a bias.
+        backend: ``"auto"`` (torchvision when available), ``"torchvision"`` or ``"torch"`` (pure PyTorch).
+        max_offset_warn: threshold of the offset warning in pixels, or ``None`` for no check.
+
+    Shape:
+        - x: ``(B, in_channels, H, W)``; guide: ``(B, guide_channels, H, W)`` (default: ``x``)
+        - Output: ``(B, out_channels, H_out, W_out)``, as for :class:`torch.nn.Conv2d`
+
+    Examples:
+        >>> dcn = DeformConv2d(16, 16, deform_groups=4, guide_channels=8)
+        >>> dcn(torch.randn(2, 16, 9, 11), torch.randn(2, 8, 9, 11)).shape
+        torch.Size([2, 16, 9, 11])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _IntOrPair = 3,
+        stride: _IntOrPair = 1,
+        padding: _IntOrPair = 1,
+        dilation: _IntOrPair = 1,
+        groups: int = 1,
+        deform_groups: int = 8,
+        guide_channels: int | None = None,
+        bias: bool = True,
+        backend: Backend = "auto",
+        max_offset_warn: float | None = 50.0,
+    ) -> None:
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        if in_channels % deform_groups:
+            raise ValueError(f"deform_groups={deform_groups} must divide in_channels={in_channels}")
+        _resolve_backend(backend)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        self.deform_groups = deform_groups
+        self.guide_channels = in_channels if guide_channels is None else guide_channels
+        self.backend = backend
+        self.max_offset_warn = max_offset_warn
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        self.conv_offset = nn.Conv2d(
+            self.guide_channels,
+            3 * deform_groups * taps,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
+        nn.init.uniform_(self.weight, -stdv, stdv)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def offset_and_mask(self, guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The offsets ``(B, 2 G kh kw, H_out, W_out)`` and mask ``(B, G kh kw, H_out, W_out)`` for ``guide``."""
+        o1, o2, m = torch.chunk(self.conv_offset(guide), 3, dim=1)
+        return torch.cat((o1, o2), dim=1), torch.sigmoid(m)
+
+    def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
+        dims = check_shape(x, "B C H W", name="x", C=self.in_channels)
+        if guide is None:
+            guide = x
+        check_shape(guide, "B C H W", name="guide", B=dims["B"], C=self.guide_channels, H=dims["H"], W=dims["W"])
+        offset, mask = self.offset_and_mask(guide)
+        if self.training and self.max_offset_warn is not None and not torch.compiler.is_compiling():
+            mean_offset = offset.detach().abs().mean()
+            if mean_offset > self.max_offset_warn:
+                logger.warning("DeformConv2d: mean absolute offset %.1f px exceeds %s", mean_offset, self.max_offset_warn)
+        return deform_conv2d(
+            x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask, backend=self.backend
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+            f"deform_groups={self.deform_groups}, guide_channels={self.guide_channels}, backend={self.backend!r}"
+        )

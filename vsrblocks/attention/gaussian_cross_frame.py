@@ -1,0 +1,389 @@
+"""MANA's cross-frame non-local attention with a Gaussian spatial prior, at any size.
+
+Yu, Liu, Bai, Zhang, Zhou, "Memory-Augmented Non-Local Attention for Video Super-Resolution", CVPR 2022
+(MANA); the official block is ``nonlocal_attention`` in jiy173/MANA ``models.py``.
+
+The official code stores the ``(HW x HW)`` squared-distance matrix ``D`` as a parameter built for one
+frame size and materialises a full ``(HW x HW)`` attention matrix per frame, so it runs at a single size
+and needs ``T * (HW)^2`` floats (1.4 GB at 64x112 LR, 93 GB at 180x320). Here the Gaussian is rebuilt
+from pixel coordinates on the fly and the queries are processed in chunks, so any ``H x W`` runs with a
+working set bounded by one chunk, in the forward *and* (by recomputing each chunk) in the backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from vsrblocks.shapes import check_shape
+
+__all__ = ["GaussianCrossFrameAttention", "gaussian_cross_frame_attention", "default_chunk_size"]
+
+#: Bytes the per-chunk tensors of :func:`gaussian_cross_frame_attention` may take when ``chunk_size`` is
+#: ``None``: logits, probabilities and weighted probabilities of one chunk of queries against every key
+#: of every frame, plus the chunk's Gaussian.
+DEFAULT_CHUNK_BYTES = 32 * 2**20
+
+
+def default_chunk_size(
+    batch: int, frames: int, num_pixels: int, element_size: int = 4, budget_bytes: int = DEFAULT_CHUNK_BYTES
+) -> int:
+    """Number of query pixels per chunk so that one chunk's working set stays within ``budget_bytes``.
+
+    One query row costs ``3 * batch * frames * num_pixels`` elements of the compute dtype (logits,
+    softmax, Gaussian-weighted softmax) plus ``2 * num_pixels`` float32 (squared distance, Gaussian).
+
+    Examples:
+        >>> default_chunk_size(1, 7, 64 * 112)   # 64x112 LR, 7 frames, float32: 53 query pixels (~32 MiB)
+        53
+        >>> default_chunk_size(1, 7, 12 * 16)    # small frames: one chunk
+        192
+    """
+    per_row = 3 * batch * frames * num_pixels * element_size + 2 * num_pixels * 4
+    return int(max(1, min(num_pixels, budget_bytes // max(per_row, 1))))
+
+
+def _gaussian_block(
+    start: int, stop: int, row0: int, row1: int, width: int, sigma: torch.Tensor, radius2: float | None
+) -> torch.Tensor:
+    """``G[p, q] = exp(-0.5 * d2(p, q) / sigma^2)`` for query positions ``start..stop-1`` (flat, row-major)
+    against the keys of image rows ``row0..row1-1``; zero where ``d2 > radius2`` when ``radius2`` is set.
+    Built separably from coordinates, in float32 (float64 for float64 ``sigma``): ``(stop - start, (row1 - row0) * width)``."""
+    device = sigma.device
+    dtype = torch.promote_types(sigma.dtype, torch.float32)  # float32, or float64 for float64 inputs
+    idx = torch.arange(start, stop, device=device)
+    yq = torch.div(idx, width, rounding_mode="floor").to(dtype)
+    xq = (idx % width).to(dtype)
+    ys = torch.arange(row0, row1, device=device, dtype=dtype)
+    xs = torch.arange(width, device=device, dtype=dtype)
+    dy2 = (yq[:, None] - ys[None, :]) ** 2
+    dx2 = (xq[:, None] - xs[None, :]) ** 2
+    d2 = (dy2[:, :, None] + dx2[:, None, :]).reshape(stop - start, (row1 - row0) * width)
+    gauss = torch.exp(-0.5 * d2 / sigma.to(dtype) ** 2)
+    if radius2 is not None:
+        gauss = gauss.masked_fill(d2 > radius2, 0.0)
+    return gauss
+
+
+def _attend_chunk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sigma: torch.Tensor,
+    start: int,
+    stop: int,
+    height: int,
+    width: int,
+    radius: float | None,
+) -> torch.Tensor:
+    """Read-outs of query positions ``start..stop-1``.
+
+    ``q`` ``(B, n, Cq)``, ``k`` ``(B, T, Cq, N)``, ``v`` ``(B, T, N, Cv)`` -> ``(B, T, n, Cv)``.
+    """
+    logits = torch.matmul(q.unsqueeze(1), k)  # (B, T, n, N): no 1/sqrt(d) scale (official)
+    if radius is None:
+        prob = torch.softmax(logits, dim=-1)  # over the N keys of each frame separately
+        gauss = _gaussian_block(start, stop, 0, height, width, sigma, None).to(prob.dtype)
+        return torch.matmul(prob * gauss, v)  # Gaussian after the softmax, not renormalised
+    # Windowed: the softmax denominator still runs over every key of the frame (exact), only the numerator
+    # is restricted to the band of image rows within `radius` of the chunk's queries.
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    reach = int(math.floor(radius))
+    row0 = max(0, start // width - reach)
+    row1 = min(height, (stop - 1) // width + reach + 1)
+    k0, k1 = row0 * width, row1 * width
+    prob = torch.exp(logits[..., k0:k1] - lse)
+    gauss = _gaussian_block(start, stop, row0, row1, width, sigma, radius * radius).to(prob.dtype)
+    return torch.matmul(prob * gauss, v[:, :, k0:k1])
+
+
+def gaussian_cross_frame_attention(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    sigma: torch.Tensor | float,
+    *,
+    chunk_size: int | None = None,
+    window_radius: float | None = None,
+    window_sigmas: float | None = None,
+    checkpoint: bool = True,
+) -> torch.Tensor:
+    """MANA's Gaussian-weighted cross-frame attention of one query frame over every frame of a clip.
+
+    For every frame ``t`` and query pixel ``p`` (flat index ``p = y * W + x``)::
+
+        A_t[p, q] = softmax_q(<query[p], keys_t[q]>) * exp(-((x_p - x_q)^2 + (y_p - y_q)^2) / (2 sigma^2))
+        read_t[p] = sum_q A_t[p, q] * values_t[q]
+
+    exactly as the official ``nonlocal_attention``: the softmax runs over the ``H*W`` keys of one frame
+    (not jointly over frames) with **no** ``1/sqrt(d)`` scale, the Gaussian multiplies the probabilities
+    **after** the softmax and the rows are **not** renormalised (they sum to less than 1). The ``T``
+    read-outs are concatenated on channels, frame 0 first (channel ``t * Cv + c``).
+
+    **Memory.** Queries are processed ``chunk_size`` pixels at a time; only one chunk's
+    ``(B, T, chunk, H*W)`` logits exist at once and the Gaussian is computed from coordinates per chunk,
+    so no ``(H*W x H*W)`` tensor is ever built beyond one chunk. ``chunk_size=None`` picks
+    :func:`default_chunk_size` (about 32 MiB per chunk). Results do not depend on the chunk size (each
+    query row is computed independently; only the floating-point blocking of the matrix products may
+    change, at the 1e-7 level). With autograd on and ``checkpoint=True`` each chunk is recomputed in the
+    backward pass (:func:`torch.utils.checkpoint.checkpoint`), so training memory is bounded the same
+    way; ``checkpoint=False`` keeps every chunk's activations instead (faster backward, ``O((HW)^2)`` memory).
+
+    **Windowed mode** (opt-in, ``window_radius`` in pixels or ``window_sigmas = k`` for a radius of
+    ``k * sigma``): the Gaussian is truncated to zero for keys farther than the radius, and only keys in
+    the band of image rows within the radius of a chunk's queries enter the ``A @ values`` product. The
+    softmax denominator is still computed over **all** keys of each frame (the official code normalises
+    before the Gaussian multiplies, and a local denominator would change every weight by an unbounded
+    factor), so the ``query @ keys`` product still visits every key, but no approximation is made there.
+    The only error is the dropped Gaussian tail: every dropped key has ``G < exp(-r^2 / (2 sigma^2))``
+    and the dropped softmax mass is at most 1, so for every output element
+
+        ``|read_windowed - read_exact| <= exp(-r^2 / (2 sigma^2)) * max_q |values_t[q, c]|``
+
+    i.e. ``<= exp(-k^2 / 2) * max|v|`` with ``window_sigmas=k`` (k=3: 1.1e-2, k=4: 3.4e-4, k=5: 3.7e-6,
+    k=6: 1.5e-8). A radius reaching every pixel gives the exact result. ``window_sigmas`` reads the
+    current value of ``sigma`` into Python (a graph break under ``torch.compile``); ``window_radius`` does
+    not. The truncation is not differentiated (the radius is a constant for autograd).
+
+    Args:
+        query: ``(B, Cq, H, W)`` queries (one frame).
+        keys: ``(B, T, Cq, H, W)`` keys of every frame.
+        values: ``(B, T, Cv, H, W)`` values of every frame.
+        sigma: Gaussian width in pixels: a positive float or a 1-element tensor (differentiable).
+        chunk_size: query pixels per chunk (``None``: automatic; any value gives the same result).
+        window_radius: optional truncation radius of the Gaussian in pixels.
+        window_sigmas: optional truncation radius in units of ``sigma`` (exclusive with ``window_radius``).
+        checkpoint: recompute chunks in the backward pass instead of storing them.
+
+    Returns:
+        ``(B, T * Cv, H, W)``: the per-frame read-outs concatenated on channels, frame 0 first.
+
+    Examples:
+        >>> q, k, v = torch.randn(2, 4, 5, 7), torch.randn(2, 3, 4, 5, 7), torch.randn(2, 3, 6, 5, 7)
+        >>> out = gaussian_cross_frame_attention(q, k, v, sigma=2.0)
+        >>> out.shape
+        torch.Size([2, 18, 5, 7])
+        >>> torch.allclose(out, gaussian_cross_frame_attention(q, k, v, sigma=2.0, chunk_size=3), atol=1e-6)
+        True
+    """
+    dims = check_shape(keys, "B T C H W", name="keys")
+    b, t, cq, h, w = dims["B"], dims["T"], dims["C"], dims["H"], dims["W"]
+    check_shape(query, "B C H W", name="query", B=b, C=cq, H=h, W=w)
+    cv = check_shape(values, "B T C H W", name="values", B=b, T=t, H=h, W=w)["C"]
+    if window_radius is not None and window_sigmas is not None:
+        raise ValueError("give at most one of window_radius and window_sigmas")
+    if not isinstance(sigma, torch.Tensor):
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        sigma = torch.tensor([float(sigma)], device=query.device, dtype=torch.promote_types(query.dtype, torch.float32))
+    if sigma.numel() != 1:
+        raise ValueError(f"sigma: expected a single value, got shape {tuple(sigma.shape)}")
+    sigma = sigma.reshape(())
+    radius: float | None = None
+    if window_radius is not None:
+        if window_radius < 0:
+            raise ValueError(f"window_radius must be >= 0, got {window_radius}")
+        radius = float(window_radius)
+    elif window_sigmas is not None:
+        if window_sigmas < 0:
+            raise ValueError(f"window_sigmas must be >= 0, got {window_sigmas}")
+        radius = float(window_sigmas) * abs(float(sigma.detach()))
+    n = h * w
+    if chunk_size is None:
+        chunk_size = default_chunk_size(b, t, n, query.element_size())
+    elif chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    chunk_size = min(int(chunk_size), n)
+
+    q = query.reshape(b, cq, n).transpose(1, 2)  # (B, N, Cq)
+    k = keys.reshape(b, t, cq, n)  # (B, T, Cq, N)
+    v = values.reshape(b, t, cv, n).transpose(2, 3)  # (B, T, N, Cv)
+    recompute = (
+        checkpoint
+        and chunk_size < n
+        and torch.is_grad_enabled()
+        and any(x.requires_grad for x in (q, k, v, sigma))
+    )
+    reads = []
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        args = (q[:, start:stop], k, v, sigma, start, stop, h, w, radius)
+        if recompute:
+            reads.append(_checkpoint(_attend_chunk, *args, use_reentrant=False))
+        else:
+            reads.append(_attend_chunk(*args))
+    out = reads[0] if len(reads) == 1 else torch.cat(reads, dim=2)  # (B, T, N, Cv)
+    return out.transpose(2, 3).reshape(b, t * cv, h, w)
+
+
+class GaussianCrossFrameAttention(nn.Module):
+    """MANA's cross-frame non-local attention: the centre frame queries every frame of the clip.
+
+    For a clip ``m`` of ``T`` frames (official: ``nonlocal_attention`` without its memory part):
+
+    1. every frame is normalised separately by ``norm`` = ``GroupNorm(num_groups, C, eps=1e-6)``;
+    2. ``query = phi(norm(m_c))`` from the centre frame ``c``; ``keys_t = theta(norm(m_t))`` and
+       ``values_t = g(norm(m_t))`` for **every** frame, the centre frame included (1x1 convs, C -> Ci;
+       note the official naming: ``phi`` makes the query, ``theta`` the keys, ``g`` the values);
+    3. :func:`gaussian_cross_frame_attention` with the learnable width ``std``: per frame a softmax
+       over that frame's pixels (no ``1/sqrt(d)`` scale), times the Gaussian
+       ``exp(-d^2 / (2 std^2))`` of the pixel distance, not renormalised;
+    4. the ``T`` read-outs, concatenated frame-major, go through ``W_z`` (1x1 conv, ``T*Ci -> C``).
+
+    ``forward`` returns ``W_z(...)`` only: **the residual is not added** (MANA adds the un-normalised
+    centre frame and the memory read-out, see :class:`~vsrblocks.attention.MANAAttention`); write
+    ``clip[:, c] + block(clip)`` for the non-local residual form. ``W_z`` is zero-initialised by default
+    (as in the paper and non-local networks), so a fresh block outputs zeros and starts as the identity
+    inside a residual.
+
+    Unlike the official block (size-frozen ``(HW)^2`` distance parameter, ``T = 7`` hard-coded), this one
+    runs at any ``H x W`` and any ``num_frames``, in chunks of query pixels (see
+    :func:`gaussian_cross_frame_attention` for the memory bound, the optional windowed mode and its
+    error bound). Parameter names match the official checkpoint (``norm``, ``g``, ``theta``, ``phi``,
+    ``W_z``, ``std``); the official ``D`` is geometry only and is not stored.
+
+    Args:
+        channels: feature channels C.
+        num_frames: frames T of the clip (``W_z`` has ``T * Ci`` inputs; official: 7).
+        inter_channels: Ci of queries/keys/values (default ``channels // 2``, official).
+        num_groups: GroupNorm groups (official: 32); must divide ``channels``.
+        init_sigma: initial Gaussian width ``std`` in LR pixels (learnable).
+        chunk_size: query pixels per chunk (``None``: about 32 MiB per chunk). Any value, same result.
+        window_sigmas: opt-in windowed mode, truncating the Gaussian at ``window_sigmas * std`` pixels.
+        window_radius: opt-in windowed mode with a fixed radius in pixels (compile-friendly).
+        center_index: the query frame (default ``num_frames // 2``; 3 for the official T = 7).
+        eps: GroupNorm epsilon (official 1e-6).
+        zero_init: zero-initialise ``W_z`` (weight and bias).
+        checkpoint: recompute attention chunks in the backward pass (bounded training memory).
+
+    Shape:
+        - Input: ``(B, T, C, H, W)``
+        - Output: ``(B, C, H, W)``
+
+    Examples:
+        >>> block = GaussianCrossFrameAttention(channels=16, num_frames=3, num_groups=4)
+        >>> clip = torch.randn(2, 3, 16, 9, 11)
+        >>> block(clip).shape
+        torch.Size([2, 16, 9, 11])
+        >>> block.readout(clip).shape   # input of W_z: 3 frames x Ci = 8 channels
+        torch.Size([2, 24, 9, 11])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_frames: int,
+        inter_channels: int | None = None,
+        num_groups: int = 32,
+        init_sigma: float = 4.0,
+        chunk_size: int | None = None,
+        window_sigmas: float | None = None,
+        window_radius: float | None = None,
+        center_index: int | None = None,
+        eps: float = 1e-6,
+        zero_init: bool = True,
+        checkpoint: bool = True,
+    ) -> None:
+        super().__init__()
+        inter_channels = channels // 2 if inter_channels is None else inter_channels
+        if channels < 1 or inter_channels < 1:
+            raise ValueError(f"channels and inter_channels must be >= 1, got {channels} and {inter_channels}")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if num_groups < 1 or channels % num_groups != 0:
+            raise ValueError(f"num_groups must be >= 1 and divide channels={channels}, got {num_groups}")
+        if not init_sigma > 0:
+            raise ValueError(f"init_sigma must be positive, got {init_sigma}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if window_sigmas is not None and window_radius is not None:
+            raise ValueError("give at most one of window_sigmas and window_radius")
+        center_index = num_frames // 2 if center_index is None else center_index
+        if not 0 <= center_index < num_frames:
+            raise ValueError(f"center_index must be in [0, {num_frames}), got {center_index}")
+        self.channels = channels
+        self.num_frames = num_frames
+        self.inter_channels = inter_channels
+        self.num_groups = num_groups
+        self.center_index = center_index
+        self.chunk_size = chunk_size
+        self.window_sigmas = window_sigmas
+        self.window_radius = window_radius
+        self.zero_init = zero_init
+        self.checkpoint = checkpoint
+        self.init_sigma = float(init_sigma)
+        self.norm = nn.GroupNorm(num_groups, channels, eps=eps)
+        self.g = nn.Conv2d(channels, inter_channels, 1)
+        self.theta = nn.Conv2d(channels, inter_channels, 1)
+        self.phi = nn.Conv2d(channels, inter_channels, 1)
+        self.W_z = nn.Conv2d(num_frames * inter_channels, channels, 1)
+        self.std = nn.Parameter(torch.full((1,), self.init_sigma))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.norm.reset_parameters()
+        for conv in (self.g, self.theta, self.phi, self.W_z):
+            conv.reset_parameters()
+        if self.zero_init:
+            nn.init.zeros_(self.W_z.weight)
+            nn.init.zeros_(self.W_z.bias)
+        with torch.no_grad():
+            self.std.fill_(self.init_sigma)
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """The Gaussian width in pixels (the parameter ``std``)."""
+        return self.std
+
+    def _check(self, clip: torch.Tensor) -> dict[str, int]:
+        return check_shape(clip, "B T C H W", name="clip", T=self.num_frames, C=self.channels)
+
+    def normalize(self, clip: torch.Tensor) -> torch.Tensor:
+        """GroupNorm of every frame separately: ``(B, T, C, H, W) -> (B, T, C, H, W)``."""
+        self._check(clip)
+        return self.norm(clip.flatten(0, 1)).unflatten(0, clip.shape[:2])
+
+    def attend(self, normed: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Read-outs for given normalised frames and queries: ``(B, T, C, H, W)``, ``(B, Ci, H, W)`` ->
+        ``(B, T*Ci, H, W)`` (the input of ``W_z``). Lets a caller (MANA) share the query with other blocks."""
+        dims = self._check(normed)
+        check_shape(query, "B C H W", name="query", B=dims["B"], C=self.inter_channels, H=dims["H"], W=dims["W"])
+        flat = normed.flatten(0, 1)
+        keys = self.theta(flat).unflatten(0, normed.shape[:2])
+        values = self.g(flat).unflatten(0, normed.shape[:2])
+        return gaussian_cross_frame_attention(
+            query,
+            keys,
+            values,
+            self.std,
+            chunk_size=self.chunk_size,
+            window_radius=self.window_radius,
+            window_sigmas=self.window_sigmas,
+            checkpoint=self.checkpoint,
+        )
+
+    def readout(self, clip: torch.Tensor) -> torch.Tensor:
+        """The concatenated per-frame read-outs (input of ``W_z``): ``(B, T, C, H, W) -> (B, T*Ci, H, W)``."""
+        normed = self.normalize(clip)
+        return self.attend(normed, self.phi(normed[:, self.center_index]))
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        return self.W_z(self.readout(clip))
+
+    def extra_repr(self) -> str:
+        parts = [
+            f"channels={self.channels}",
+            f"num_frames={self.num_frames}",
+            f"inter_channels={self.inter_channels}",
+            f"num_groups={self.num_groups}",
+            f"center_index={self.center_index}",
+            f"chunk_size={self.chunk_size}",
+        ]
+        if self.window_sigmas is not None:
+            parts.append(f"window_sigmas={self.window_sigmas}")
+        if self.window_radius is not None:
+            parts.append(f"window_radius={self.window_radius}")
+        return ", ".join(parts)
