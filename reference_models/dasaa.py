@@ -10,13 +10,15 @@ coherence; "FLOPS" 6.39 G. Everything else is an assumption, exposed as a constr
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from vsrblocks.attention.dual_attention import DualAttention
-from vsrblocks.attention.masked_self_attention import LeakyResidualBlock, MaskedSelfAttention
+from vsrblocks.attention.masked_self_attention import AttentionScope, LeakyResidualBlock, MaskedSelfAttention, MaskMode
 from vsrblocks.recurrent.conv_lstm import ConvLSTM, ConvLSTMState
 from vsrblocks.shapes import check_shape
 
@@ -90,12 +92,12 @@ class DASAA(nn.Module):
         use_cam: bool = True,
         dam_inter_channels: int | None = None,
         pam_reduction: int = 8,
-        attn_scope: str = "global",
+        attn_scope: AttentionScope = "global",
         local_radius: int = 7,
-        mask_mode: str = "valid_morph",
+        mask_mode: MaskMode = "valid_morph",
         mask_threshold: float = 0.1,
         hr_channels: int = 16,
-        lstm_at: str = "hr",
+        lstm_at: Literal["hr", "lr"] = "hr",
         residual: bool = True,
         stateful: bool = False,
         negative_slope: float = 0.1,
@@ -168,8 +170,8 @@ class DASAA(nn.Module):
             aligned = [*warped[:c], reference, *warped[c:]]
         aligned_clip = torch.stack(aligned, dim=1)
         if self.lstm_at == "hr":
-            up = rearrange(self._upsample(rearrange(aligned_clip, "b t c h w -> (b t) c h w")), "(b t) c h w -> b t c h w", b=b)
-            hidden = self._recur(up)
+            up = self._upsample(rearrange(aligned_clip, "b t c h w -> (b t) c h w"))
+            hidden = self._recur(rearrange(up, "(b t) c h w -> b t c h w", b=b))
         else:
             hidden = self._upsample(self._recur(aligned_clip))
         out = self.conv_last(hidden)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reference_models.training.dataset import TensorClip, TrainClips, ValClips
-from reference_models.training.degradation import bicubic_upsample, degrade
+from reference_models.training.degradation import bicubic_upsample
 from reference_models.training.trainer import TrainConfig, Trainer
 from vsrblocks.metrics import psnr, ssim
 

@@ -6,8 +6,8 @@
   (``bmm``/``matmul``/SDPA) are **not** included.
 - ``total``: every matrix product and convolution, attention included, from
   :class:`torch.utils.flop_counter.FlopCounterMode` (which reports FLOPs = 2 x MACs; halved here).
-  torchvision's ``deform_conv2d`` gets a formula of its own (the MACs of the equivalent convolution plus
-  the bilinear sampling is not counted).
+  torchvision's ``deform_conv2d`` gets a formula of its own: the MACs of the equivalent convolution (its
+  bilinear sampling is not counted).
 
 Elementwise work (activations, softmax, interpolation, normalisation) is in neither figure.
 """
@@ -24,8 +24,11 @@ from torch.utils.flop_counter import FlopCounterMode
 __all__ = ["count_macs", "count_parameters"]
 
 
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
 def _conv_like(module: nn.Module) -> bool:
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+    if isinstance(module, _CONVS):
         return True
     # Deformable convolutions (vsrblocks.align.DeformConv2d and alikes) hold a conv-shaped weight.
     weight = getattr(module, "weight", None)
@@ -52,19 +55,19 @@ def _deform_conv_flops(input_shape, weight_shape, *args, out_shape=None, **kwarg
 
 def _custom_mapping() -> dict:
     try:
-        import torchvision  # noqa: F401
-
-        return {torch.ops.torchvision.deform_conv2d: _deform_conv_flops}
-    except (ImportError, AttributeError, RuntimeError):
+        import torchvision.ops  # noqa: F401 (importing registers torch.ops.torchvision)
+    except ImportError:
         return {}
+    return {torch.ops.torchvision.deform_conv2d: _deform_conv_flops}
 
 
 def count_macs(model: nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
     """MACs of ``model(*inputs)`` under ``torch.no_grad``: ``{"conv", "total", "attention"}``.
 
     ``conv`` is the thop-style figure (Conv/Linear layers only), ``total`` includes every matrix product
-    (attention) and ``attention = total - conv``. The model runs once for real, so use the device and
-    input size you want counted.
+    (attention) and ``attention = total - conv``. The model runs once; on the meta device (model built
+    under ``torch.device("meta")``, meta inputs) that takes no arithmetic, as long as its forward pass has
+    no data-dependent control flow.
 
     Examples:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))

@@ -312,17 +312,15 @@ def upscale_frames(
         ahead = max(num_frames - 1 - before, before)
         pending: list[list[int]] = []
         i = 0
-        while buffer.has(i) or pending:
-            if buffer.has(i):
-                buffer.has(i + ahead)  # read ahead, so that the clip's end is known when the window reaches it
-                length = buffer.length if buffer.length is not None else i + ahead + 1
-                pending.append(center_window(i, length, num_frames))
-                i += 1
-                if len(pending) < batch and buffer.has(i):
-                    continue
-            yield from run(pending)
-            pending = []
-            buffer.drop_before(i - before)
+        while buffer.has(i):
+            buffer.has(i + ahead)  # read ahead, so that the clip's end is known when the window reaches it
+            length = buffer.length if buffer.length is not None else i + ahead + 1
+            pending.append(center_window(i, length, num_frames))
+            i += 1
+            if len(pending) == batch or not buffer.has(i):
+                yield from run(pending)
+                pending = []
+                buffer.drop_before(i - before)
         return
 
     group: list[tuple[list[int], int, int]] = []

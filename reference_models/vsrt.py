@@ -150,6 +150,8 @@ class VSRT(nn.Module):
         output_mode: ``"all"`` (every frame, the paper's setting) or ``"center"`` (frame ``T // 2``).
         spynet_pretrained: a SPyNet checkpoint (MMagic or BasicSR layout) to initialise the flow network
             from, as the official training does; ``None``: random SPyNet weights.
+        spynet_channels: hidden widths of SPyNet's basic modules (the default is SPyNet's own and is needed
+            for pretrained flow weights; the ``tiny`` preset uses a narrow SPyNet).
 
     Shape:
         - Input: ``(B, T, 3, H, W)``, RGB in ``[0, 1]``
@@ -183,6 +185,7 @@ class VSRT(nn.Module):
         tile_overlap: int = 16,
         output_mode: Literal["all", "center"] = "all",
         spynet_pretrained: str | None = None,
+        spynet_channels: tuple[int, ...] = (32, 64, 32, 16),
     ) -> None:
         super().__init__()
         if num_frames < 1:
@@ -205,7 +208,9 @@ class VSRT(nn.Module):
 
         self.conv_first = nn.Conv2d(3, channels, 3, padding=1)
         self.feature_extraction = make_layer(lambda: ResidualBlockNoBN(channels=channels), num_extract_blocks)
-        self.spynet = SPyNet() if spynet_pretrained is None else SPyNet.from_checkpoint(spynet_pretrained)
+        self.spynet = (
+            SPyNet(spynet_channels) if spynet_pretrained is None else SPyNet.from_checkpoint(spynet_pretrained)
+        )
         if pos_encoding == "paper":
             self.pos_embedding: nn.Module = SinCosPositionEncoding3D(channels, base=pos_base)
         else:
@@ -286,7 +291,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Vimeo-90K configuration: 7 frames, depth 7.
     "paper-vimeo": dict(num_frames=7, channels=64, num_extract_blocks=5, num_reconstruct_blocks=30, depth=7),
     "tiny": dict(
-        num_frames=3, channels=16, num_extract_blocks=1, num_reconstruct_blocks=1, depth=1, patch_size=4, boff_blocks=2
+        num_frames=3, channels=16, num_extract_blocks=1, num_reconstruct_blocks=1, depth=1, patch_size=4, boff_blocks=2,
+        spynet_channels=(8, 16, 8, 4),
     ),
 }
 

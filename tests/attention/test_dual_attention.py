@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
@@ -23,6 +23,7 @@ def _dam(seed: int = 0, gamma: float = 0.5, **kwargs) -> DualAttention:
     return dam
 
 
+@settings(max_examples=5)
 @given(batch=st.integers(1, 2), height=sizes, width=sizes, seed=seeds)
 def test_composition(batch, height, width, seed):
     dam = _dam(seed)
@@ -55,6 +56,7 @@ def test_inter_channels_and_parameter_count():
     assert small(torch.randn(1, 32, 4, 6)).shape == (1, 32, 4, 6)
 
 
+@settings(max_examples=5)
 @given(seed=seeds, height=sizes, width=sizes)
 def test_flip_equivariance_with_flipped_kernels(seed, height, width):
     """The attention parts commute with any pixel permutation; the 3x3 convolutions commute with a flip once

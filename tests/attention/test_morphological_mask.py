@@ -179,6 +179,16 @@ def test_grey_gradients_flow():
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.sum() > 0
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision(dtype):
+    binary = (seeded_rand((2, 1, 12, 11), 0) > 0.4).float()
+    cleaned = MorphologicalMask.passrnet()(binary.to(dtype))
+    assert cleaned.dtype == dtype
+    assert torch.equal(cleaned.float(), MorphologicalMask.passrnet()(binary))
+    grey = seeded_rand((1, 1, 7, 9), 1)
+    torch.testing.assert_close(closing(grey.to(dtype), 5, "disk").float(), closing(grey.to(dtype).float(), 5, "disk"))
+
+
 def test_compile():
     x = (seeded_rand((2, 1, 9, 8), 0) > 0.5).float()
     assert_compiles(MorphologicalMask(5, "close", "disk"), x)

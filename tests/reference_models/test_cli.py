@@ -81,8 +81,9 @@ def test_video_to_folder_and_folder_to_video(tmp_path, capsys, checkpoint):
     for name, exp in zip(names, expected):
         np.testing.assert_array_equal(np.array(Image.open(tmp_path / "out" / name)), exp)
 
-    argv = ["run", "--checkpoint", checkpoint, "-i", video, "-o", tmp_path / "sr.mp4", "-q", "--tile", "8", "--tile-overlap", "4"]
-    code, _, err = run_cli(capsys, *argv)
+    tiling = ["--tile", "8", "--tile-overlap", "4"]
+    sr_video = tmp_path / "sr.mp4"
+    code, _, err = run_cli(capsys, "run", "--checkpoint", checkpoint, "-i", video, "-o", sr_video, "-q", *tiling)
     assert code == 0, err
     import av
 

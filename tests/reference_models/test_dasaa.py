@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from reference_models import create_model, list_presets
 from reference_models.dasaa import DASAA, PRESETS
 from reference_models.flops import count_macs, count_parameters
-from tests.checks import assert_batch_independent
+from tests.checks import assert_batch_independent, assert_half_precision_finite
 from tests.strategies import seeded_rand
 from vsrblocks.attention import ChannelSelfAttention, PositionAttention
 
@@ -91,6 +91,10 @@ def test_gradients_reach_every_parameter():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
+
+
+def test_half_precision():
+    assert_half_precision_finite(_tiny(7).eval(), seeded_rand((1, 5, 3, 6, 7), 7))
 
 
 def test_bicubic_residual_and_centre_frame():

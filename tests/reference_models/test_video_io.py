@@ -37,7 +37,7 @@ def test_folder_round_trip_is_exact(tmp_path):
         (Image.fromarray(np.full((4, 4), 7, np.uint8), mode="L"), 7, "greyscale"),
         (Image.fromarray(np.full((4, 4), 257 * 9, np.uint16)), 9, "16-bit"),
         (Image.fromarray(np.full((4, 4, 2), 5, np.uint8), mode="LA"), 5, "alpha"),
-        (Image.fromarray(np.full((4, 4, 3), 11, np.uint8)).convert("P"), 11, None),
+        (Image.fromarray(np.full((4, 4, 3), 51, np.uint8)).convert("P"), 51, None),
     ],
 )
 def test_frames_are_converted_to_rgb8(tmp_path, image, expected, warning):

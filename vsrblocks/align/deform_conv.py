@@ -29,12 +29,12 @@ interpolation; samples outside the input read zeros.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 from torch.nn.modules.utils import _pair
@@ -49,13 +49,19 @@ Backend = Literal["auto", "torchvision", "torch"]
 _IntOrPair = int | tuple[int, int]
 
 
+_torchvision_ok: bool | None = None
+
+
 def torchvision_available() -> bool:
-    """Whether torchvision's compiled ``deform_conv2d`` operator can be used."""
-    try:
-        from torchvision.ops import deform_conv2d as _tv  # noqa: F401
-    except Exception:  # ImportError, or a torchvision built against another torch
-        return False
-    return hasattr(torch.ops, "torchvision") and hasattr(torch.ops.torchvision, "deform_conv2d")
+    """Whether torchvision's compiled ``deform_conv2d`` operator can be used (checked once, then cached)."""
+    global _torchvision_ok
+    if _torchvision_ok is None:
+        try:
+            importlib.import_module("torchvision.ops")
+            _torchvision_ok = hasattr(torch.ops, "torchvision") and hasattr(torch.ops.torchvision, "deform_conv2d")
+        except Exception:  # ImportError, or a torchvision built against another torch
+            _torchvision_ok = False
+    return _torchvision_ok
 
 
 def _resolve_backend(backend: str) -> str:
@@ -160,6 +166,7 @@ def deform_conv2d(
         - Output: ``(B, C_out, H_out, W_out)``
 
     Examples:
+        >>> import torch.nn.functional as F
         >>> x, w = torch.randn(1, 4, 6, 7), torch.randn(8, 4, 3, 3)
         >>> offset = torch.zeros(1, 2 * 9, 6, 7)
         >>> out = deform_conv2d(x, offset, w, padding=1, backend="torch")

@@ -59,6 +59,10 @@ class SPyNetBasicModule(nn.Module):
 
     Input channels are ``[ref (3), warped supp (3), upsampled flow (2)]``; the output is the flow residual.
 
+    Args:
+        hidden_channels: widths of the four hidden convs; the default is SPyNet's (pretrained weights need it),
+            narrower ones make small models for tests and demos.
+
     Shape:
         - Input: ``(B, 8, H, W)``
         - Output: ``(B, 2, H, W)``
@@ -68,10 +72,9 @@ class SPyNetBasicModule(nn.Module):
         torch.Size([1, 2, 4, 6])
     """
 
-    channels = (8, 32, 64, 32, 16, 2)
-
-    def __init__(self) -> None:
+    def __init__(self, hidden_channels: tuple[int, ...] = (32, 64, 32, 16)) -> None:
         super().__init__()
+        self.channels = (8, *hidden_channels, 2)
         pairs = list(zip(self.channels[:-1], self.channels[1:]))
         self.basic_module = nn.Sequential(
             *(_ConvReLU(cin, cout, relu=i < len(pairs) - 1) for i, (cin, cout) in enumerate(pairs))
@@ -86,6 +89,9 @@ class SPyNetBasicModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.basic_module(x)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
 
 
 class SPyNet(nn.Module):
@@ -103,6 +109,10 @@ class SPyNet(nn.Module):
     buffers (ImageNet constants; checked, not stored). This also holds when SPyNet is a submodule of a
     larger model, so a parent's ``load_state_dict`` can pass either layout through.
 
+    Args:
+        hidden_channels: hidden widths of every level's basic module; keep the default (32, 64, 32, 16) to load
+            pretrained weights.
+
     Shape:
         - ref, supp: ``(B, 3, H, W)``, RGB in ``[0, 1]``
         - Output: ``(B, 2, H, W)``, channel 0 = x displacement, channel 1 = y, in pixels
@@ -115,9 +125,10 @@ class SPyNet(nn.Module):
 
     num_levels = 6
 
-    def __init__(self) -> None:
+    def __init__(self, hidden_channels: tuple[int, ...] = (32, 64, 32, 16)) -> None:
         super().__init__()
-        self.basic_module = nn.ModuleList(SPyNetBasicModule() for _ in range(self.num_levels))
+        self.hidden_channels = tuple(hidden_channels)
+        self.basic_module = nn.ModuleList(SPyNetBasicModule(self.hidden_channels) for _ in range(self.num_levels))
         # Constants, not learned: kept out of the state_dict so MMagic/BasicSR files (without them) load strictly.
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

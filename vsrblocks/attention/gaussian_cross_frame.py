@@ -51,21 +51,25 @@ def _gaussian_block(
 ) -> torch.Tensor:
     """``G[p, q] = exp(-0.5 * d2(p, q) / sigma^2)`` for query positions ``start..stop-1`` (flat, row-major)
     against the keys of image rows ``row0..row1-1``; zero where ``d2 > radius2`` when ``radius2`` is set.
-    Built separably from coordinates, in float32 (float64 for float64 ``sigma``): ``(stop - start, (row1 - row0) * width)``."""
+
+    Built from coordinates, separably (``exp(-dy^2 / 2s^2) * exp(-dx^2 / 2s^2)``: ``(H + W)`` exponentials
+    per query instead of ``H * W``), in float32 (float64 for a float64 ``sigma``):
+    ``(stop - start, (row1 - row0) * width)``.
+    """
     device = sigma.device
-    dtype = torch.promote_types(sigma.dtype, torch.float32)  # float32, or float64 for float64 inputs
+    dtype = torch.promote_types(sigma.dtype, torch.float32)
     idx = torch.arange(start, stop, device=device)
     yq = torch.div(idx, width, rounding_mode="floor").to(dtype)
     xq = (idx % width).to(dtype)
     ys = torch.arange(row0, row1, device=device, dtype=dtype)
     xs = torch.arange(width, device=device, dtype=dtype)
-    dy2 = (yq[:, None] - ys[None, :]) ** 2
-    dx2 = (xq[:, None] - xs[None, :]) ** 2
-    d2 = (dy2[:, :, None] + dx2[:, None, :]).reshape(stop - start, (row1 - row0) * width)
-    gauss = torch.exp(-0.5 * d2 / sigma.to(dtype) ** 2)
+    dy2 = (yq[:, None] - ys[None, :]) ** 2  # (n, rows)
+    dx2 = (xq[:, None] - xs[None, :]) ** 2  # (n, W)
+    scale = -0.5 / sigma.to(dtype) ** 2
+    gauss = torch.exp(dy2 * scale)[:, :, None] * torch.exp(dx2 * scale)[:, None, :]
     if radius2 is not None:
-        gauss = gauss.masked_fill(d2 > radius2, 0.0)
-    return gauss
+        gauss = gauss.masked_fill(dy2[:, :, None] + dx2[:, None, :] > radius2, 0.0)
+    return gauss.reshape(stop - start, (row1 - row0) * width)
 
 
 def _attend_chunk(
@@ -82,22 +86,29 @@ def _attend_chunk(
     """Read-outs of query positions ``start..stop-1``.
 
     ``q`` ``(B, n, Cq)``, ``k`` ``(B, T, Cq, N)``, ``v`` ``(B, T, N, Cv)`` -> ``(B, T, n, Cv)``.
+
+    ``softmax(s) * G @ v`` is evaluated as ``(exp(s - max) * G) @ v / sum(exp(s - max))``: the same numbers
+    (up to rounding), but the division touches ``n * Cv`` instead of ``n * N`` elements, and without autograd
+    the exponentials and the Gaussian product are done in place in the logits buffer.
     """
+    track = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, sigma))
     logits = torch.matmul(q.unsqueeze(1), k)  # (B, T, n, N): no 1/sqrt(d) scale (official)
+    shift = logits.amax(dim=-1, keepdim=True).detach()  # the result does not depend on the shift
+    expo = torch.exp(logits - shift) if track else logits.sub_(shift).exp_()
+    # softmax denominator over every key of each frame separately -- also in the windowed mode
+    denom = expo.sum(dim=-1, keepdim=True)
     if radius is None:
-        prob = torch.softmax(logits, dim=-1)  # over the N keys of each frame separately
-        gauss = _gaussian_block(start, stop, 0, height, width, sigma, None).to(prob.dtype)
-        return torch.matmul(prob * gauss, v)  # Gaussian after the softmax, not renormalised
-    # Windowed: the softmax denominator still runs over every key of the frame (exact), only the numerator
-    # is restricted to the band of image rows within `radius` of the chunk's queries.
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-    reach = int(math.floor(radius))
-    row0 = max(0, start // width - reach)
-    row1 = min(height, (stop - 1) // width + reach + 1)
-    k0, k1 = row0 * width, row1 * width
-    prob = torch.exp(logits[..., k0:k1] - lse)
-    gauss = _gaussian_block(start, stop, row0, row1, width, sigma, radius * radius).to(prob.dtype)
-    return torch.matmul(prob * gauss, v[:, :, k0:k1])
+        row0, row1, radius2 = 0, height, None
+    else:  # numerator: only the band of image rows within `radius` of the chunk's queries
+        reach = int(math.floor(radius))
+        row0 = max(0, start // width - reach)
+        row1 = min(height, (stop - 1) // width + reach + 1)
+        radius2 = radius * radius
+        expo = expo[..., row0 * width : row1 * width]
+        v = v[:, :, row0 * width : row1 * width]
+    gauss = _gaussian_block(start, stop, row0, row1, width, sigma, radius2).to(expo.dtype)
+    weighted = expo * gauss if track else expo.mul_(gauss)  # Gaussian after the softmax, not renormalised
+    return torch.matmul(weighted, v) / denom
 
 
 def gaussian_cross_frame_attention(
@@ -200,7 +211,7 @@ def gaussian_cross_frame_attention(
 
     q = query.reshape(b, cq, n).transpose(1, 2)  # (B, N, Cq)
     k = keys.reshape(b, t, cq, n)  # (B, T, Cq, N)
-    v = values.reshape(b, t, cv, n).transpose(2, 3)  # (B, T, N, Cv)
+    v = values.reshape(b, t, cv, n).transpose(2, 3).contiguous()  # (B, T, N, Cv)
     recompute = (
         checkpoint
         and chunk_size < n

@@ -67,6 +67,9 @@ class LeakyResidualBlock(nn.Module):
         check_shape(x, "B C H W", C=self.channels)
         return x + self.body(x)
 
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
 
 class AlignmentOutput(NamedTuple):
     """What :meth:`MaskedSelfAttention.align` returns.
@@ -106,6 +109,11 @@ def received_attention(query: torch.Tensor, key: torch.Tensor, chunk_size: int |
         >>> torch.allclose(received_attention(q, k, chunk_size=3), ref, atol=1e-5)
         True
     """
+    if query.dim() < 2 or key.dim() != query.dim() or key.shape[-1] != query.shape[-1]:
+        raise ValueError(
+            f"received_attention: expected query (..., N, D) and key (..., M, D), got {tuple(query.shape)} "
+            f"and {tuple(key.shape)}"
+        )
     n = query.shape[-2]
     batch = query[..., 0, 0].numel()
     chunk = _auto_chunk(batch * key.shape[-2], chunk_size)
@@ -128,9 +136,10 @@ def local_attention(
 
     Pixel ``i`` attends to key pixels ``j`` with ``|y_j - y_i| <= r`` and ``|x_j - x_i| <= r`` that lie
     inside the image (outside ones get ``-inf`` logits). Keys and values are unfolded a band of rows at a
-    time (``chunk_size`` rows; ``None``: bands of about 16M unfolded elements), so memory is
-    ``O(C (2r+1)^2 W rows)`` instead of the ``O((HW)^2)`` of global attention. With ``r >= max(H, W) - 1``
-    it equals global attention.
+    time (``chunk_size`` rows; ``None``: bands of about 16M unfolded elements), so inference memory is
+    ``O(C (2r+1)^2 W rows)`` instead of the ``O((HW)^2)`` of global attention (under autograd every band's
+    unfolded keys and values are kept for the backward pass: ``O(C (2r+1)^2 HW)``). With
+    ``r >= max(H, W) - 1`` it equals global attention.
 
     Args:
         query: ``(B, D, H, W)``.
@@ -150,6 +159,12 @@ def local_attention(
         >>> torch.allclose(flat(out), ref, atol=1e-5)
         True
     """
+    dims = check_shape(query, "B D H W", name="query")
+    check_shape(key, "B D H W", name="key", **dims)
+    if value is not None:
+        check_shape(value, "B E H W", name="value", B=dims["B"], H=dims["H"], W=dims["W"])
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
     b, d, h, w = query.shape
     size = 2 * radius + 1
     pad = (radius, radius, radius, radius)
@@ -338,7 +353,9 @@ class MaskedSelfAttention(nn.Module):
             result = AlignmentOutput(self.fusion(torch.cat((fused_in, target, mask), dim=1)), warped, mask)
         if several:
             b = dims["B"]
-            return AlignmentOutput(*(None if t is None else rearrange(t, "(b k) c h w -> b k c h w", b=b) for t in result))
+            return AlignmentOutput(
+                *(None if t is None else rearrange(t, "(b k) c h w -> b k c h w", b=b) for t in result)
+            )
         return result
 
     def _clean(self, mask: torch.Tensor) -> torch.Tensor:
