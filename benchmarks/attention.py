@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             except subprocess.TimeoutExpired:
                 note = f"skipped: over {args.timeout:.0f} s"
         if kind == "ours":
-            note = note or "exact; query chunks of ~32 MiB"
+            note = note or "exact; query chunks of <= 64 MiB"
         elif kind == "window":
             note = note or "err <= exp(-8) max|v| = 3.4e-4 max|v|"
         if result is None:

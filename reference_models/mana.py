@@ -1,6 +1,6 @@
 """MANA: Memory-Augmented Non-Local Attention for video super-resolution.
 
-Yu, Liu, Bai, Zhang, Zhou, "Memory-Augmented Non-Local Attention for Video Super-Resolution", CVPR 2022;
+Yu, Liu, Bo, Mei, "Memory-Augmented Non-Local Attention for Video Super-Resolution", CVPR 2022;
 official code jiy173/MANA (``models.py``, class ``mana``).
 
 Seven LR frames -> per-frame encoder -> the MANA block (:class:`vsrblocks.attention.MANAAttention`: Gaussian

@@ -16,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
 from tests.strategies import batches, seeded_randn, seeds, sizes
 from vsrblocks.attention.gaussian_cross_frame import (
+    DEFAULT_CHUNK_BYTES,
     GaussianCrossFrameAttention,
     default_chunk_size,
     gaussian_cross_frame_attention,
@@ -175,7 +176,7 @@ def test_default_chunk_size_bounds_the_working_set():
     for b, t, n in [(1, 7, 64 * 112), (1, 7, 180 * 320), (4, 7, 64 * 64), (1, 1, 5)]:
         chunk = default_chunk_size(b, t, n)
         assert 1 <= chunk <= n
-        assert chunk == n or chunk * (3 * b * t * n * 4 + 8 * n) <= 32 * 2**20
+        assert chunk == n or chunk * (3 * b * t * n * 4 + 8 * n) <= DEFAULT_CHUNK_BYTES <= 64 * 2**20
 
 
 class _LargestTensor(TorchDispatchMode):

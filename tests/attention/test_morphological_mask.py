@@ -136,6 +136,17 @@ def test_components_do_not_cross_samples():
         assert torch.equal(remove_small_objects(x, 4)[i : i + 1], remove_small_objects(x[i : i + 1], 4))
 
 
+def _smaller_than(function, mask: np.ndarray, size: int) -> np.ndarray:
+    """``function(mask, size, 2)`` with the meaning it had for PASSRnet (scikit-image < 0.26: remove what is
+    *smaller than* ``size``). scikit-image 0.26 maps that positional argument onto the new inclusive
+    ``max_size``, which would also remove components of exactly ``size`` pixels."""
+    import inspect
+
+    if "max_size" in inspect.signature(function).parameters:
+        return function(mask, max_size=size - 1, connectivity=2)
+    return function(mask, size, 2)
+
+
 def _official_morphologic_process(mask: torch.Tensor) -> torch.Tensor:
     """PASSRnet ``models.py::morphologic_process``, transcribed, but called one sample at a time."""
     from skimage import morphology
@@ -145,8 +156,8 @@ def _official_morphologic_process(mask: torch.Tensor) -> torch.Tensor:
     mask_np = mask.cpu().numpy().astype(bool)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        mask_np = morphology.remove_small_objects(mask_np, 20, 2)
-        mask_np = morphology.remove_small_holes(mask_np, 10, 2)
+        mask_np = _smaller_than(morphology.remove_small_objects, mask_np, 20)
+        mask_np = _smaller_than(morphology.remove_small_holes, mask_np, 10)
         for idx in range(b):
             buffer = np.pad(mask_np[idx, 0, :, :], ((3, 3), (3, 3)), "constant")
             buffer = morphology.binary_closing(buffer, morphology.disk(3))
@@ -161,6 +172,21 @@ def test_passrnet_cleanup_matches_official(seed, density, height, width):
     expected = _official_morphologic_process(valid)
     assert torch.equal(MorphologicalMask.passrnet()(valid), expected)
     assert torch.equal(MorphologicalMask.passrnet(backend="skimage")(valid), expected)
+
+
+def test_passrnet_size_thresholds_are_exclusive():
+    """Occluded blobs of exactly 20 px stay, 19 px go; enclosed valid holes of 10 px stay, 9 px are filled."""
+    valid = torch.ones(1, 1, 30, 30)
+    valid[0, 0, 2:6, 2:7] = 0  # 20 px occlusion: kept
+    valid[0, 0, 10:14, 2:7] = 0
+    valid[0, 0, 13, 6] = 1  # 19 px occlusion: removed
+    cleaned = MorphologicalMask(kernel_size=1, operation="none", min_object_size=20, invert=True)(valid)
+    assert cleaned[0, 0, 2:6, 2:7].sum() == 0 and cleaned[0, 0, 10:14, 2:7].sum() == 20
+    occlusion = torch.ones(1, 1, 12, 12)
+    occlusion[0, 0, 2:4, 2:7] = 0  # 10 px hole: kept
+    occlusion[0, 0, 7:10, 2:5] = 0  # 9 px hole: filled
+    filled = remove_small_holes(occlusion, 10)
+    assert filled[0, 0, 2:4, 2:7].sum() == 0 and filled[0, 0, 7:10, 2:5].sum() == 9
 
 
 def test_passrnet_cleanup_fills_specks_and_keeps_large_occlusions():

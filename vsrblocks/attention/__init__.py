@@ -24,3 +24,5 @@ from vsrblocks.attention.masked_self_attention import (
     local_attention,
     received_attention,
 )
+from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention, gaussian_cross_frame_attention
+from vsrblocks.attention.memory import MANAAttention, MemoryAugmentedAttention, memory_read

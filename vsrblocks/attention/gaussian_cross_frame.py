@@ -1,6 +1,6 @@
 """MANA's cross-frame non-local attention with a Gaussian spatial prior, at any size.
 
-Yu, Liu, Bai, Zhang, Zhou, "Memory-Augmented Non-Local Attention for Video Super-Resolution", CVPR 2022
+Yu, Liu, Bo, Mei, "Memory-Augmented Non-Local Attention for Video Super-Resolution", CVPR 2022
 (MANA); the official block is ``nonlocal_attention`` in jiy173/MANA ``models.py``.
 
 The official code stores the ``(HW x HW)`` squared-distance matrix ``D`` as a parameter built for one
@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
@@ -25,7 +26,7 @@ __all__ = ["GaussianCrossFrameAttention", "gaussian_cross_frame_attention", "def
 #: Bytes the per-chunk tensors of :func:`gaussian_cross_frame_attention` may take when ``chunk_size`` is
 #: ``None``: logits, probabilities and weighted probabilities of one chunk of queries against every key
 #: of every frame, plus the chunk's Gaussian.
-DEFAULT_CHUNK_BYTES = 32 * 2**20
+DEFAULT_CHUNK_BYTES = 64 * 2**20
 
 
 def default_chunk_size(
@@ -37,8 +38,8 @@ def default_chunk_size(
     softmax, Gaussian-weighted softmax) plus ``2 * num_pixels`` float32 (squared distance, Gaussian).
 
     Examples:
-        >>> default_chunk_size(1, 7, 64 * 112)   # 64x112 LR, 7 frames, float32: 53 query pixels (~32 MiB)
-        53
+        >>> default_chunk_size(1, 7, 64 * 112)   # 64x112 LR, 7 frames, float32: 101 query pixels (~64 MiB)
+        101
         >>> default_chunk_size(1, 7, 12 * 16)    # small frames: one chunk
         192
     """
@@ -96,7 +97,9 @@ def _attend_chunk(
     shift = logits.amax(dim=-1, keepdim=True).detach()  # the result does not depend on the shift
     expo = torch.exp(logits - shift) if track else logits.sub_(shift).exp_()
     # softmax denominator over every key of each frame separately -- also in the windowed mode
-    denom = expo.sum(dim=-1, keepdim=True)
+    # summed in (at least) float32: in fp16 a sum over more than 65504 near-1 terms would overflow
+    acc = torch.promote_types(expo.dtype, torch.float32)
+    denom = expo.sum(dim=-1, keepdim=True, dtype=acc)
     if radius is None:
         row0, row1, radius2 = 0, height, None
     else:  # numerator: only the band of image rows within `radius` of the chunk's queries
@@ -108,7 +111,7 @@ def _attend_chunk(
         v = v[:, :, row0 * width : row1 * width]
     gauss = _gaussian_block(start, stop, row0, row1, width, sigma, radius2).to(expo.dtype)
     weighted = expo * gauss if track else expo.mul_(gauss)  # Gaussian after the softmax, not renormalised
-    return torch.matmul(weighted, v) / denom
+    return (torch.matmul(weighted, v).to(acc) / denom).to(v.dtype)
 
 
 def gaussian_cross_frame_attention(
@@ -137,7 +140,7 @@ def gaussian_cross_frame_attention(
     **Memory.** Queries are processed ``chunk_size`` pixels at a time; only one chunk's
     ``(B, T, chunk, H*W)`` logits exist at once and the Gaussian is computed from coordinates per chunk,
     so no ``(H*W x H*W)`` tensor is ever built beyond one chunk. ``chunk_size=None`` picks
-    :func:`default_chunk_size` (about 32 MiB per chunk). Results do not depend on the chunk size (each
+    :func:`default_chunk_size` (at most 64 MiB per chunk). Results do not depend on the chunk size (each
     query row is computed independently; only the floating-point blocking of the matrix products may
     change, at the 1e-7 level). With autograd on and ``checkpoint=True`` each chunk is recomputed in the
     backward pass (:func:`torch.utils.checkpoint.checkpoint`), so training memory is bounded the same
@@ -209,9 +212,9 @@ def gaussian_cross_frame_attention(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     chunk_size = min(int(chunk_size), n)
 
-    q = query.reshape(b, cq, n).transpose(1, 2)  # (B, N, Cq)
-    k = keys.reshape(b, t, cq, n)  # (B, T, Cq, N)
-    v = values.reshape(b, t, cv, n).transpose(2, 3).contiguous()  # (B, T, N, Cv)
+    q = rearrange(query, "b c h w -> b (h w) c")
+    k = rearrange(keys, "b t c h w -> b t c (h w)")
+    v = rearrange(values, "b t c h w -> b t (h w) c").contiguous()  # one copy, not one per chunk
     recompute = (
         checkpoint
         and chunk_size < n
@@ -226,8 +229,8 @@ def gaussian_cross_frame_attention(
             reads.append(_checkpoint(_attend_chunk, *args, use_reentrant=False))
         else:
             reads.append(_attend_chunk(*args))
-    out = reads[0] if len(reads) == 1 else torch.cat(reads, dim=2)  # (B, T, N, Cv)
-    return out.transpose(2, 3).reshape(b, t * cv, h, w)
+    out = reads[0] if len(reads) == 1 else torch.cat(reads, dim=2)
+    return rearrange(out, "b t (h w) c -> b (t c) h w", h=h)  # frame-major channels, frame 0 first
 
 
 class GaussianCrossFrameAttention(nn.Module):
@@ -262,7 +265,7 @@ class GaussianCrossFrameAttention(nn.Module):
         inter_channels: Ci of queries/keys/values (default ``channels // 2``, official).
         num_groups: GroupNorm groups (official: 32); must divide ``channels``.
         init_sigma: initial Gaussian width ``std`` in LR pixels (learnable).
-        chunk_size: query pixels per chunk (``None``: about 32 MiB per chunk). Any value, same result.
+        chunk_size: query pixels per chunk (``None``: at most 64 MiB per chunk). Any value, same result.
         window_sigmas: opt-in windowed mode, truncating the Gaussian at ``window_sigmas * std`` pixels.
         window_radius: opt-in windowed mode with a fixed radius in pixels (compile-friendly).
         center_index: the query frame (default ``num_frames // 2``; 3 for the official T = 7).

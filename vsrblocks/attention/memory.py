@@ -1,6 +1,6 @@
 """MANA's memory-augmented attention and the full MANA non-local block.
 
-Yu, Liu, Bai, Zhang, Zhou, "Memory-Augmented Non-Local Attention for Video Super-Resolution", CVPR 2022
+Yu, Liu, Bo, Mei, "Memory-Augmented Non-Local Attention for Video Super-Resolution", CVPR 2022
 (MANA); the official block is ``nonlocal_attention`` in jiy173/MANA ``models.py``.
 
 - :class:`MemoryAugmentedAttention`: queries read a learned, image-independent bank of ``N`` slots
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention
@@ -47,13 +48,13 @@ def memory_read(query: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor
     """
     dims = check_shape(query, "B C H W", name="query")
     check_shape(memory, "C N", name="memory", C=dims["C"])
-    b, ci, h, w = dims["B"], dims["C"], dims["H"], dims["W"]
-    q = query.reshape(b, ci, h * w).transpose(1, 2)  # (B, HW, Ci)
-    slots = memory.transpose(0, 1).to(q.dtype)  # (N, Ci): keys and values
+    b, ci, h = dims["B"], dims["C"], dims["H"]
+    q = rearrange(query, "b c h w -> b (h w) c")
+    slots = rearrange(memory, "c n -> n c").to(q.dtype)  # the slots are both keys and values
     kv = slots.expand(b, *slots.shape)
     read = F.scaled_dot_product_attention(q, kv, kv, scale=ci**-0.5)  # (B, HW, Ci)
     loss = torch.mean(torch.abs(q - read))
-    return read.transpose(1, 2).reshape(b, ci, h, w), loss
+    return rearrange(read, "b (h w) c -> b c h w", h=h), loss
 
 
 class MemoryAugmentedAttention(nn.Module):

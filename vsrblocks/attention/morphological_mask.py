@@ -337,7 +337,12 @@ class MorphologicalMask(nn.Module):
     def passrnet(cls, backend: Literal["torch", "skimage"] = "torch") -> MorphologicalMask:
         """PASSRnet's ``morphologic_process``: on the occlusion mask ``1 - valid``, remove objects smaller
         than 20 px and holes smaller than 10 px (8-connectivity), zero-pad by 3, binary closing with
-        ``disk(3)``, crop, invert back."""
+        ``disk(3)``, crop, invert back.
+
+        "Smaller than" is strict, as in the scikit-image PASSRnet was written for. scikit-image >= 0.26
+        maps the official positional ``remove_small_objects(mask, 20, 2)`` onto its new inclusive
+        ``max_size`` and so also removes 20 px objects (and fills 10 px holes) when the official code runs
+        there."""
         return cls(
             kernel_size=7, operation="close", footprint="disk", padding=3, min_object_size=20, min_hole_size=10,
             connectivity=2, invert=True, backend=backend,
