@@ -93,6 +93,22 @@ def test_video_to_folder_and_folder_to_video(tmp_path, capsys, checkpoint):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("name", reference_models.list_models())
+def test_every_tiny_model_runs_end_to_end(tmp_path, capsys, name):
+    try:
+        reference_models.create_model(name, "tiny")
+    except ImportError:
+        pytest.skip(f"{name} is not written yet")
+    src = write_folder(tmp_path / "in", random_frames(3, 8, 12))
+    argv = ["run", name, "--preset", "tiny", "-i", src, "-o", tmp_path / "out", "-q", "--batch", "2"]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert err.strip() == "warning: no --checkpoint: the model runs with random weights"
+    outputs = sorted((tmp_path / "out").iterdir())
+    assert [p.name for p in outputs] == ["frame1.png", "frame2.png", "frame3.png"]
+    assert all(Image.open(p).size == (48, 32) for p in outputs)
+
+
 def test_greyscale_and_rgba_frames_are_converted_with_a_warning(tmp_path, capsys, checkpoint):
     src = tmp_path / "in"
     src.mkdir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from reference_models.demo import DemoSettings, demo_clips, load_photo, main, pan_zoom_clip, run_demo
+from reference_models.training import TensorClip
 
 
 def test_photos_ship_with_scikit_image_and_clips_move():
@@ -19,7 +20,7 @@ def test_photos_ship_with_scikit_image_and_clips_move():
 def test_demo_end_to_end_beats_bicubic(tmp_path, monkeypatch, capsys):
     """A shorter run on smaller clips: the tiny MANA beats bicubic on the held-out photo's frames."""
     monkeypatch.chdir(tmp_path)
-    settings = DemoSettings(steps=160, batch_size=4, patch_size=12, clip_frames=10, clip_size=(64, 64), held_out_frames=9, held_out_size=(64, 96), progress=False)
+    settings = DemoSettings(steps=150, batch_size=8, patch_size=12, frames=30, held_out=9, size=(64, 96), progress=False)
     summary = run_demo(settings)
     printed = capsys.readouterr().out
     gain = summary["model"]["psnr_y"] - summary["bicubic"]["psnr_y"]
@@ -45,6 +46,8 @@ def test_demo_command_writes_to_the_output_folder(tmp_path, monkeypatch):
     assert model.model_spec["name"] == "mana"
 
 
-def test_demo_clips_are_disjoint_photos():
-    train, held = demo_clips(frames=3, size=(32, 32), held_out_frames=3, held_out_size=(32, 32))
-    assert held.name == "chelsea" and all(not c.name.startswith("chelsea") for c in train)
+def test_demo_clip_is_split_in_time():
+    train, held = demo_clips(frames=10, held_out=4, size=(32, 48))
+    assert (len(train), len(held)) == (6, 4)
+    whole = pan_zoom_clip(load_photo("chelsea"), 10, (32, 48))
+    torch.testing.assert_close(held.frames(range(4)), TensorClip(whole[6:]).frames(range(4)), atol=0, rtol=0)

@@ -90,16 +90,17 @@ def _attend_chunk(
 
     ``softmax(s) * G @ v`` is evaluated as ``(exp(s - max) * G) @ v / sum(exp(s - max))``: the same numbers
     (up to rounding), but the division touches ``n * Cv`` instead of ``n * N`` elements, and without autograd
-    the exponentials and the Gaussian product are done in place in the logits buffer.
+    the exponentials and the Gaussian product are done in place in the logits buffer. In 16-bit dtypes the
+    probabilities are normalised before the product instead, so that the product stays bounded by
+    ``max |v|`` (an un-normalised sum over a wide Gaussian could exceed the fp16 range).
     """
     track = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, sigma))
     logits = torch.matmul(q.unsqueeze(1), k)  # (B, T, n, N): no 1/sqrt(d) scale (official)
     shift = logits.amax(dim=-1, keepdim=True).detach()  # the result does not depend on the shift
     expo = torch.exp(logits - shift) if track else logits.sub_(shift).exp_()
     # softmax denominator over every key of each frame separately -- also in the windowed mode
-    # summed in (at least) float32: in fp16 a sum over more than 65504 near-1 terms would overflow
-    acc = torch.promote_types(expo.dtype, torch.float32)
-    denom = expo.sum(dim=-1, keepdim=True, dtype=acc)
+    # summed in float32 for 16-bit dtypes: in fp16 a sum of more than 65504 near-1 terms would overflow
+    denom = expo.sum(dim=-1, keepdim=True, dtype=torch.promote_types(expo.dtype, torch.float32))
     if radius is None:
         row0, row1, radius2 = 0, height, None
     else:  # numerator: only the band of image rows within `radius` of the chunk's queries
@@ -110,8 +111,13 @@ def _attend_chunk(
         expo = expo[..., row0 * width : row1 * width]
         v = v[:, :, row0 * width : row1 * width]
     gauss = _gaussian_block(start, stop, row0, row1, width, sigma, radius2).to(expo.dtype)
+    if expo.element_size() < 4:
+        inverse = denom.reciprocal().to(expo.dtype)  # the sum itself may not fit in fp16
+        expo = expo * inverse if track else expo.mul_(inverse)
     weighted = expo * gauss if track else expo.mul_(gauss)  # Gaussian after the softmax, not renormalised
-    return (torch.matmul(weighted, v).to(acc) / denom).to(v.dtype)
+    if expo.element_size() < 4:
+        return torch.matmul(weighted, v)
+    return (torch.matmul(weighted, v) / denom).to(v.dtype)
 
 
 def gaussian_cross_frame_attention(
