@@ -15,7 +15,7 @@ from reference_models.training.schedule import (
     make_schedule,
     memory_parameter_names,
 )
-from reference_models.training.trainer import PAPER_RECIPES, TrainConfig, Trainer
+from reference_models.training.trainer import PAPER_RECIPES, TrainConfig, Trainer, frame_scores
 
 __all__ = [
     "Clip",
@@ -36,6 +36,7 @@ __all__ = [
     "bicubic_upsample",
     "blur_downsample",
     "degrade",
+    "frame_scores",
     "gaussian_blur",
     "load_clips",
     "make_schedule",

@@ -324,6 +324,7 @@ class ValClips(Dataset):
         frames_per_clip: score this many frames per clip, evenly spaced (``None``: every frame).
         crop: keep a centred ``crop x crop`` HR region of every frame (``None``: whole frames), to bound the
             cost of validating on large footage.
+        full_windows: score only frames whose whole window lies inside the clip (no reflected neighbours).
     """
 
     def __init__(
@@ -335,6 +336,7 @@ class ValClips(Dataset):
         blur_sigma: float = 1.6,
         frames_per_clip: int | None = None,
         crop: int | None = None,
+        full_windows: bool = False,
     ) -> None:
         _check_degradation(scale, degradation)
         self.clips = list(clips)
@@ -344,9 +346,15 @@ class ValClips(Dataset):
         self.blur_sigma = blur_sigma
         self.crop = crop
         self.items: list[tuple[int, int]] = []
+        half = num_frames // 2
         for k, clip in enumerate(self.clips):
             n = len(clip)
-            centres = range(n) if frames_per_clip is None or frames_per_clip >= n else np.linspace(0, n - 1, frames_per_clip).round().astype(int)
+            lo, hi = (half, n - 1 - half) if full_windows and n >= num_frames else (0, n - 1)
+            count = hi - lo + 1
+            if frames_per_clip is not None and frames_per_clip < count:
+                centres = np.linspace(lo, hi, frames_per_clip).round().astype(int)
+            else:
+                centres = range(lo, hi + 1)
             self.items.extend((k, int(c)) for c in centres)
 
     def __len__(self) -> int:

@@ -34,7 +34,7 @@ from reference_models.training.schedule import SCHEDULES, Schedule, make_schedul
 from vsrblocks.losses import CharbonnierLoss, L1Loss
 from vsrblocks.metrics import psnr, ssim
 
-__all__ = ["TrainConfig", "Trainer", "PAPER_RECIPES"]
+__all__ = ["TrainConfig", "Trainer", "PAPER_RECIPES", "frame_scores"]
 
 #: Learning rate and Adam betas of each paper (DASAA and MAFnet: assumptions, see ``specs/dasaa_mafnet.md``).
 PAPER_RECIPES: dict[str, dict[str, Any]] = {
@@ -63,7 +63,8 @@ class TrainConfig:
         stage_fractions: share of the steps of MANA's three stages.
         grad_clip: clip the gradient norm to this value (``None``: no clipping).
         amp: mixed precision (bfloat16 where supported, else float16 with a gradient scaler); ``None``: on for CUDA.
-        compile: run the model through ``torch.compile``.
+        compile: run the model through ``torch.compile`` (``True``: the default Inductor backend; a string names
+            another backend, e.g. ``"aot_eager"``).
         val_every: validate every this many steps (and at the end); 0: only at the end.
         crop_border: pixels ignored on each side by PSNR/SSIM.
         checkpoint_every: write ``last.pt`` every this many steps (and at the end); 0: only at the end.
@@ -86,7 +87,7 @@ class TrainConfig:
     stage_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     grad_clip: float | None = None
     amp: bool | None = None
-    compile: bool = False
+    compile: bool | str = False
     val_every: int = 1000
     crop_border: int = 4
     checkpoint_every: int = 1000
@@ -240,7 +241,10 @@ class Trainer:
             bf16 = self.device.type != "cuda" or torch.cuda.is_bf16_supported()
             self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.forward_model = torch.compile(self.model) if config.compile else self.model
+        if isinstance(config.compile, str):
+            self.forward_model = torch.compile(self.model, backend=config.compile)
+        else:
+            self.forward_model = torch.compile(self.model) if config.compile else self.model
 
         self.step = 0
         self.rows: list[_Row] = []
@@ -322,11 +326,11 @@ class Trainer:
             pred = self._target(out) if self.output_mode == "all" else out
             pred = pred.float().clamp(0, 1)
             target = hr[:, hr.shape[1] // 2]
-            for key, value in _scores(pred, target, cb).items():
+            for key, value in frame_scores(pred, target, cb).items():
                 scores.setdefault(key, []).append(value)
             if self._baseline is None:
                 bic = bicubic_upsample(lr_clip[:, lr_clip.shape[1] // 2], self.scale).clamp(0, 1)
-                for key, value in _scores(bic, target, cb).items():
+                for key, value in frame_scores(bic, target, cb).items():
                     baseline.setdefault(f"bicubic_{key}", []).append(value)
         if self._baseline is None:
             self._baseline = {k: float(np.mean(v)) for k, v in baseline.items()}
@@ -464,7 +468,9 @@ class Trainer:
         )
 
 
-def _scores(pred: torch.Tensor, target: torch.Tensor, crop_border: int) -> dict[str, float]:
+def frame_scores(pred: torch.Tensor, target: torch.Tensor, crop_border: int = 0) -> dict[str, float]:
+    """Batch-mean ``psnr_rgb``, ``ssim_rgb``, ``psnr_y``, ``ssim_y`` of ``(B, 3, H, W)`` frames in ``[0, 1]``
+    (``crop_border`` is dropped for frames too small to keep an 11x11 SSIM window after it)."""
     cb = crop_border if 2 * crop_border + 11 <= min(pred.shape[-2:]) else 0
     return {
         "psnr_rgb": float(psnr(pred, target, crop_border=cb).mean()),

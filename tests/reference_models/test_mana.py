@@ -137,6 +137,7 @@ def test_paper_preset_topology():
     assert model.attention.memory.mb.shape == (64, 512)
     assert model.upconv2.out_channels == 256 and model.conv_hr.in_channels == 64
     assert (model.num_frames, model.scale, model.output_mode) == (7, 4, "center")
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == 14.3  # paper: ~14.3 M at C = 128
 
 
 @settings(max_examples=5)

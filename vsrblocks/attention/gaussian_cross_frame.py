@@ -34,8 +34,9 @@ def default_chunk_size(
 ) -> int:
     """Number of query pixels per chunk so that one chunk's working set stays within ``budget_bytes``.
 
-    One query row costs ``3 * batch * frames * num_pixels`` elements of the compute dtype (logits,
-    softmax, Gaussian-weighted softmax) plus ``2 * num_pixels`` float32 (squared distance, Gaussian).
+    One query row is budgeted at ``3 * batch * frames * num_pixels`` elements of the compute dtype (logits,
+    exponentials and their Gaussian-weighted copy under autograd; without autograd they share one buffer)
+    plus ``2 * num_pixels`` float32 (the Gaussian and a temporary).
 
     Examples:
         >>> default_chunk_size(1, 7, 64 * 112)   # 64x112 LR, 7 frames, float32: 101 query pixels (~64 MiB)
@@ -192,7 +193,7 @@ def gaussian_cross_frame_attention(
     dims = check_shape(keys, "B T C H W", name="keys")
     b, t, cq, h, w = dims["B"], dims["T"], dims["C"], dims["H"], dims["W"]
     check_shape(query, "B C H W", name="query", B=b, C=cq, H=h, W=w)
-    cv = check_shape(values, "B T C H W", name="values", B=b, T=t, H=h, W=w)["C"]
+    check_shape(values, "B T C H W", name="values", B=b, T=t, H=h, W=w)
     if window_radius is not None and window_sigmas is not None:
         raise ValueError("give at most one of window_radius and window_sigmas")
     if not isinstance(sigma, torch.Tensor):
