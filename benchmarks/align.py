@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 import torch
 
-from vsrblocks.align import SPyNet
+from vsrblocks.align import DeformConv2d, SPyNet
+from vsrblocks.align.deform_conv import torchvision_available
 
 
 def _time_ms(fn: Callable[[], torch.Tensor], reps: int, device: str) -> float:
@@ -53,11 +54,6 @@ def bench_spynet(sizes: list[tuple[int, int]], pairs: int, reps: int, device: st
 
 
 def bench_deform_conv(sizes: list[tuple[int, int]], channels: int, reps: int, device: str) -> list[tuple[str, str, str]]:
-    try:
-        from vsrblocks.align import DeformConv2d
-        from vsrblocks.align.deform_conv import torchvision_available
-    except ImportError:
-        return [("DeformConv2d", "-", "not available")]
     backends = ["torchvision", "torch"] if torchvision_available() else ["torch"]
     rows = []
     for height, width in sizes:

@@ -85,6 +85,8 @@ def _build_model(args: argparse.Namespace):
     from reference_models.registry import create_model
 
     spec = None
+    if args.checkpoint and Path(args.checkpoint).is_dir():
+        raise _UserError(f"checkpoint '{args.checkpoint}' is a folder; pass the checkpoint file (e.g. last.pt)")
     if args.checkpoint:
         try:
             spec = read_checkpoint(args.checkpoint).get("model_spec")
@@ -123,6 +125,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise _UserError(f"--batch must be >= 1, got {args.batch}")
+    if args.fps is not None and not args.fps > 0:
+        raise _UserError(f"--fps must be positive, got {args.fps:g}")
+    if args.tile is not None and args.tile < 1:
+        raise _UserError(f"--tile must be >= 1, got {args.tile}")
     if args.tile is not None and not 0 <= args.tile_overlap < args.tile:
         raise _UserError(f"--tile-overlap must be in [0, --tile={args.tile}), got {args.tile_overlap}")
     if Path(args.output).resolve() == Path(args.input).resolve():

@@ -62,7 +62,15 @@ class DASAA(nn.Module):
     - ``lstm_at="hr"``: ConvLSTM after the upsampler (the abstract's order); ``"lr"`` before it;
     - ``residual=True``: add the bicubic x4 upsampled centre frame;
     - ``stateful=False``: if ``True``, the ConvLSTM state is carried from one ``forward`` to the next
-      (consecutive sliding windows of one video, same batch and size) until :meth:`reset_state`.
+      (consecutive sliding windows of one video, same batch and size) until :meth:`reset_state`;
+    - ``negative_slope=0.1``: LeakyReLU everywhere (EDVR/PASSRnet convention; the DAM's ReLU in DANet is
+      ``negative_slope=0``).
+
+    Fixed, not switchable (the spec gives no alternative): no BatchNorm, the DAM's outer residual
+    ``F + P + Q``, SAA's full-width query/key projections without ``1/sqrt(d)`` scaling (PASSRnet), values
+    from the raw neighbour features, and the ConvLSTM (not a fully connected LSTM). The optional PASSRnet
+    auxiliary losses (photometric, cycle, smoothness; off by default in the spec) and the training recipe
+    belong to training code and are not part of the network.
 
     FLOPs: the abstract's 6.39 G is read as thop-style conv-only MACs (see
     :func:`reference_models.flops.count_macs`) at an unknown input size. At ``(1, 5, 3, 32, 32)`` the

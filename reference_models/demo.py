@@ -199,12 +199,12 @@ def run_demo(settings: DemoSettings) -> dict[str, dict[str, float]]:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     out_dir = Path(settings.output).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
     model = create_model(settings.model, settings.preset)
     t, scale = model.num_frames, model.scale
 
     train_clip, held = demo_clips(settings.photo, settings.frames, settings.held_out, settings.size, settings.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
     data = TrainClips([train_clip], num_frames=t, patch_size=settings.patch_size, scale=scale, seed=settings.seed)
     steps = settings.steps
     if steps is None:
@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``demo`` command; returns the exit status (1 if the model does not beat bicubic)."""
+    """Run the ``demo`` command; returns the exit status (1 if the model does not beat bicubic, 2 if it
+    cannot run: one line ``error: ...`` on stderr)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo":
         argv = argv[1:]
@@ -339,7 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
         progress=not args.quiet,
     )
-    summary = run_demo(settings)
+    if settings.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda: CUDA is not available on this machine", file=sys.stderr)
+        return 2
+    try:
+        summary = run_demo(settings)
+    except (ValueError, OSError) as exc:  # unknown photo or preset, a photo too small, an unwritable --output
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     return 0 if summary["model"]["psnr_y"] > summary["bicubic"]["psnr_y"] else 1
 
 

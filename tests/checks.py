@@ -37,3 +37,20 @@ def assert_batch_independent(module: Callable, x: torch.Tensor, *rest: torch.Ten
     for i in range(x.shape[0]):
         single = _first(module(x[i : i + 1], *(r[i : i + 1] for r in rest)))
         torch.testing.assert_close(whole[i : i + 1], single, atol=atol, rtol=1e-4)
+
+
+def assert_base_path_flip_consistent(model: nn.Module, clip: torch.Tensor, mode: str) -> None:
+    """With the learned head silenced (``conv_last = 0``) a reference model returns its interpolated base
+    (``mode``: "bilinear" or "bicubic", x ``model.scale``) of the centre frame or of every frame, which
+    commutes with a horizontal flip of the clip."""
+    with torch.no_grad():
+        model.conv_last.weight.zero_()
+        model.conv_last.bias.zero_()
+        out, out_of_flipped = model(clip), model(clip.flip(-1))
+    b, t = clip.shape[:2]
+    frames = clip[:, t // 2] if model.output_mode == "center" else clip.flatten(0, 1)
+    base = torch.nn.functional.interpolate(frames, scale_factor=model.scale, mode=mode, align_corners=False)
+    if model.output_mode != "center":
+        base = base.unflatten(0, (b, t))
+    torch.testing.assert_close(out, base)
+    torch.testing.assert_close(out_of_flipped, out.flip(-1), atol=1e-6, rtol=0)

@@ -96,14 +96,33 @@ def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``train`` command; returns the exit status."""
-    from reference_models import create_model
-    from reference_models.checkpoint import load_checkpoint
+    """Run the ``train`` command; returns the exit status.
+
+    A failure the user can cause (missing or unreadable data, checkpoint or weights of another model, bad
+    option value) ends with one line ``error: ...`` on stderr and status 1, without a traceback.
+    """
+    from reference_models.video_io import VideoIOError
+    from vsrblocks.checkpoint import CheckpointError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
         argv = argv[1:]
     args = build_parser().parse_args(argv)
+    try:
+        return _train(args)
+    except (CheckpointError, VideoIOError, ValueError, OSError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; --resume from the last saved last.pt continues the run", file=sys.stderr)
+        return 130
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from reference_models import create_model
+    from reference_models.checkpoint import load_checkpoint
 
     saved = None
     if args.resume:
@@ -113,8 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         training = checkpoint.get("training") or {}
         saved = training.get("metadata", {}).get("options")
         if saved is None:
-            raise SystemExit(f"error: {args.resume} holds no training state to resume from")
+            raise ValueError(f"{args.resume} holds no training state to resume from")
     opts = _resolve(args, saved)
+    if str(opts["device"] or "").startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {opts['device']}: CUDA is not available on this machine")
     model = create_model(args.model, opts["preset"])
     if opts["weights"] and not args.resume:
         load_checkpoint(model, opts["weights"])
@@ -123,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     val_clips = load_clips(opts["val_data"]) if opts["val_data"] else []
     if opts["val_holdout"]:
         if opts["val_holdout"] >= len(clips):
-            raise SystemExit(f"error: --val-holdout {opts['val_holdout']} leaves no training clip of the {len(clips)} in {args.data}")
+            raise ValueError(f"--val-holdout {opts['val_holdout']} leaves no training clip of the {len(clips)} in {args.data}")
         clips, val_clips = clips[: -opts["val_holdout"]], val_clips + clips[-opts["val_holdout"] :]
     sigma = opts["blur_sigma"]
     sigma = float(sigma[0]) if len(sigma) == 1 else (float(sigma[0]), float(sigma[1]))

@@ -44,6 +44,12 @@ class Clip:
     def __getitem__(self, index: int) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the frames, from the file headers where a subclass knows them (no decoding)."""
+        known = self.__dict__.get("_frame_size")
+        return known if known is not None else tuple(self[0].shape[-2:])  # type: ignore[return-value]
+
     def frames(self, indices: Sequence[int]) -> torch.Tensor:
         """Frames ``indices`` as a float ``(T, 3, H, W)`` tensor in ``[0, 1]``."""
         return torch.stack([self[i] for i in indices]).float().div_(255)
@@ -94,6 +100,7 @@ class FrameFolderClip(Clip):
     def __init__(self, folder: str | Path, cache: _LRU | None = None) -> None:
         source = FolderSource(folder)  # lists the frames and checks that they share one size
         self.paths = source.paths
+        self._frame_size = (source.height, source.width)
         self.name = Path(folder).name
         self.cache = cache
 
@@ -116,7 +123,9 @@ class VideoFileClip(Clip):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.name = self.path.stem
-        self.length = len(VideoSource(self.path))  # counts packets without decoding
+        source = VideoSource(self.path)
+        self.length = len(source)  # counts packets without decoding
+        self._frame_size = (source.height, source.width)
         self._frames: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -251,13 +260,21 @@ class TrainClips(Dataset):
         self.length = length
         self._sizes: list[tuple[int, int] | None] = [None] * len(self.clips)
         self._weights = torch.tensor([max(1, len(c) - num_frames + 1) for c in self.clips], dtype=torch.float64)
+        hp = patch_size * scale
+        for clip in self.clips:
+            height, width = (n - n % scale for n in clip.frame_size)
+            if height < hp or width < hp:
+                raise ValueError(
+                    f"clip {clip.name!r} has {height}x{width} frames, smaller than the HR patch {hp}x{hp} "
+                    f"(patch_size={patch_size} x scale={scale}); lower patch_size"
+                )
 
     def __len__(self) -> int:
         return self.length
 
     def _size(self, k: int) -> tuple[int, int]:
         if self._sizes[k] is None:
-            h, w = self.clips[k][0].shape[-2:]
+            h, w = self.clips[k].frame_size
             self._sizes[k] = (h - h % self.scale, w - w % self.scale)
         return self._sizes[k]
 
@@ -278,12 +295,7 @@ class TrainClips(Dataset):
             indices = _window(int(torch.randint(n, (1,), generator=g)), t, n)
 
         s, hp = self.scale, self.patch_size * self.scale
-        height, width = self._size(k)
-        if height < hp or width < hp:
-            raise ValueError(
-                f"clip {clip.name!r} has {height}x{width} frames, smaller than the HR patch {hp}x{hp} "
-                f"(patch_size={self.patch_size} x scale={s}); lower patch_size"
-            )
+        height, width = self._size(k)  # at least the HR patch: checked in __init__
         y = s * int(torch.randint((height - hp) // s + 1, (1,), generator=g))
         x = s * int(torch.randint((width - hp) // s + 1, (1,), generator=g))
         sigma = self.blur_sigma

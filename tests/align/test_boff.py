@@ -84,6 +84,9 @@ def test_official_key_names():
     assert "forward_resblocks.main.2.29.conv2.bias" in keys
     assert "fusion.weight" in keys
     assert len(keys) == 2 * (2 + 30 * 4) + 2
+    text = repr(BOFF(16, num_blocks=2))
+    assert "channels=16, num_blocks=2" in text and "padding_mode='zeros'" in text
+    assert "in_channels=19, out_channels=16, num_blocks=2" in text
 
 
 def test_shape_errors():

@@ -242,6 +242,33 @@ def test_large_offsets_warn_in_training(caplog):
     assert any("exceeds" in record.getMessage() for record in caplog.records)
 
 
+def test_auto_falls_back_to_pure_torch_without_torchvision(monkeypatch):
+    """Without torchvision's compiled operator, ``"auto"`` runs the pure-PyTorch backend (same numbers,
+    torchvision never called) and an explicit ``"torchvision"`` fails with a clear error."""
+    import torchvision.ops
+
+    import vsrblocks.align.deform_conv as module
+
+    x, offset, weight, bias, mask, kw = _case(CONFIGS[1], seed=2)
+    expected = deform_conv2d(x, offset, weight, bias, mask=mask, backend="torch", **kw)
+    monkeypatch.setattr(module, "_torchvision_ok", False)
+
+    def unavailable(*args, **kwargs):
+        raise AssertionError("torchvision.ops.deform_conv2d must not be called")
+
+    monkeypatch.setattr(torchvision.ops, "deform_conv2d", unavailable)
+    assert not module.torchvision_available()
+    torch.testing.assert_close(deform_conv2d(x, offset, weight, bias, mask=mask, backend="auto", **kw), expected)
+    torch.manual_seed(0)
+    dcn = DeformConv2d(4, 4, deform_groups=2)
+    torch.nn.init.normal_(dcn.conv_offset.weight, std=0.3)
+    assert dcn(seeded_randn((1, 4, 5, 6), 0)).shape == (1, 4, 5, 6)
+    with pytest.raises(RuntimeError, match="torchvision"):
+        deform_conv2d(x, offset, weight, bias, mask=mask, backend="torchvision", **kw)
+    with pytest.raises(RuntimeError, match="torchvision"):
+        DeformConv2d(4, 4, deform_groups=2, backend="torchvision")
+
+
 def test_shape_errors():
     dcn = DeformConv2d(4, 4, deform_groups=2, guide_channels=3)
     with pytest.raises(ValueError, match=r"x: expected \(B, C, H, W\) with C=4"):

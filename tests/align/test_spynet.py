@@ -116,6 +116,24 @@ def test_bidirectional_flows_edges(spynet_module):
         bidirectional_flows(spynet_module, torch.rand(1, 3, 16, 24))
 
 
+class _CountingSpyNet(torch.nn.Module):
+    def __init__(self, spynet: SPyNet) -> None:
+        super().__init__()
+        self.spynet = spynet
+        self.batch_sizes: list[int] = []
+
+    def forward(self, ref, supp):
+        self.batch_sizes.append(ref.shape[0])
+        return self.spynet(ref, supp)
+
+
+def test_bidirectional_flows_is_one_batched_call(spynet_module):
+    counting = _CountingSpyNet(spynet_module)
+    with torch.no_grad():
+        bidirectional_flows(counting, seeded_rand((2, 3, 3, 8, 8), 9))
+    assert counting.batch_sizes == [2 * 2 * 3]
+
+
 def test_single_frame_clip_uses_self_flow(spynet_module):
     clip = seeded_rand((1, 1, 3, 12, 12), 8)
     with torch.no_grad():
@@ -177,6 +195,29 @@ def test_wrong_file_raises_checkpoint_error_naming_keys(tmp_path):
     assert isinstance(SPyNet.from_checkpoint(tmp_path / "two.pth", prefix="generator_ema.spynet."), SPyNet)
     with pytest.raises(CheckpointError, match="does not exist"):
         SPyNet.from_checkpoint(tmp_path / "absent.pth")
+
+
+_unpickled: list[str] = []
+
+
+def _record_unpickling() -> dict:
+    _unpickled.append("code ran")
+    return {}
+
+
+class _Payload:
+    """Unpickling this runs ``_record_unpickling``: only a full (unsafe) ``torch.load`` would do that."""
+
+    def __reduce__(self):
+        return (_record_unpickling, ())
+
+
+def test_from_checkpoint_reads_with_weights_only(tmp_path):
+    path = tmp_path / "pickled.pth"
+    torch.save({"params": _spynet().state_dict(), "meta": _Payload()}, path)
+    with pytest.raises(CheckpointError, match="pickled.pth"):
+        SPyNet.from_checkpoint(path)
+    assert not _unpickled
 
 
 def test_from_checkpoint_files(tmp_path):

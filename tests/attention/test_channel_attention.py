@@ -14,6 +14,7 @@ from vsrblocks.attention import ChannelAttention
 VARIANTS = [
     dict(pooling="avg"),
     dict(pooling="avg+max"),
+    dict(pooling="avg+max", kernel_size=3),
     dict(pooling="avg+max", shared=False, kernel_size=3),
 ]
 
@@ -121,3 +122,9 @@ def test_errors():
         ChannelAttention(8)(torch.randn(1, 4, 5, 5))
     with pytest.raises(ValueError, match=r"expected \(B, C, H, W\)"):
         ChannelAttention(8)(torch.randn(8, 5, 5))
+
+
+def test_extra_repr_shows_hyper_parameters():
+    text = repr(ChannelAttention(64, reduction=8, pooling="avg+max", kernel_size=3, shared=False, hidden_channels=5))
+    for part in ("channels=64", "reduction=8", "pooling='avg+max'", "kernel_size=3", "shared=False", "hidden_channels=5"):
+        assert part in text

@@ -97,3 +97,7 @@ def test_state_dict_and_errors():
         ChannelSelfAttention(0)
     with pytest.raises(ValueError, match=r"expected \(B, C, H, W\)"):
         channel_self_attention(torch.randn(3, 4, 4))
+
+
+def test_extra_repr_shows_hyper_parameters():
+    assert "channels=6" in repr(ChannelSelfAttention(6))

@@ -40,6 +40,24 @@ def test_composition(batch, height, width, seed):
     assert only_cam(x).shape == x.shape
 
 
+@settings(max_examples=10)
+@given(
+    batch=st.integers(1, 2),
+    channels=st.sampled_from([1, 3, 8]),
+    inter=st.sampled_from([8, 16]),
+    height=sizes,
+    width=sizes,
+    seed=seeds,
+)
+def test_shapes_over_channels_and_sizes(batch, channels, inter, height, width, seed):
+    torch.manual_seed(seed)
+    dam = DualAttention(channels, inter_channels=inter)
+    x = seeded_randn((batch, channels, height, width), seed)
+    with torch.no_grad():
+        out = dam(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
 def test_no_branch_is_identity_and_no_parameters():
     dam = DualAttention(16, use_pam=False, use_cam=False)
     x = torch.randn(2, 16, 5, 5)
@@ -86,3 +104,15 @@ def test_errors():
         DualAttention(16)(torch.randn(1, 8, 4, 4))
     with pytest.raises(ValueError):
         DualAttention(12)  # PAM needs a multiple of reduction=8
+
+
+def test_extra_repr_shows_hyper_parameters():
+    text = repr(DualAttention(16, inter_channels=8, use_cam=False))
+    assert "channels=16" in text and "inter_channels=8" in text and "use_pam=True" in text and "use_cam=False" in text
+
+
+def test_reset_parameters_restores_the_identity_gates():
+    dam = _dam(0, gamma=0.7)
+    dam.reset_parameters()
+    assert dam.pam.gamma.item() == 0 and dam.cam.gamma.item() == 0
+    assert dam.pam_in.weight.abs().sum() > 0

@@ -109,11 +109,18 @@ def test_functional_matches_dense_reference_any_size(batch, frames, height, widt
     torch.testing.assert_close(out, dense_reference(q, k, v, sigma), atol=1e-5, rtol=0)
 
 
-@given(batch=batches, frames=st.sampled_from([1, 3, 5]), height=sizes, width=sizes, seed=seeds)
-def test_module_shapes_odd_sizes_and_dense_reference(batch, frames, height, width, seed):
+@given(
+    batch=batches,
+    frames=st.sampled_from([1, 3, 5]),
+    channels=st.sampled_from([2, 4, 8]),
+    height=sizes,
+    width=sizes,
+    seed=seeds,
+)
+def test_module_shapes_odd_sizes_and_dense_reference(batch, frames, channels, height, width, seed):
     torch.manual_seed(seed)
-    block = GaussianCrossFrameAttention(8, frames, num_groups=4, init_sigma=2.5, zero_init=False).eval()
-    clip = seeded_randn((batch, frames, 8, height, width), seed)
+    block = GaussianCrossFrameAttention(channels, frames, num_groups=2, init_sigma=2.5, zero_init=False).eval()
+    clip = seeded_randn((batch, frames, channels, height, width), seed)
     with torch.no_grad():
         out = block(clip)
         normed = block.norm(clip.flatten(0, 1)).unflatten(0, clip.shape[:2])
@@ -124,7 +131,7 @@ def test_module_shapes_odd_sizes_and_dense_reference(batch, frames, height, widt
             block.g(flat).unflatten(0, clip.shape[:2]),
             block.std,
         )
-    assert out.shape == (batch, 8, height, width)
+    assert out.shape == (batch, channels, height, width)
     torch.testing.assert_close(out, block.W_z(ref), atol=1e-5, rtol=0)
 
 
@@ -137,6 +144,25 @@ def test_group_norm_is_per_frame():
     scaled[:, 0] = scaled[:, 0] * 10 + 3
     torch.testing.assert_close(block.normalize(clip)[:, 1:], block.normalize(scaled)[:, 1:])
     torch.testing.assert_close(block.normalize(clip)[:, 0], block.normalize(scaled)[:, 0], atol=1e-4, rtol=0)
+
+
+def test_group_norm_groups_span_several_channels():
+    """C = 64 with 32 groups (two channels per group, unlike the C = 32 fixture where groups are channels):
+    statistics per frame and per group over (C / groups) x H x W, eps 1e-6, then the affine."""
+    torch.manual_seed(0)
+    block = GaussianCrossFrameAttention(64, 3).eval()
+    assert block.norm.num_groups == 32 and block.norm.eps == 1e-6
+    with torch.no_grad():
+        block.norm.weight.uniform_(0.5, 1.5)
+        block.norm.bias.uniform_(-0.5, 0.5)
+    clip = seeded_randn((2, 3, 64, 4, 5), 0) * torch.linspace(0.5, 3.0, 64).view(1, 1, 64, 1, 1)
+    grouped = clip.reshape(2, 3, 32, 2 * 4 * 5)
+    mean = grouped.mean(-1, keepdim=True)
+    var = grouped.var(-1, unbiased=False, keepdim=True)
+    expected = ((grouped - mean) / torch.sqrt(var + 1e-6)).reshape(clip.shape)
+    expected = expected * block.norm.weight.view(1, 1, 64, 1, 1) + block.norm.bias.view(1, 1, 64, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(block.normalize(clip), expected, atol=1e-5, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------------- chunking
@@ -366,3 +392,10 @@ def test_half_precision_finite_and_close(dtype, window):
         out = assert_half_precision_finite(block, clip, dtype=dtype)
     assert out.shape == (2, 8, 7, 6)
     torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+
+
+def test_extra_repr_shows_hyper_parameters():
+    text = repr(GaussianCrossFrameAttention(8, 5, inter_channels=6, num_groups=4, chunk_size=17, window_radius=3.0))
+    for part in ("channels=8", "num_frames=5", "inter_channels=6", "num_groups=4", "center_index=2", "chunk_size=17",
+                 "window_radius=3.0"):
+        assert part in text

@@ -178,6 +178,28 @@ def test_self_attention_form_and_several_neighbours():
 
 
 @pytest.mark.parametrize("scope", SCOPES)
+@settings(max_examples=5)
+@given(
+    batch=st.integers(1, 2),
+    neighbours=st.sampled_from([None, 1, 2]),
+    channels=st.sampled_from([1, 3, 4]),
+    height=sizes,
+    width=sizes,
+    seed=seeds,
+)
+def test_shapes_over_channels_neighbours_and_sizes(scope, batch, neighbours, channels, height, width, seed):
+    saa = _saa(seed % 5, channels=channels, attn_scope=scope, local_radius=1)
+    ref = seeded_randn((batch, channels, height, width), seed)
+    nbr_shape = (batch, channels, height, width) if neighbours is None else (batch, neighbours, channels, height, width)
+    nbr = seeded_randn(nbr_shape, seed + 1)
+    with torch.no_grad():
+        out = saa.align(ref, nbr)
+    assert out.output.shape == nbr.shape and out.warped.shape == nbr.shape
+    assert out.mask.shape == (*nbr.shape[:-3], 1, height, width)
+    assert torch.isfinite(out.output).all()
+
+
+@pytest.mark.parametrize("scope", SCOPES)
 def test_batch_independence(scope):
     saa = _saa(3, attn_scope=scope, local_radius=1)
     ref, nbr = seeded_randn((3, 8, 6, 7), 4), seeded_randn((3, 8, 6, 7), 5)
@@ -222,6 +244,8 @@ def test_errors():
         local_attention(torch.randn(1, 4, 5, 5), torch.randn(1, 3, 5, 5), None, 1)
     with pytest.raises(ValueError, match="radius"):
         local_attention(torch.randn(1, 4, 5, 5), torch.randn(1, 4, 5, 5), None, -1)
+    with pytest.raises(ValueError, match="received_attention"):  # leading dimensions would broadcast
+        received_attention(torch.randn(1, 5, 4), torch.randn(2, 5, 4))
     with pytest.raises(ValueError, match="received_attention"):
         received_attention(torch.randn(2, 5, 4), torch.randn(2, 5, 3))
     saa = MaskedSelfAttention(8)

@@ -97,11 +97,12 @@ def test_memory_read_matches_reference(batch, ci, slots, height, width, seed):
     torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=0)
 
 
-@given(batch=batches, height=sizes, width=sizes, seed=seeds)
-def test_mana_block_matches_dense_reference_any_size(batch, height, width, seed):
+@given(batch=batches, channels=st.sampled_from([2, 4, 8]), height=sizes, width=sizes, seed=seeds)
+def test_mana_block_matches_dense_reference_any_size(batch, channels, height, width, seed):
     torch.manual_seed(seed)
-    block = MANAAttention(8, 5, memory_size=12, num_groups=4, init_sigma=1.7, zero_init=False, chunk_size=10).eval()
-    clip = seeded_randn((batch, 5, 8, height, width), seed)
+    block = MANAAttention(channels, 5, memory_size=12, num_groups=2, init_sigma=1.7, zero_init=False, chunk_size=10)
+    block = block.eval()
+    clip = seeded_randn((batch, 5, channels, height, width), seed)
     with torch.no_grad():
         z, loss = block(clip)
         cross = block.cross
@@ -111,7 +112,7 @@ def test_mana_block_matches_dense_reference_any_size(batch, height, width, seed)
         values = cross.g(normed).unflatten(0, (batch, 5))
         read, ref_loss = reference_read(q, block.memory.mb)
         ref = cross.W_z(dense_reference(q, keys, values, cross.std)) + clip[:, 2] + block.memory.W_z1(read)
-    assert z.shape == (batch, 8, height, width)
+    assert z.shape == (batch, channels, height, width)
     torch.testing.assert_close(z, ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=0)
 
@@ -214,3 +215,10 @@ def test_bf16_finite():
         z = assert_half_precision_finite(block, torch.randn(2, 3, 8, 5, 6))
         _, loss = block(torch.randn(2, 3, 8, 5, 6, dtype=torch.bfloat16))
     assert z.shape == (2, 8, 5, 6) and torch.isfinite(loss.float())
+
+
+def test_extra_repr_shows_hyper_parameters():
+    text = repr(MemoryAugmentedAttention(8, 24, inter_channels=6, num_groups=4))
+    assert "channels=8" in text and "memory_size=24" in text and "inter_channels=6" in text
+    text = repr(MANAAttention(8, 3, memory_size=16, num_groups=4))
+    assert "num_frames=3" in text and "center_index=1" in text and "memory_size=16" in text

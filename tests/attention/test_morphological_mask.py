@@ -126,6 +126,17 @@ def test_components_of_long_winding_shapes():
     assert remove_small_objects(snake, total + 1).sum() == 0
 
 
+@given(x=binary_masks(channels=2), op=st.sampled_from(["dilate", "erode", "open", "close", "gradient"]))
+def test_module_is_per_sample_and_per_channel(x, op):
+    """Batch samples and channels are processed independently (the size filters and the padding too)."""
+    for module in (MorphologicalMask.passrnet(), MorphologicalMask(5, op, "disk", padding=1)):
+        whole = module(x)
+        assert whole.shape == x.shape and whole.dtype == x.dtype
+        for i in range(x.shape[0]):
+            for c in range(x.shape[1]):
+                assert torch.equal(whole[i : i + 1, c : c + 1], module(x[i : i + 1, c : c + 1]))
+
+
 def test_components_do_not_cross_samples():
     """PASSRnet labels the whole 4-D batch, so blobs of neighbouring samples merge; here they do not."""
     x = torch.zeros(2, 1, 6, 6)

@@ -108,3 +108,12 @@ def test_errors():
         PositionAttention(16)(torch.randn(16, 4, 4))
     with pytest.raises(ValueError, match="multiple of reduction"):
         PositionAttention(12)
+    q, k, v = torch.randn(2, 6, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 3)
+    for bad in (
+        (q[:1], k, v),  # leading dimensions would broadcast
+        (q, k[..., :3], v),  # D differs
+        (q, k, v[:, :4]),  # M differs
+        (q[0], k, v),  # rank differs
+    ):
+        with pytest.raises(ValueError, match="position_attention"):
+            position_attention(*bad)

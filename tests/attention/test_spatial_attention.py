@@ -19,10 +19,16 @@ def _module(channels: int = 4, seed: int = 0, **kwargs) -> SpatialAttention:
 
 
 @pytest.mark.parametrize("edvr_exact", [False, True])
-@given(batch=st.integers(1, 2), height=st.integers(1, 13), width=st.integers(1, 13), seed=seeds)
-def test_any_size(edvr_exact, batch, height, width, seed):
-    sa = _module(edvr_exact=edvr_exact)
-    x = seeded_randn((batch, 4, height, width), seed)
+@given(
+    batch=st.integers(1, 2),
+    channels=st.sampled_from([1, 3, 4]),
+    height=st.integers(1, 13),
+    width=st.integers(1, 13),
+    seed=seeds,
+)
+def test_any_size(edvr_exact, batch, channels, height, width, seed):
+    sa = _module(channels, edvr_exact=edvr_exact)
+    x = seeded_randn((batch, channels, height, width), seed)
     out = sa(x)
     assert out.shape == x.shape and torch.isfinite(out).all()
 
@@ -115,3 +121,8 @@ def test_errors():
         SpatialAttention(4)(torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match=r"expected \(B, C, H, W\)"):
         SpatialAttention(4)(torch.randn(4, 8, 8))
+
+
+def test_extra_repr_shows_hyper_parameters():
+    text = repr(SpatialAttention(6, edvr_exact=True, negative_slope=0.2))
+    assert "channels=6" in text and "edvr_exact=True" in text and "negative_slope=0.2" in text

@@ -47,10 +47,19 @@ def _reference(block: STCSA, x: torch.Tensor) -> torch.Tensor:
     return out + x if block.residual else out
 
 
-@given(batch=batches, num_frames=frames, height=sizes, width=sizes, seed=seeds)
-def test_shapes_any_size(batch, num_frames, height, width, seed):
-    block = _block(patch_size=4)
-    x = seeded_randn((batch, num_frames, 8, height, width), seed)
+@given(
+    batch=batches,
+    num_frames=frames,
+    channels=st.sampled_from([2, 4, 8]),
+    heads=st.sampled_from([1, 2]),
+    patch=st.sampled_from([1, 3, 4]),
+    height=sizes,
+    width=sizes,
+    seed=seeds,
+)
+def test_shapes_any_size(batch, num_frames, channels, heads, patch, height, width, seed):
+    block = _block(channels=channels, patch_size=patch, num_heads=heads)
+    x = seeded_randn((batch, num_frames, channels, height, width), seed)
     with torch.no_grad():
         out = block(x)
     assert out.shape == x.shape
@@ -162,3 +171,24 @@ def test_official_parity():
     with torch.no_grad():
         out = block(fixture["intermediates"]["stcsa_in"])
     torch.testing.assert_close(out, fixture["intermediates"]["stcsa_out"], atol=1e-5, rtol=0)
+
+
+def test_official_parity_with_pre_norm():
+    """The VSRT layer's pre-norm quirk: ``STCSA(LN1(features + pos_enc))`` with the official LayerNorm over
+    ``(C, 64, 64)`` reproduces the recorded ``stcsa_in`` and ``stcsa_out`` (the block adds the normalised input)."""
+    if not FIXTURE.is_file():
+        pytest.skip(f"official fixture {FIXTURE} not found (set VSRBLOCKS_FIXTURES to its folder)")
+    fixture = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    sd, inter = fixture["state_dict"], fixture["intermediates"]
+    prefix = "transformer.layers.0.0.fn."
+    block = STCSA(fixture["config"]["num_feat"], patch_size=fixture["config"]["patch_size"])
+    block.load_state_dict({k[len(prefix) + 3 :]: v for k, v in sd.items() if k.startswith(prefix + "fn.")})
+    weight, bias = sd[prefix + "norm.weight"], sd[prefix + "norm.bias"]
+    with torch.no_grad():
+        normed = F.layer_norm(inter["features"] + inter["pos_enc"], tuple(weight.shape), weight, bias, 1e-5)
+        torch.testing.assert_close(normed, inter["stcsa_in"], atol=1e-5, rtol=0)
+        out = block(normed)
+        torch.testing.assert_close(out, inter["stcsa_out"], atol=1e-5, rtol=0)
+        # without the internal residual the recorded output is off by exactly the normalised input
+        block.residual = False
+        torch.testing.assert_close(block(normed) + normed, inter["stcsa_out"], atol=1e-5, rtol=0)

@@ -83,6 +83,18 @@ def test_mismatched_shapes_name_the_keys(tmp_path):
         load_checkpoint(LocalVSR(num_frames=5), path)
 
 
+@pytest.mark.parametrize("wrap", [lambda sd: sd, lambda sd: {"params": sd}])
+def test_missing_and_unexpected_keys_are_named(tmp_path, wrap):
+    state = LocalVSR().state_dict()
+    del state["conv.bias"]
+    state["head.weight"] = torch.zeros(3)
+    path = tmp_path / "partial.pth"
+    torch.save(wrap(state), path)
+    with pytest.raises(CheckpointError, match=r"missing keys: .*conv\.bias.*unexpected keys: .*head\.weight"):
+        load_checkpoint(LocalVSR(), path)
+    torch.load(path, weights_only=True)  # the file itself is plain: the error is about the keys, not unpickling
+
+
 def test_missing_and_corrupt_files(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(LocalVSR(), tmp_path / "nope.pt")

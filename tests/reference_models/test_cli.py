@@ -120,6 +120,36 @@ def test_greyscale_and_rgba_frames_are_converted_with_a_warning(tmp_path, capsys
     assert len(list((tmp_path / "out").iterdir())) == 2
 
 
+def test_checkpoint_alone_rebuilds_overrides(tmp_path, capsys):
+    """A checkpoint of a model built with overrides (here 3 input frames instead of the preset's) runs with
+    ``--checkpoint`` alone, as that model: the outputs equal the saved model's own."""
+    torch.manual_seed(1)
+    model = reference_models.create_model("mana", "tiny", num_frames=3)
+    path = tmp_path / "mana3.pt"
+    save_checkpoint(model, path)
+    frames = random_frames(4, 8, 8, seed=2)
+    src = write_folder(tmp_path / "in", frames)
+    code, _, err = run_cli(capsys, "run", "--checkpoint", path, "-i", src, "-o", tmp_path / "out", "-q")
+    assert code == 0, err
+    clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    expected = upscale_clip(model.eval(), clip).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for k in range(4):
+        np.testing.assert_array_equal(np.array(Image.open(tmp_path / "out" / f"frame{k + 1}.png")), expected[k])
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_dtype_option_runs_in_reduced_precision(tmp_path, capsys, checkpoint, dtype):
+    frames = random_frames(3, 8, 8, seed=4)
+    src = write_folder(tmp_path / "in", frames)
+    code, _, err = run_cli(capsys, "run", "--checkpoint", checkpoint, "-i", src, "-o", tmp_path / "out", "-q", "--dtype", dtype, "--device", "cpu")
+    assert code == 0, err
+    expected = expected_frames(checkpoint, frames)
+    for k, exp in enumerate(expected):
+        got = np.array(Image.open(tmp_path / "out" / f"frame{k + 1}.png")).astype(np.int16)
+        assert got.shape == exp.shape
+        assert np.abs(got - exp).mean() < 3, np.abs(got - exp).mean()  # a few 8-bit levels of rounding
+
+
 def test_existing_output_folder_keeps_other_files(tmp_path, capsys, checkpoint):
     src = write_folder(tmp_path / "in", random_frames(2, 8, 8))
     out = tmp_path / "out"
@@ -172,6 +202,9 @@ def _bad_inputs(tmp_path, checkpoint):
         (["mana", "--preset", "huge", "-i", good, "-o", out], "unknown preset 'huge'"),
         (["mana", "--preset", "tiny", "--tile", "8", "--tile-overlap", "8", "-i", good, "-o", out], "--tile-overlap"),
         (["mana", "--preset", "tiny", "--batch", "0", "-i", good, "-o", out], "--batch"),
+        (["mana", "--preset", "tiny", "--tile", "0", "-i", good, "-o", out], "--tile must be >= 1"),
+        (["mana", "--preset", "tiny", "--fps", "0", "-i", good, "-o", tmp_path / "out.mp4"], "--fps must be positive"),
+        (["--checkpoint", good, "-i", good, "-o", out], "is a folder"),
         (["mana", "--preset", "tiny", "-i", good, "-o", good], "must differ"),
     ]
     if other is not None:

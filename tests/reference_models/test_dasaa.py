@@ -3,6 +3,7 @@ parameter, stateful inference, the bicubic residual, argument errors and the FLO
 
 from __future__ import annotations
 
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from reference_models import create_model, list_presets
 from reference_models.dasaa import DASAA, PRESETS
 from reference_models.flops import count_macs, count_parameters
-from tests.checks import assert_batch_independent, assert_half_precision_finite
+from tests.checks import assert_base_path_flip_consistent, assert_batch_independent, assert_half_precision_finite
 from tests.strategies import seeded_rand
 from vsrblocks.attention import ChannelSelfAttention, PositionAttention
 
@@ -72,10 +73,20 @@ def test_ablation_flags(overrides):
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_batch_independence():
-    model = _tiny(2).eval()
+@settings(max_examples=3)
+@given(batch=st.integers(2, 3), height=st.integers(3, 9), width=st.integers(3, 9), seed=st.integers(0, 100))
+def test_batch_independence(batch, height, width, seed):
+    model = _tiny(seed).eval()
     with torch.no_grad():
-        assert_batch_independent(model, seeded_rand((3, 5, 3, 6, 8), 2), atol=1e-5)
+        assert_batch_independent(model, seeded_rand((batch, 5, 3, height, width), seed), atol=1e-5)
+
+
+@settings(max_examples=4)
+@given(height=st.integers(3, 12), width=st.integers(3, 12), seed=st.integers(0, 100))
+def test_base_path_commutes_with_horizontal_flip(height, width, seed):
+    """With the learned head silenced (``conv_last = 0``) the output is the bicubic x4 base of the centre frame,
+    which commutes with a horizontal flip."""
+    assert_base_path_flip_consistent(_tiny(seed).eval(), seeded_rand((1, 5, 3, height, width), seed), "bicubic")
 
 
 def test_gradients_reach_every_parameter():

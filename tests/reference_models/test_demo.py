@@ -51,3 +51,11 @@ def test_demo_clip_is_split_in_time():
     assert (len(train), len(held)) == (6, 4)
     whole = pan_zoom_clip(load_photo("chelsea"), 10, (32, 48))
     torch.testing.assert_close(held.frames(range(4)), TensorClip(whole[6:]).frames(range(4)), atol=0, rtol=0)
+
+
+def test_demo_bad_options_exit_with_one_line_and_write_nothing(tmp_path, capsys):
+    for argv, message in [(["--photo", "no_such_photo"], "ships no image 'no_such_photo'"), (["--preset", "huge"], "unknown preset 'huge'")]:
+        assert main([*argv, "--steps", "1", "--quiet", "--output", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+        assert not (tmp_path / "out").exists()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from reference_models import create_model, list_presets
 from reference_models.mafnet import PRESETS, FeatureFlowEstimator, MAFnet
-from tests.checks import assert_batch_independent
+from tests.checks import assert_base_path_flip_consistent, assert_batch_independent
 from tests.strategies import seeded_rand, seeded_randn
 
 
@@ -69,11 +69,21 @@ def test_center_only_is_the_centre_of_all(size):
     torch.testing.assert_close(middle, everything[:, 2], atol=1e-6, rtol=1e-5)
 
 
-def test_batch_independent():
+@settings(max_examples=2)
+@given(height=st.integers(3, 7), width=st.integers(3, 7), seed=st.integers(0, 99))
+def test_batch_independent(height, width, seed):
     model = _tiny().eval()
-    _randomise_(model, 2)
+    _randomise_(model, seed)
     with torch.no_grad():
-        assert_batch_independent(model, seeded_rand((2, 5, 3, 6, 5), 0))
+        assert_batch_independent(model, seeded_rand((2, 5, 3, height, width), seed))
+
+
+@settings(max_examples=3)
+@given(height=st.integers(2, 8), width=st.integers(2, 8), seed=st.integers(0, 99))
+def test_base_path_commutes_with_horizontal_flip(height, width, seed):
+    """With the learned head silenced (``conv_last = 0``) every output frame is the bicubic x4 base of its LR
+    frame, which commutes with a horizontal flip."""
+    assert_base_path_flip_consistent(_tiny(seed).eval(), seeded_rand((1, 5, 3, height, width), seed), "bicubic")
 
 
 def test_every_parameter_gets_a_finite_gradient():

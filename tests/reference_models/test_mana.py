@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import reference_models
 from reference_models.mana import MANA, MODEL, PRESETS, from_official, official_key_map
-from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
+from tests.checks import assert_base_path_flip_consistent, assert_batch_independent, assert_compiles, assert_half_precision_finite
 from tests.strategies import seeded_rand, seeds
 
 FIXTURE = Path(os.environ.get("VSRBLOCKS_FIXTURES", "/work/shared/fixtures/official")) / "mana_case1.pt"
@@ -161,10 +161,20 @@ def test_zero_init_fresh_model_is_bilinear_plus_head_of_centre():
         torch.testing.assert_close(model(x), model(y), atol=0, rtol=0)
 
 
-def test_batch_independent():
-    model = _tiny(zero_init=False).eval()
+@settings(max_examples=2)
+@given(batch=st.integers(2, 3), height=st.integers(3, 8), width=st.integers(3, 8), seed=seeds)
+def test_batch_independent(batch, height, width, seed):
+    model = _tiny(seed % 100, zero_init=False).eval()
     with torch.no_grad():
-        assert_batch_independent(model, torch.rand(3, 7, 3, 6, 7))
+        assert_batch_independent(model, seeded_rand((batch, 7, 3, height, width), seed))
+
+
+@settings(max_examples=4)
+@given(height=st.integers(3, 12), width=st.integers(3, 12), seed=seeds)
+def test_bilinear_base_path_commutes_with_horizontal_flip(height, width, seed):
+    """With the learned head silenced (``conv_last = 0``) the output is the bilinear x4 base of the centre frame,
+    which commutes with a horizontal flip."""
+    assert_base_path_flip_consistent(_tiny(seed % 100).eval(), seeded_rand((1, 7, 3, height, width), seed), "bilinear")
 
 
 def test_errors():

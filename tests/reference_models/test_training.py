@@ -164,7 +164,7 @@ def test_augmentation_is_the_same_for_lr_and_hr():
 
 def test_patch_larger_than_frames_is_reported():
     with pytest.raises(ValueError, match="smaller than the HR patch"):
-        TrainClips([_clip(h=16, w=16)], num_frames=3, patch_size=8)[0]
+        TrainClips([_clip(h=16, w=16)], num_frames=3, patch_size=8)  # up front, before any sample is drawn
 
 
 def test_val_clips_reflect_at_clip_ends():
@@ -356,7 +356,7 @@ def test_mana_three_stages_update_exactly_their_parameters(tmp_path):
         losses.append(trainer.rows[-1].loss)
         if until == 8:
             assert trainer.rows[-1].stage == "stage2-memory"
-            assert trainer.rows[-1].loss == pytest.approx(float(model.last_memory_loss), rel=0.5)
+            assert trainer.rows[-1].loss == pytest.approx(float(model.last_memory_loss.detach()), rel=0.5)
     stage1, stage2, stage3 = changed_per_stage
     assert stage1 == everything - memory
     assert stage2 == {"attention.memory.mb"}
@@ -430,3 +430,40 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
     saved = torch.load(out / "last.pt", weights_only=True)
     assert saved["training"]["metadata"]["options"]["patch_size"] == 8  # resumed with the original options
     assert saved["model_spec"]["name"] == "mana"
+
+
+def test_cli_bad_inputs_exit_with_one_line(tmp_path, capsys):
+    """Every input the user can get wrong ends with one ``error:`` line, status 1, no traceback and no output folder."""
+    from PIL import Image
+
+    from reference_models.checkpoint import save_checkpoint
+
+    data = tmp_path / "data" / "clip"
+    data.mkdir(parents=True)
+    for k in range(3):
+        Image.fromarray(np.full((16, 16, 3), 40 * k, np.uint8)).save(data / f"{k}.png")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    weights_only = tmp_path / "mana.pt"
+    save_checkpoint(create_model("mana", "tiny"), weights_only)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"garbage" * 50)
+    root = str(tmp_path / "data")
+    cases = [
+        (["mana", "--data", str(tmp_path / "missing")], "does not exist"),
+        (["mana", "--data", str(empty)], "no clips in"),
+        (["mana", "--data", root], "smaller than the HR patch"),
+        (["mana", "--data", root, "--patch-size", "4", "--resume", str(tmp_path / "nope.pt")], "does not exist"),
+        (["mana", "--data", root, "--patch-size", "4", "--resume", str(corrupt)], "cannot read checkpoint"),
+        (["mana", "--data", root, "--patch-size", "4", "--resume", str(weights_only)], "no training state"),
+        (["vsrt", "--data", root, "--patch-size", "4", "--weights", str(weights_only)], "holds mana"),
+        (["mana", "--data", root, "--patch-size", "4", "--preset", "huge"], "unknown preset 'huge'"),
+        (["mana", "--data", root, "--patch-size", "4", "--val-holdout", "1"], "leaves no training clip"),
+        (["mana", "--data", root, "--patch-size", "4", "--steps", "0"], "steps and batch_size must be >= 1"),
+    ]
+    for argv, message in cases:
+        out = tmp_path / "run"
+        assert train_main([*argv, "--output", str(out), "--quiet"]) == 1, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (argv, err)
+        assert not out.exists(), argv

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from reference_models import create_model, list_presets
 from reference_models import from_official as registry_from_official
 from reference_models.vsrt import VSRT, PRESETS, _tile_spans, convert_official_state_dict, from_official
+from tests.checks import assert_base_path_flip_consistent
 from tests.strategies import seeded_rand
 from vsrblocks.align.spynet import SPyNet, bidirectional_flows
 from vsrblocks.checkpoint import CheckpointError
@@ -148,12 +149,24 @@ def test_tiny_any_size_and_frame_count(tiny, batch, frames, height, width, seed)
     assert torch.isfinite(out).all()
 
 
-def test_tiny_batch_independent(tiny):
-    x = seeded_rand((2, 3, 3, 12, 20), 3)
+@settings(max_examples=3)
+@given(frames=st.integers(1, 3), height=st.integers(3, 20), width=st.integers(3, 20), seed=st.integers(0, 2**16))
+def test_tiny_batch_independent(tiny, frames, height, width, seed):
+    x = seeded_rand((2, frames, 3, height, width), seed)
     with torch.no_grad():
         whole = tiny(x)
         for i in range(2):
             torch.testing.assert_close(whole[i : i + 1], tiny(x[i : i + 1]), atol=1e-5, rtol=1e-4)
+
+
+@settings(max_examples=4)
+@given(frames=st.integers(1, 3), height=st.integers(3, 16), width=st.integers(3, 16), seed=st.integers(0, 2**16))
+def test_bilinear_base_path_commutes_with_horizontal_flip(frames, height, width, seed):
+    """With the learned head silenced (``conv_last = 0``) every output frame is the bilinear x4 base of its LR
+    frame, which commutes with a horizontal flip."""
+    torch.manual_seed(seed % 100)
+    model = create_model("vsrt", "tiny").eval()
+    assert_base_path_flip_consistent(model, seeded_rand((1, frames, 3, height, width), seed), "bilinear")
 
 
 def test_center_output_mode():

@@ -41,6 +41,8 @@ class ResidualBlocksWithInputConv(nn.Module):
     def __init__(self, in_channels: int, out_channels: int = 64, num_blocks: int = 30) -> None:
         super().__init__()
         self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.num_blocks = num_blocks
         self.main = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, padding=1),
             nn.LeakyReLU(negative_slope=0.1),
@@ -50,6 +52,9 @@ class ResidualBlocksWithInputConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", C=self.in_channels)
         return self.main(x)
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, out_channels={self.out_channels}, num_blocks={self.num_blocks}"
 
 
 class BOFF(nn.Module):

@@ -82,6 +82,7 @@ class PCDAlignment(nn.Module):
         if num_levels < 1:
             raise ValueError(f"num_levels must be >= 1, got {num_levels}")
         self.channels = channels
+        self.deform_groups = deform_groups
         self.num_levels = num_levels
         self.negative_slope = negative_slope
         # levels[0] is the finest (full size), levels[-1] the coarsest, as in the input lists.
@@ -117,7 +118,7 @@ class PCDAlignment(nn.Module):
         return feat
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, num_levels={self.num_levels}"
+        return f"channels={self.channels}, deform_groups={self.deform_groups}, num_levels={self.num_levels}"
 
 
 class EasyPCD(nn.Module):
@@ -161,6 +162,7 @@ class EasyPCD(nn.Module):
         if num_levels < 1:
             raise ValueError(f"num_levels must be >= 1, got {num_levels}")
         self.channels = channels
+        self.deform_groups = deform_groups
         self.num_levels = num_levels
         self.negative_slope = negative_slope
         self.downsample = nn.ModuleList(
@@ -224,4 +226,4 @@ class EasyPCD(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, num_levels={self.num_levels}"
+        return f"channels={self.channels}, deform_groups={self.deform_groups}, num_levels={self.num_levels}"

@@ -28,9 +28,11 @@ class ChannelAttention(nn.Module):
     passed through a sigmoid and multiply ``x`` channel-wise.
 
     - ``pooling="avg"``: SE / RCAN.
-    - ``pooling="avg+max"``, ``shared=True``: CBAM's channel attention (one MLP for both branches).
-    - ``pooling="avg+max"``, ``shared=False``, ``kernel_size=3``: MAFnet's module. The max branch has its own
-      MLP (``fc1_max``, ``fc2_max``). A ``3x3`` convolution with padding 1 on a ``1x1`` map only uses its
+    - ``pooling="avg+max"``, ``shared=True``: CBAM's channel attention (one MLP for both branches, summed);
+      with ``kernel_size=3`` this is MAFnet's module read with shared convolutions (the reading of issue 3).
+    - ``pooling="avg+max"``, ``shared=False``, ``kernel_size=3``: MAFnet's module as its Fig. 2a suggests
+      (the spec's reading, ``dasaa_mafnet.md`` §5.7): the max branch has its own MLP (``fc1_max``,
+      ``fc2_max``). A ``3x3`` convolution with padding 1 on a ``1x1`` map only uses its
       centre tap, so ``kernel_size=3`` computes the same function as ``1`` with 9x the parameters (the
       off-centre taps never receive a gradient); it exists to match the paper's parameter count.
 
@@ -86,6 +88,13 @@ class ChannelAttention(nn.Module):
             self.fc2_max = nn.Conv2d(self.hidden_channels, channels, kernel_size, padding=padding)
         self.act = nn.ReLU(inplace=True)
 
+    def reset_parameters(self) -> None:
+        """Re-draw every convolution's default initialisation (the children initialise themselves on construction,
+        so ``__init__`` does not call this again and the random stream of existing seeds is unchanged)."""
+        for module in self.children():
+            if isinstance(module, nn.Conv2d):
+                module.reset_parameters()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", C=self.channels)
         logits = self.fc2(self.act(self.fc1(x.mean(dim=(2, 3), keepdim=True))))
@@ -100,5 +109,5 @@ class ChannelAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, reduction={self.reduction}, pooling={self.pooling!r}, "
-            f"kernel_size={self.kernel_size}, shared={self.shared}"
+            f"kernel_size={self.kernel_size}, shared={self.shared}, hidden_channels={self.hidden_channels}"
         )

@@ -74,6 +74,13 @@ class DualAttention(nn.Module):
             self.cam = ChannelSelfAttention(inter)
             self.cam_out = nn.Conv2d(inter, channels, 3, padding=1)
 
+    def reset_parameters(self) -> None:
+        """Re-draw every convolution's default initialisation (the children initialise themselves on construction,
+        so ``__init__`` does not call this again and the random stream of existing seeds is unchanged)."""
+        for module in self.children():
+            if isinstance(module, (nn.Conv2d, PositionAttention, ChannelSelfAttention)):
+                module.reset_parameters()
+
     def _act(self, x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(x, self.negative_slope)
 

@@ -109,7 +109,12 @@ def received_attention(query: torch.Tensor, key: torch.Tensor, chunk_size: int |
         >>> torch.allclose(received_attention(q, k, chunk_size=3), ref, atol=1e-5)
         True
     """
-    if query.dim() < 2 or key.dim() != query.dim() or key.shape[-1] != query.shape[-1]:
+    if (
+        query.dim() < 2
+        or key.dim() != query.dim()
+        or key.shape[-1] != query.shape[-1]
+        or key.shape[:-2] != query.shape[:-2]
+    ):
         raise ValueError(
             f"received_attention: expected query (..., N, D) and key (..., M, D), got {tuple(query.shape)} "
             f"and {tuple(key.shape)}"
@@ -287,6 +292,13 @@ class MaskedSelfAttention(nn.Module):
         elif mask is None and mask_mode == "soft_morph":
             mask = MorphologicalMask(3, "close", "square")
         self.mask = mask
+
+    def reset_parameters(self) -> None:
+        """Re-draw every convolution's default initialisation (the children initialise themselves on construction,
+        so ``__init__`` does not call this again and the random stream of existing seeds is unchanged)."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                module.reset_parameters()
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         h = q.shape[-2]

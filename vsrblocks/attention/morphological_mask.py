@@ -48,6 +48,13 @@ def make_footprint(kernel_size: int, footprint: Footprint = "square") -> torch.T
     ``"square"``: all ones. ``"disk"``: the pixels with ``dy^2 + dx^2 <= r^2``, ``r = kernel_size // 2``,
     which is ``skimage.morphology.disk(r)`` (``disk(1)`` is the 4-neighbour cross).
 
+    Args:
+        kernel_size: odd side of the footprint.
+        footprint: ``"square"`` or ``"disk"``.
+
+    Returns:
+        ``(kernel_size, kernel_size)`` bool tensor.
+
     Examples:
         >>> make_footprint(3, "disk").int()
         tensor([[0, 1, 0],
@@ -114,6 +121,14 @@ def dilate(x: torch.Tensor, kernel_size: int = 3, footprint: Footprint = "square
 def erode(x: torch.Tensor, kernel_size: int = 3, footprint: Footprint = "square") -> torch.Tensor:
     """Grey-scale erosion ``-dilate(-x)``: the min over the footprint, outside pixels ignored.
 
+    Args:
+        x: ``(B, C, H, W)`` float or bool (each channel separately).
+        kernel_size: odd footprint size.
+        footprint: ``"square"`` or ``"disk"``.
+
+    Returns:
+        Same shape and dtype as ``x``.
+
     Examples:
         >>> x = torch.ones(1, 1, 3, 3); x[0, 0, 0, 0] = 0
         >>> erode(x)[0, 0]
@@ -127,17 +142,59 @@ def erode(x: torch.Tensor, kernel_size: int = 3, footprint: Footprint = "square"
 
 
 def opening(x: torch.Tensor, kernel_size: int = 3, footprint: Footprint = "square") -> torch.Tensor:
-    """Erosion then dilation: removes bright details smaller than the footprint (idempotent, anti-extensive)."""
+    """Erosion then dilation: removes bright details smaller than the footprint (idempotent, anti-extensive).
+
+    Args:
+        x: ``(B, C, H, W)`` float or bool.
+        kernel_size: odd footprint size.
+        footprint: ``"square"`` or ``"disk"``.
+
+    Returns:
+        Same shape and dtype as ``x``.
+
+    Examples:
+        >>> x = torch.zeros(1, 1, 5, 5); x[0, 0, 2, 2] = 1  # a one-pixel speck
+        >>> opening(x).sum().item()
+        0.0
+    """
     return dilate(erode(x, kernel_size, footprint), kernel_size, footprint)
 
 
 def closing(x: torch.Tensor, kernel_size: int = 3, footprint: Footprint = "square") -> torch.Tensor:
-    """Dilation then erosion: fills dark gaps smaller than the footprint (idempotent, extensive)."""
+    """Dilation then erosion: fills dark gaps smaller than the footprint (idempotent, extensive).
+
+    Args:
+        x: ``(B, C, H, W)`` float or bool.
+        kernel_size: odd footprint size.
+        footprint: ``"square"`` or ``"disk"``.
+
+    Returns:
+        Same shape and dtype as ``x``.
+
+    Examples:
+        >>> x = torch.ones(1, 1, 5, 5); x[0, 0, 2, 2] = 0  # a one-pixel hole
+        >>> closing(x).min().item()
+        1.0
+    """
     return erode(dilate(x, kernel_size, footprint), kernel_size, footprint)
 
 
 def morphological_gradient(x: torch.Tensor, kernel_size: int = 3, footprint: Footprint = "square") -> torch.Tensor:
-    """``dilate(x) - erode(x)``: an edge map (the spec's interpretation D of DASAA's mask). Float output."""
+    """``dilate(x) - erode(x)``: an edge map (the spec's interpretation D of DASAA's mask).
+
+    Args:
+        x: ``(B, C, H, W)`` float or bool.
+        kernel_size: odd footprint size.
+        footprint: ``"square"`` or ``"disk"``.
+
+    Returns:
+        Float tensor of the shape of ``x``, non-negative.
+
+    Examples:
+        >>> x = torch.zeros(1, 1, 1, 4); x[..., 2:] = 1
+        >>> morphological_gradient(x)[0, 0]
+        tensor([[0., 1., 1., 0.]])
+    """
     xf = _as_float(x)
     return dilate(xf, kernel_size, footprint) - erode(xf, kernel_size, footprint)
 
@@ -197,6 +254,9 @@ def remove_small_objects(x: torch.Tensor, min_size: int, connectivity: int = 2) 
         min_size: components smaller than this are removed.
         connectivity: 1 (4-neighbours) or 2 (8-neighbours).
 
+    Returns:
+        Same shape and dtype as ``x``.
+
     Examples:
         >>> x = torch.zeros(1, 1, 4, 6); x[0, 0, :2, :2] = 1; x[0, 0, 3, 5] = 1
         >>> remove_small_objects(x, 2)[0, 0]
@@ -218,7 +278,21 @@ def remove_small_objects(x: torch.Tensor, min_size: int, connectivity: int = 2) 
 
 def remove_small_holes(x: torch.Tensor, min_size: int, connectivity: int = 2) -> torch.Tensor:
     """Fill the background components (holes, border-touching ones included) with fewer than
-    ``min_size`` pixels: ``~remove_small_objects(~x)``, as ``skimage.morphology.remove_small_holes``."""
+    ``min_size`` pixels: ``~remove_small_objects(~x)``, as ``skimage.morphology.remove_small_holes``.
+
+    Args:
+        x: ``(B, C, H, W)`` binary (float in {0, 1} or bool).
+        min_size: holes smaller than this are filled.
+        connectivity: 1 (4-neighbours) or 2 (8-neighbours) of the holes.
+
+    Returns:
+        Same shape and dtype as ``x``.
+
+    Examples:
+        >>> x = torch.ones(1, 1, 4, 4); x[0, 0, 1, 1] = 0
+        >>> bool(remove_small_holes(x, 2).all())
+        True
+    """
     check_shape(x, "B C H W", name="x")
     _check_binary(x, "remove_small_holes")
     filled = ~remove_small_objects(~x.bool(), min_size, connectivity)

@@ -31,6 +31,10 @@ def position_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     Returns:
         ``(..., N, E)``.
 
+    Raises:
+        ValueError: if the leading dimensions differ (no broadcasting), ``query`` and ``key`` have
+            different ``D`` or ``key`` and ``value`` a different number of positions ``M``.
+
     Examples:
         >>> q, k, v = torch.randn(2, 6, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 3)
         >>> position_attention(q, k, v).shape
@@ -38,6 +42,19 @@ def position_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
         >>> torch.allclose(position_attention(q, k, v), position_attention(q, k, v, fused=False), atol=1e-6)
         True
     """
+    if (
+        query.dim() < 2
+        or key.dim() != query.dim()
+        or value.dim() != query.dim()
+        or key.shape[:-2] != query.shape[:-2]
+        or value.shape[:-2] != query.shape[:-2]
+        or key.shape[-1] != query.shape[-1]
+        or value.shape[-2] != key.shape[-2]
+    ):
+        raise ValueError(
+            "position_attention: expected query (..., N, D), key (..., M, D) and value (..., M, E) with the same "
+            f"leading dimensions, got {tuple(query.shape)}, {tuple(key.shape)} and {tuple(value.shape)}"
+        )
     if fused:
         return F.scaled_dot_product_attention(query, key, value, scale=1.0)
     return torch.softmax(query @ key.transpose(-2, -1), dim=-1) @ value

@@ -73,6 +73,13 @@ class SpatialAttention(nn.Module):
         self.max_pool = nn.MaxPool2d(3, stride=2, padding=1)
         self.avg_pool = nn.AvgPool2d(3, stride=2, padding=1)
 
+    def reset_parameters(self) -> None:
+        """Re-draw every convolution's default initialisation (the children initialise themselves on construction,
+        so ``__init__`` does not call this again and the random stream of existing seeds is unchanged)."""
+        for module in self.children():
+            if isinstance(module, nn.Conv2d):
+                module.reset_parameters()
+
     def _lrelu(self, x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(x, self.negative_slope)
 
