@@ -11,10 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.checks import assert_compiles
+from tests.official import VSRT_FIXTURE as FIXTURE
 from tests.strategies import batches, frames, sizes
 from vsrblocks import OfficialPositionEncoding3D, SinCosPositionEncoding3D, sincos_position_encoding_3d
-
-FIXTURE = "/work/shared/fixtures/official/vsrt_case1.pt"
 
 
 @given(batch=batches, frames_=frames, channels=st.integers(1, 20), height=sizes, width=sizes)

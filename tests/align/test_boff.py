@@ -10,11 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
+from tests.official import VSRT_FIXTURE as FIXTURE
 from tests.strategies import batches, frames, seeded_rand, seeded_randn, seeds, sizes
 from vsrblocks.align import BOFF
 from vsrblocks.align.flow_warp import flow_warp
 
-FIXTURE = "/work/shared/fixtures/official/vsrt_case1.pt"
 PREFIX = "transformer.layers.0.1.fn.fn."
 
 

@@ -10,12 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
+from tests.official import VSRT_FIXTURE as FIXTURE
 from tests.strategies import seeded_rand, seeds
 from vsrblocks.align import SPyNet, bidirectional_flows
 from vsrblocks.align.flow_warp import flow_warp
 from vsrblocks.checkpoint import CheckpointError
 
-FIXTURE = "/work/shared/fixtures/official/vsrt_case1.pt"
 needs_fixture = pytest.mark.skipif(not os.path.isfile(FIXTURE), reason="official VSRT fixture not available")
 
 

@@ -4,8 +4,6 @@ its error bound, the small/large sigma limits, bounded memory, batch independenc
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
+from tests.official import MANA_FIXTURE as FIXTURE
 from tests.strategies import batches, seeded_randn, seeds, sizes
 from vsrblocks.attention.gaussian_cross_frame import (
     DEFAULT_CHUNK_BYTES,
@@ -22,7 +21,6 @@ from vsrblocks.attention.gaussian_cross_frame import (
     gaussian_cross_frame_attention,
 )
 
-FIXTURE = Path(os.environ.get("VSRBLOCKS_FIXTURES", "/work/shared/fixtures/official")) / "mana_case1.pt"
 needs_fixture = pytest.mark.skipif(not FIXTURE.is_file(), reason=f"official fixture {FIXTURE} not available")
 CROSS_KEYS = ("norm", "g", "theta", "phi", "W_z", "std")
 

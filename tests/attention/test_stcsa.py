@@ -3,9 +3,6 @@ padding, bf16, torch.compile, and parity with the official ``globalAttention`` b
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,10 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
+from tests.official import VSRT_FIXTURE as FIXTURE
 from tests.strategies import batches, frames, seeded_randn, seeds, sizes
 from vsrblocks.attention.stcsa import STCSA
-
-FIXTURE = Path(os.environ.get("VSRBLOCKS_FIXTURES", "/work/shared/fixtures/official")) / "vsrt_case1.pt"
 
 
 def _block(channels=8, patch_size=4, num_heads=1, seed=0, **kwargs) -> STCSA:

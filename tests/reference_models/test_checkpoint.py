@@ -13,9 +13,8 @@ from reference_models.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from tests.official import MANA_FIXTURE
 from tests.reference_models.helpers import LocalVSR
-
-FIXTURES = Path(os.environ.get("VSRBLOCKS_FIXTURES", "/work/shared/fixtures/official"))
 
 
 def tiny(name="mana", **overrides):
@@ -127,7 +126,7 @@ def test_plain_and_wrapped_state_dicts_load(tmp_path, wrap):
 
 
 def test_official_mana_checkpoint_loads_through_the_key_map(tmp_path):
-    fixture = FIXTURES / "mana_case1.pt"
+    fixture = MANA_FIXTURE
     if not fixture.exists():
         pytest.skip("official MANA fixture not available")
     data = torch.load(fixture, map_location="cpu", weights_only=True)

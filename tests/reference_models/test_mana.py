@@ -3,9 +3,6 @@ checkpoints (D dropped and validated, 256-slot banks), any input size, registry,
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -14,9 +11,9 @@ from hypothesis import strategies as st
 import reference_models
 from reference_models.mana import MANA, MODEL, PRESETS, from_official, official_key_map
 from tests.checks import assert_base_path_flip_consistent, assert_batch_independent, assert_compiles, assert_half_precision_finite
+from tests.official import MANA_FIXTURE as FIXTURE
 from tests.strategies import seeded_rand, seeds
 
-FIXTURE = Path(os.environ.get("VSRBLOCKS_FIXTURES", "/work/shared/fixtures/official")) / "mana_case1.pt"
 needs_fixture = pytest.mark.skipif(not FIXTURE.is_file(), reason=f"official fixture {FIXTURE} not available")
 
 

@@ -3,9 +3,6 @@ tiled inference at other sizes, the presets at any size and frame count, gradien
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -15,11 +12,11 @@ from reference_models import create_model, list_presets
 from reference_models import from_official as registry_from_official
 from reference_models.vsrt import VSRT, PRESETS, _tile_spans, convert_official_state_dict, from_official
 from tests.checks import assert_base_path_flip_consistent
+from tests.official import VSRT_FIXTURE as FIXTURE
 from tests.strategies import seeded_rand
 from vsrblocks.align.spynet import SPyNet, bidirectional_flows
 from vsrblocks.checkpoint import CheckpointError
 
-FIXTURE = Path(os.environ.get("VSRBLOCKS_FIXTURES", "/work/shared/fixtures/official")) / "vsrt_case1.pt"
 ATOL = 1e-5
 
 
