@@ -85,8 +85,6 @@ def _build_model(args: argparse.Namespace):
     from reference_models.registry import create_model
 
     spec = None
-    if args.checkpoint and Path(args.checkpoint).is_dir():
-        raise _UserError(f"checkpoint '{args.checkpoint}' is a folder; pass the checkpoint file (e.g. last.pt)")
     if args.checkpoint:
         try:
             spec = read_checkpoint(args.checkpoint).get("model_spec")

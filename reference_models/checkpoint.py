@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from reference_models.registry import create_model, model_spec
-from vsrblocks.checkpoint import CheckpointError, load_state_dict_checked, read_state_dict
+from vsrblocks.checkpoint import CheckpointError, load_file, load_state_dict_checked, read_state_dict
 
 __all__ = ["CheckpointError", "save_checkpoint", "read_checkpoint", "load_checkpoint", "model_from_checkpoint"]
 
@@ -103,12 +103,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         CheckpointError: missing or unreadable file, or a file that is not one of our checkpoints.
     """
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint '{os.fspath(path)}' does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several unrelated types for a corrupt file
-        raise CheckpointError(f"cannot read checkpoint '{os.fspath(path)}': {type(exc).__name__}: {exc}") from exc
+    obj = load_file(path)
     if not (isinstance(obj, Mapping) and obj.get("format") == FORMAT and isinstance(obj.get("state_dict"), Mapping)):
         raise CheckpointError(
             f"'{os.fspath(path)}' is not a reference_models checkpoint (no model_spec); "

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "read_state_dict", "load_state_dict_checked"]
+__all__ = ["CheckpointError", "load_file", "read_state_dict", "load_state_dict_checked"]
 
 _WRAPPERS = ("params_ema", "params", "state_dict", "model")
 
@@ -22,6 +22,25 @@ def _summarise(keys: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def load_file(path: str | os.PathLike[str]) -> object:
+    """``torch.load(path, map_location="cpu", weights_only=True)``: tensors and plain containers only, so an
+    untrusted file cannot run code.
+
+    Raises:
+        CheckpointError: the path is a folder, does not exist, or cannot be unpickled safely (corrupt,
+            truncated, or holding arbitrary objects).
+    """
+    name = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {name!r} is a folder; pass the checkpoint file inside it (e.g. last.pt)")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {name!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for a corrupt file
+        raise CheckpointError(f"cannot read checkpoint {name!r}: {type(exc).__name__}: {exc}") from exc
+
+
 def read_state_dict(path: str | os.PathLike[str], wrapper_keys: tuple[str, ...] = _WRAPPERS) -> dict[str, torch.Tensor]:
     """Read a state_dict with ``torch.load(..., weights_only=True)`` and unwrap common containers.
 
@@ -31,12 +50,7 @@ def read_state_dict(path: str | os.PathLike[str], wrapper_keys: tuple[str, ...] 
     Raises:
         CheckpointError: the file does not exist, cannot be unpickled safely, or holds no tensors.
     """
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {os.fspath(path)!r} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several unrelated types for a corrupt file
-        raise CheckpointError(f"cannot read checkpoint {os.fspath(path)!r}: {type(exc).__name__}: {exc}") from exc
+    obj = load_file(path)
     if isinstance(obj, Mapping):
         for key in wrapper_keys:
             if isinstance(obj.get(key), Mapping):

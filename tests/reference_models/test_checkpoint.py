@@ -174,3 +174,10 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         save_checkpoint(LocalVSR(seed=2), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="is a folder"):
+        read_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_checkpoint(LocalVSR(), tmp_path)
