@@ -16,11 +16,8 @@ Rows (``--rows``, ``kind:HxW``):
 - ``stcsa``  -- :class:`vsrblocks.attention.STCSA` (C=64, patch 8, 1 head, T=7, joint space-time attention over all
   patches) if importable, else "not available".
 
-Each row runs in its own subprocess so that its peak memory is its own: on CPU the peak resident set size during the
-timed passes minus the resident set size before them (Linux ``VmHWM`` after resetting it; ``ru_maxrss`` elsewhere),
-so the inputs, the weights and the dense baseline's stored ``D`` are not counted (with glibc's mmap threshold fixed at
-128 KiB, so that freed buffers return to the system and the RSS follows the live tensors), on CUDA ``torch.cuda.max_memory_allocated``
-minus the memory allocated before the first pass. Time is the median of ``--reps`` forward passes
+Each row runs in its own subprocess so that its peak memory is its own, measured over the timed passes only
+(``benchmarks/peak_memory.py``): the inputs, the weights and the dense baseline's stored ``D`` are not counted. Time is the median of ``--reps`` forward passes
 (``torch.inference_mode``) after ``--warmup`` untimed ones; ``--train`` times forward + backward instead.
 """
 
@@ -28,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,6 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from peak_memory import SUBPROCESS_ENV, PeakMemory  # noqa: E402  (sibling script module)
 from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention  # noqa: E402
 
 CHANNELS, FRAMES = 128, 7
@@ -85,33 +81,6 @@ def _stcsa():
     return STCSA
 
 
-def _proc_status_mib(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
-def _start_peak_rss() -> float:
-    """Reset the kernel's peak-RSS counter (Linux: ``clear_refs`` 5) so that building the inputs, weights or the
-    dense baseline's ``D`` does not hide the pass's own peak; returns the current RSS in MiB."""
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return _proc_status_mib("VmRSS") or 0.0
-
-
-def _peak_rss() -> float:
-    peak = _proc_status_mib("VmHWM")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _dense_gb(height: int, width: int) -> float:
     """Size of one (HW)^2 float32 matrix in GB (the official code keeps D, the Gaussian and the per-frame
     attention matrices live: at least 3-4 of them)."""
@@ -140,10 +109,8 @@ def measure(kind: str, height: int, width: int, device: str, reps: int, warmup: 
     if train:
         clip.requires_grad_(True)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    base = _start_peak_rss()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base_cuda = torch.cuda.memory_allocated()
+    memory = PeakMemory(device)
+    memory.start()
     times = []
     for i in range(warmup + reps):
         sync()
@@ -156,8 +123,7 @@ def measure(kind: str, height: int, width: int, device: str, reps: int, warmup: 
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20 if device == "cuda" else _peak_rss() - base
-    return {"ms": 1000 * statistics.median(times), "peak_mib": peak}
+    return {"ms": 1000 * statistics.median(times), "peak_mib": memory.peak_mib()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,9 +161,6 @@ def main(argv: list[str] | None = None) -> None:
         "dense": "dense official-style (HW x HW per frame)",
         "stcsa": "STCSA (C=64, p=8, 1 head)",
     }
-    # A fixed mmap threshold turns off glibc's adaptive one, under which freed multi-MB buffers stay in the heap
-    # and the resident set size measures heap fragmentation instead of the memory the block needs.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     for row in args.rows:
         kind, size = row.split(":")
         h, w = map(int, size.split("x"))
@@ -217,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             cmd = [sys.executable, __file__, "--single", row, "--device", args.device, "--reps", str(args.reps),
                    "--warmup", str(args.warmup)] + (["--train"] if args.train else [])
             try:
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=SUBPROCESS_ENV)
                 if done.returncode == 0:
                     result = json.loads(done.stdout.strip().splitlines()[-1])
                 else:

@@ -3,9 +3,9 @@
     python benchmarks/models.py                       # paper presets, 64x64 and 180x320 LR, CPU
     python benchmarks/models.py --presets tiny --sizes 64x64 --device cuda
 
-Each (model, preset, size) runs in its own subprocess so that peak memory is that run's alone: on CPU the
-peak resident set size growth over the process after the model is built (``ru_maxrss``), on CUDA
-``torch.cuda.max_memory_allocated``. Time is the median of ``--reps`` forward passes after one warm-up,
+Each (model, preset, size) runs in its own subprocess so that peak memory is that run's alone, measured over
+the forward passes after the model and input exist (``benchmarks/peak_memory.py``: peak RSS on CPU, on CUDA
+``torch.cuda.max_memory_allocated``). Time is the median of ``--reps`` forward passes after one warm-up,
 divided by the number of output frames (1 for centre-frame models, T for clip models).
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -22,10 +21,7 @@ import time
 import torch
 
 import reference_models
-
-
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from peak_memory import SUBPROCESS_ENV, PeakMemory  # sibling script module
 
 
 def measure(name: str, preset: str, height: int, width: int, device: str, reps: int, batch: int) -> dict:
@@ -34,9 +30,8 @@ def measure(name: str, preset: str, height: int, width: int, device: str, reps: 
     clip = torch.rand(batch, model.num_frames, 3, height, width, device=device)
     outputs_per_pass = batch * (model.num_frames if model.output_mode == "all" else 1)
     params = sum(p.numel() for p in model.parameters())
-    base = _rss_mib()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    memory = PeakMemory(device)
+    memory.start()
     times = []
     with torch.inference_mode():
         for i in range(reps + 1):
@@ -48,11 +43,10 @@ def measure(name: str, preset: str, height: int, width: int, device: str, reps: 
                 torch.cuda.synchronize()
             if i:
                 times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _rss_mib() - base
     return {
         "params_m": params / 1e6,
         "ms_per_frame": 1000 * statistics.median(times) / outputs_per_pass,
-        "peak_mib": peak,
+        "peak_mib": memory.peak_mib(),
     }
 
 
@@ -86,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
                 cmd = [sys.executable, __file__, "--single", f"{name}:{preset}:{size}", "--device", args.device,
                        "--reps", str(args.reps), "--batch", str(args.batch)]
                 try:
-                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=SUBPROCESS_ENV)
                     row = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
                     why = done.stderr.strip().splitlines()[-1] if done.returncode else ""
                 except subprocess.TimeoutExpired:
