@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import Any
 
@@ -66,15 +67,16 @@ def sincos_position_encoding_3d(
     return torch.cat(groups, dim=1).to(dtype)
 
 
-class _CachedEncoding(nn.Module):
+class _CachedEncoding(nn.Module, ABC):
     """Caches the encoding per (T, C, H, W, device, dtype); no size-dependent state is stored in the module."""
 
     def __init__(self) -> None:
         super().__init__()
         self._cache: OrderedDict[tuple[Any, ...], torch.Tensor] = OrderedDict()
 
+    @abstractmethod
     def _build(self, frames: int, channels: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        raise NotImplementedError
+        """The ``(T, C, H, W)`` encoding of one size."""
 
     def _encoding(self, clip: torch.Tensor) -> torch.Tensor:
         """The encoding for ``clip`` (B, T, C, H, W), broadcast over the batch."""

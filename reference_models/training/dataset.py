@@ -18,6 +18,7 @@ reflected at the clip ends.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,16 +34,18 @@ from reference_models.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Folder
 __all__ = ["Clip", "FrameFolderClip", "VideoFileClip", "TensorClip", "load_clips", "TrainClips", "ValClips"]
 
 
-class Clip:
+class Clip(ABC):
     """A sequence of RGB frames; ``clip[i]`` is frame ``i`` as a ``(3, H, W)`` uint8 tensor."""
 
     name: str
 
+    @abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Number of frames."""
 
+    @abstractmethod
     def __getitem__(self, index: int) -> torch.Tensor:
-        raise NotImplementedError
+        """Frame ``index`` as a ``(3, H, W)`` uint8 tensor."""
 
     @property
     def frame_size(self) -> tuple[int, int]:

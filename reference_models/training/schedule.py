@@ -17,6 +17,7 @@ run would, and the checkpoint only needs the step and :meth:`Schedule.state_dict
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -53,14 +54,15 @@ class Stage:
     loss: Literal["pixel", "memory"] = "pixel"
 
 
-class Schedule:
+class Schedule(ABC):
     """The learning rate and the stage at every step ``0 <= step < total_steps``."""
 
     name: str
     total_steps: int
 
+    @abstractmethod
     def lr(self, step: int) -> float:
-        raise NotImplementedError
+        """The learning rate at ``step``."""
 
     def stage(self, step: int) -> Stage:
         return Stage()
@@ -68,9 +70,9 @@ class Schedule:
     def stage_index(self, step: int) -> int:
         return 0
 
+    @abstractmethod
     def state_dict(self) -> dict[str, Any]:
         """The configuration (plain types): ``make_schedule(**state_dict)`` rebuilds the schedule."""
-        raise NotImplementedError
 
 
 class ConstantSchedule(Schedule):
