@@ -34,7 +34,7 @@ from reference_models.training.dataset import TensorClip, TrainClips, ValClips
 from reference_models.training.degradation import bicubic_upsample
 from reference_models.training.trainer import TrainConfig, Trainer, frame_scores
 
-__all__ = ["DemoSettings", "load_photo", "pan_zoom_clip", "demo_clips", "run_demo", "main"]
+__all__ = ["DemoSettings", "load_photo", "pan_zoom_clip", "demo_clips", "planned_steps", "run_demo", "main"]
 
 DEFAULT_PHOTO = "chelsea"
 
@@ -156,6 +156,16 @@ def _calibrate(model: nn.Module, data: TrainClips, settings: DemoSettings) -> fl
     return float(np.median(times)) * 1.1
 
 
+def planned_steps(seconds_per_step: float, settings: DemoSettings) -> int:
+    """Training steps that fill ``settings.seconds``, but never fewer than ``settings.min_steps``.
+
+    Examples:
+        >>> planned_steps(0.2, DemoSettings(seconds=120)), planned_steps(2.0, DemoSettings(seconds=120))
+        (600, 300)
+    """
+    return max(settings.min_steps, int(settings.seconds / seconds_per_step))
+
+
 def _to_image(x: torch.Tensor):  # noqa: ANN202
     from PIL import Image
 
@@ -209,15 +219,11 @@ def run_demo(settings: DemoSettings) -> dict[str, dict[str, float]]:
     steps = settings.steps
     if steps is None:
         per_step = _calibrate(model, data, settings)
-        steps = int(settings.seconds / per_step)
-        if steps >= settings.min_steps:
-            print(f"calibrated: {per_step:.2f} s per step of batch {settings.batch_size} -> {steps} steps for ~{settings.seconds:.0f} s")
-        else:
-            steps = settings.min_steps
-            print(
-                f"calibrated: {per_step:.2f} s per step of batch {settings.batch_size}; this machine is slow or busy, so training "
-                f"the minimum {steps} steps (~{steps * per_step:.0f} s)"
-            )
+        steps = planned_steps(per_step, settings)
+        budget = f"{steps} steps for ~{settings.seconds:.0f} s"
+        if steps == settings.min_steps:
+            budget = f"this machine is slow or busy, so training the minimum {steps} steps (~{steps * per_step:.0f} s)"
+        print(f"calibrated: {per_step:.2f} s per step of batch {settings.batch_size} -> {budget}")
     config = TrainConfig(
         steps=steps,
         batch_size=settings.batch_size,

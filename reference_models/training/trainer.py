@@ -241,10 +241,8 @@ class Trainer:
             bf16 = self.device.type != "cuda" or torch.cuda.is_bf16_supported()
             self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        if isinstance(config.compile, str):
-            self.forward_model = torch.compile(self.model, backend=config.compile)
-        else:
-            self.forward_model = torch.compile(self.model) if config.compile else self.model
+        backend = config.compile if isinstance(config.compile, str) else "inductor"
+        self.forward_model = torch.compile(self.model, backend=backend) if config.compile else self.model
 
         self.step = 0
         self.rows: list[_Row] = []

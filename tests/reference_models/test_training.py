@@ -24,11 +24,13 @@ from reference_models.training import (
     bicubic_downsample,
     bicubic_upsample,
     degrade,
+    frame_scores,
     load_clips,
     make_schedule,
     memory_parameter_names,
 )
 from reference_models.training.cli import main as train_main
+from vsrblocks.metrics import psnr, ssim
 
 
 # --------------------------------------------------------------------------- MATLAB imresize in numpy
@@ -467,3 +469,15 @@ def test_cli_bad_inputs_exit_with_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (argv, err)
         assert not out.exists(), argv
+
+
+def test_frame_scores_are_the_basicsr_metrics_and_drop_the_border_on_small_frames():
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 24, 24, generator=g)
+    pred = (target + 0.05 * torch.randn(2, 3, 24, 24, generator=g)).clamp(0, 1)
+    scores = frame_scores(pred, target, crop_border=4)
+    assert scores["psnr_y"] == pytest.approx(float(psnr(pred, target, crop_border=4, test_y_channel=True).mean()))
+    assert scores["ssim_rgb"] == pytest.approx(float(ssim(pred, target, crop_border=4).mean()))
+    small_pred, small_target = pred[..., :16, :16], target[..., :16, :16]  # 16 - 2 * 4 < 11: no room for SSIM's window
+    small = frame_scores(small_pred, small_target, crop_border=4)
+    assert small["psnr_rgb"] == pytest.approx(float(psnr(small_pred, small_target).mean()))

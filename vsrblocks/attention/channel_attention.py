@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from vsrblocks.reset import reset_submodules
 from vsrblocks.shapes import check_shape
 
 __all__ = ["ChannelAttention"]
@@ -89,11 +90,9 @@ class ChannelAttention(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def reset_parameters(self) -> None:
-        """Re-draw every convolution's default initialisation (the children initialise themselves on construction,
-        so ``__init__`` does not call this again and the random stream of existing seeds is unchanged)."""
-        for module in self.children():
-            if isinstance(module, nn.Conv2d):
-                module.reset_parameters()
+        """Re-initialise every layer as on construction (``__init__`` does not call this: the layers initialise
+        themselves, and seeded weights stay what they were)."""
+        reset_submodules(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", C=self.channels)

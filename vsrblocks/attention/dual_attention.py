@@ -8,6 +8,7 @@ from torch import nn
 
 from vsrblocks.attention.channel_self_attention import ChannelSelfAttention
 from vsrblocks.attention.position_attention import PositionAttention
+from vsrblocks.reset import reset_submodules
 from vsrblocks.shapes import check_shape
 
 __all__ = ["DualAttention"]
@@ -75,11 +76,9 @@ class DualAttention(nn.Module):
             self.cam_out = nn.Conv2d(inter, channels, 3, padding=1)
 
     def reset_parameters(self) -> None:
-        """Re-draw every convolution's default initialisation (the children initialise themselves on construction,
-        so ``__init__`` does not call this again and the random stream of existing seeds is unchanged)."""
-        for module in self.children():
-            if isinstance(module, (nn.Conv2d, PositionAttention, ChannelSelfAttention)):
-                module.reset_parameters()
+        """Re-initialise every layer as on construction (``__init__`` does not call this: the layers initialise
+        themselves, and seeded weights stay what they were)."""
+        reset_submodules(self)
 
     def _act(self, x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(x, self.negative_slope)

@@ -19,6 +19,7 @@ from torch import nn
 
 from vsrblocks.attention.morphological_mask import MorphologicalMask
 from vsrblocks.attention.position_attention import position_attention
+from vsrblocks.reset import reset_submodules
 from vsrblocks.shapes import check_shape
 
 __all__ = [
@@ -294,11 +295,9 @@ class MaskedSelfAttention(nn.Module):
         self.mask = mask
 
     def reset_parameters(self) -> None:
-        """Re-draw every convolution's default initialisation (the children initialise themselves on construction,
-        so ``__init__`` does not call this again and the random stream of existing seeds is unchanged)."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                module.reset_parameters()
+        """Re-initialise every layer as on construction (``__init__`` does not call this: the layers initialise
+        themselves, and seeded weights stay what they were)."""
+        reset_submodules(self)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         h = q.shape[-2]

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsrblocks.reset import reset_submodules
 from vsrblocks.shapes import check_shape
 
 __all__ = ["SpatialAttention"]
@@ -74,11 +75,9 @@ class SpatialAttention(nn.Module):
         self.avg_pool = nn.AvgPool2d(3, stride=2, padding=1)
 
     def reset_parameters(self) -> None:
-        """Re-draw every convolution's default initialisation (the children initialise themselves on construction,
-        so ``__init__`` does not call this again and the random stream of existing seeds is unchanged)."""
-        for module in self.children():
-            if isinstance(module, nn.Conv2d):
-                module.reset_parameters()
+        """Re-initialise every layer as on construction (``__init__`` does not call this: the layers initialise
+        themselves, and seeded weights stay what they were)."""
+        reset_submodules(self)
 
     def _lrelu(self, x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(x, self.negative_slope)
