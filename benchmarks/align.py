@@ -6,8 +6,9 @@
 
 SPyNet runs ``--pairs`` frame pairs in one batched call (as :func:`vsrblocks.align.bidirectional_flows`
 does for a clip) and reports milliseconds per pair. DeformConv2d runs one ``(1, C, H, W)`` feature map
-(C = ``--channels``, 3x3, 8 deformable groups, offsets predicted from the input and made non-zero).
-Times are medians of ``--reps`` timed runs after one warm-up, in inference mode, float32 (TF32 off).
+(C = ``--channels``, 3x3, 8 deformable groups, offsets predicted from the input and made non-zero), in
+inference mode and as a training step (forward, then backward to every parameter).
+Times are medians of ``--reps`` timed runs after one warm-up, float32 (TF32 off).
 """
 
 from __future__ import annotations
@@ -60,12 +61,26 @@ def bench_deform_conv(sizes: list[tuple[int, int]], channels: int, reps: int, de
         x = torch.randn(1, channels, height, width, device=device)
         for backend in backends:
             torch.manual_seed(0)
-            dcn = DeformConv2d(channels, channels, deform_groups=8, backend=backend).eval().to(device)
+            dcn = DeformConv2d(channels, channels, deform_groups=8, backend=backend).to(device)
             with torch.no_grad():
                 dcn.conv_offset.weight.normal_(0.0, 0.01)  # non-zero offsets, a few pixels
             with torch.inference_mode():
-                ms = _time_ms(lambda: dcn(x), reps, device)
-            rows.append((f"DeformConv2d {channels}->{channels} 3x3, backend={backend}", f"{height}x{width}", f"{ms:.2f} ms"))
+                forward_ms = _time_ms(lambda: dcn(x), reps, device)
+
+            def train_step() -> torch.Tensor:
+                dcn.zero_grad(set_to_none=True)
+                out = dcn(x)
+                out.square().mean().backward()
+                return out
+
+            train_ms = _time_ms(train_step, reps, device)
+            rows.append(
+                (
+                    f"DeformConv2d {channels}->{channels} 3x3, backend={backend}",
+                    f"{height}x{width}",
+                    f"{forward_ms:.2f} ms forward, {train_ms:.2f} ms forward + backward",
+                )
+            )
         if "torchvision" not in backends:
             rows.append((f"DeformConv2d {channels}->{channels} 3x3, backend=torchvision", f"{height}x{width}", "not available"))
     return rows

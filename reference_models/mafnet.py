@@ -372,6 +372,6 @@ PRESETS: dict[str, dict] = {
     "tiny": {
         "num_frames": 5, "channels": 8, "num_rdbs": 1, "rdb_layers": 2, "rdb_growth": 4, "ca_reduction": 4,
         "self_attention_reduction": 4, "flow_channels": 4, "flow_hidden_channels": (8, 8),
-        "hr_channels": 4, "dcn_groups": 2,
+        "hr_channels": 4, "dcn_groups": 1,  # 4 channels per deformable group, as in the paper preset
     },
 }

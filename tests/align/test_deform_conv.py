@@ -128,16 +128,38 @@ def test_zero_offset_unit_mask_is_conv2d(config, backend):
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("torchvision", marks=needs_torchvision)])
-def test_integer_offset_is_a_shift(backend):
-    """A 1x1 deformable conv with offset (dy, dx) = (1, -2) everywhere reads x[i + 1, j - 2] (zeros outside)."""
-    x = seeded_randn((1, 2, 6, 7), 0, torch.float64)
-    weight = torch.eye(2, dtype=torch.float64)[:, :, None, None]
-    offset = torch.zeros(1, 2, 6, 7, dtype=torch.float64)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", [(6, 7), (8, 16), (1, 13)])
+def test_integer_offset_is_an_exact_shift(backend, dtype, size):
+    """A 1x1 deformable conv with offset (dy, dx) = (1, -2) everywhere reads x[i + 1, j - 2] (zeros outside),
+    bit for bit: integer positions are never rounded, whether or not the size is a power of two."""
+    x = seeded_randn((1, 2, *size), 0, dtype)
+    weight = torch.eye(2, dtype=dtype)[:, :, None, None]
+    offset = torch.zeros(1, 2, *size, dtype=dtype)
     offset[:, 0], offset[:, 1] = 1.0, -2.0
     out = deform_conv2d(x, offset, weight, backend=backend)
     expected = torch.zeros_like(x)
     expected[:, :, :-1, 2:] = x[:, :, 1:, :-2]
-    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+def test_auto_backend_is_pure_torch_off_cuda(monkeypatch):
+    """``"auto"`` runs the grid_sample formulation on the CPU (faster there: ``benchmarks/align.py``) and
+    keeps torchvision's kernel for CUDA tensors."""
+    import torchvision.ops
+
+    import vsrblocks.align.deform_conv as module
+
+    def not_on_cpu(*args, **kwargs):
+        raise AssertionError("torchvision.ops.deform_conv2d must not be called for CPU tensors")
+
+    monkeypatch.setattr(torchvision.ops, "deform_conv2d", not_on_cpu)
+    x, offset, weight, bias, mask, kw = _case(CONFIGS[1], seed=4)
+    expected = deform_conv2d(x, offset, weight, bias, mask=mask, backend="torch", **kw)
+    torch.testing.assert_close(deform_conv2d(x, offset, weight, bias, mask=mask, **kw), expected, atol=0, rtol=0)
+    cuda = torch.device("cuda")
+    assert module._resolve_backend("auto", cuda) == ("torchvision" if torchvision_available() else "torch")
+    assert module._resolve_backend("torch", cuda) == "torch"
 
 
 def test_module_starts_as_half_masked_conv():

@@ -124,6 +124,25 @@ def test_bidirectional_shares_weights_and_reverses_time():
     torch.testing.assert_close(out, reversed_run.flip(1))
 
 
+def test_bidirectional_forward_half_continues_the_given_state():
+    """Both directions run as one batch: the forward half must still start from the given state (and
+    return the forward final state), the backward half from zeros."""
+    lstm = _lstm(bidirectional=True)
+    _randomise_(lstm, 3)
+    with torch.no_grad():
+        lstm.fusion.weight.zero_()
+        lstm.fusion.weight[:, :4, 0, 0] = torch.eye(4)  # select the forward direction
+        lstm.fusion.bias.zero_()
+    clip = seeded_randn((2, 3, 4, 5, 6), 1)
+    state = (seeded_randn((2, 4, 5, 6), 2), seeded_randn((2, 4, 5, 6), 3))
+    out, final = lstm(clip, state)
+    lstm.bidirectional = False
+    forward_run, forward_final = lstm(clip, state)
+    torch.testing.assert_close(out, forward_run)
+    torch.testing.assert_close(final.h, forward_final.h)
+    torch.testing.assert_close(final.c, forward_final.c)
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 @settings(max_examples=5)
 @given(
