@@ -150,8 +150,8 @@ class VSRT(nn.Module):
         output_mode: ``"all"`` (every frame, the paper's setting) or ``"center"`` (frame ``T // 2``).
         spynet_pretrained: a SPyNet checkpoint (MMagic or BasicSR layout) to initialise the flow network
             from, as the official training does; ``None``: random SPyNet weights.
-        spynet_channels: hidden widths of SPyNet's basic modules (the default is SPyNet's own and is needed
-            for pretrained flow weights; the ``tiny`` preset uses a narrow SPyNet).
+        spynet_channels: hidden widths of SPyNet's basic modules (the default is SPyNet's own; the ``tiny``
+            preset uses a narrow SPyNet). With ``spynet_pretrained`` the file's widths are built instead.
 
     Shape:
         - Input: ``(B, T, 3, H, W)``, RGB in ``[0, 1]``

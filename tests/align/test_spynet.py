@@ -249,3 +249,18 @@ def test_gradients_bf16_and_compile(spynet_module):
         # random SPyNet weights give flows of tens of pixels; compiled conv order differs in the last bits
         assert_compiles(_spynet(5), ref.detach(), supp, atol=1e-4)
         assert_half_precision_finite(_spynet(5), ref.detach(), supp)
+
+
+def test_from_checkpoint_builds_the_stored_widths(tmp_path):
+    """A narrow SPyNet (e.g. VSRT tiny's) loads as itself; asking for other widths names the mismatch."""
+    torch.manual_seed(6)
+    narrow = SPyNet((8, 16, 8, 4)).eval()
+    ref, supp = seeded_rand((1, 3, 20, 28), 1), seeded_rand((1, 3, 20, 28), 2)
+    for name, state_dict in (("mmagic.pth", narrow.state_dict()), ("basicsr.pth", _to_basicsr(narrow.state_dict()))):
+        torch.save({"params": state_dict}, tmp_path / name)
+        loaded = SPyNet.from_checkpoint(tmp_path / name)
+        assert loaded.hidden_channels == (8, 16, 8, 4)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(ref, supp), narrow(ref, supp), atol=0, rtol=0, msg=name)
+    with pytest.raises(CheckpointError, match=r"shape mismatches: basic_module\.0\.basic_module\.0\.conv\.bias: \(8,\) vs expected \(32,\)"):
+        SPyNet.from_checkpoint(tmp_path / "mmagic.pth", hidden_channels=(32, 64, 32, 16))

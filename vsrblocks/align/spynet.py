@@ -39,6 +39,7 @@ _BASICSR_KEY = re.compile(r"^basic_module\.(\d+)\.basic_module\.(\d+)\.(weight|b
 _NORM_KEYS = ("mean", "std")
 _PREFIX_MARKER = "basic_module.0.basic_module.0."
 _WRAPPERS = ("params_ema", "params", "state_dict", "model")
+_SPYNET_HIDDEN = (32, 64, 32, 16)  # the published network; pretrained weights need it
 
 
 class _ConvReLU(nn.Module):
@@ -72,7 +73,7 @@ class SPyNetBasicModule(nn.Module):
         torch.Size([1, 2, 4, 6])
     """
 
-    def __init__(self, hidden_channels: tuple[int, ...] = (32, 64, 32, 16)) -> None:
+    def __init__(self, hidden_channels: tuple[int, ...] = _SPYNET_HIDDEN) -> None:
         super().__init__()
         self.channels = (8, *hidden_channels, 2)
         pairs = list(zip(self.channels[:-1], self.channels[1:]))
@@ -125,7 +126,7 @@ class SPyNet(nn.Module):
 
     num_levels = 6
 
-    def __init__(self, hidden_channels: tuple[int, ...] = (32, 64, 32, 16)) -> None:
+    def __init__(self, hidden_channels: tuple[int, ...] = _SPYNET_HIDDEN) -> None:
         super().__init__()
         self.hidden_channels = tuple(hidden_channels)
         self.basic_module = nn.ModuleList(SPyNetBasicModule(self.hidden_channels) for _ in range(self.num_levels))
@@ -254,8 +255,23 @@ class SPyNet(nn.Module):
             _check_keys(self, converted)
         return super().load_state_dict(converted, strict=strict, assign=assign)
 
+    @staticmethod
+    def stored_hidden_channels(state_dict: Mapping[str, Any]) -> tuple[int, ...] | None:
+        """The hidden widths of the basic modules in a state_dict converted by :meth:`convert_state_dict`
+        (output channels of level 0's convolutions but the last), or ``None`` if it holds no such weights."""
+        widths = []
+        while (weight := state_dict.get(f"basic_module.0.basic_module.{len(widths)}.conv.weight")) is not None:
+            widths.append(int(weight.shape[0]))
+        return tuple(widths[:-1]) if len(widths) > 1 else None
+
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], prefix: str | None = None, map_location: str | torch.device = "cpu") -> SPyNet:
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        prefix: str | None = None,
+        map_location: str | torch.device = "cpu",
+        hidden_channels: tuple[int, ...] | None = None,
+    ) -> SPyNet:
         """Build a SPyNet from a checkpoint file (read with ``weights_only=True``).
 
         Args:
@@ -263,6 +279,8 @@ class SPyNet(nn.Module):
                 (VSR-Transformer, BasicVSR...).
             prefix: key prefix of the SPyNet weights; ``None`` finds it (see :meth:`find_prefix`).
             map_location: device of the returned module.
+            hidden_channels: the basic modules' hidden widths to build; ``None`` takes them from the
+                checkpoint (so a narrow SPyNet loads as such), falling back to SPyNet's own.
 
         Raises:
             CheckpointError: unreadable file, or weights that do not fit (the message names the keys).
@@ -275,9 +293,12 @@ class SPyNet(nn.Module):
                 prefix = cls.find_prefix(state_dict) if has_spynet else ""
             except CheckpointError as exc:
                 raise CheckpointError(f"{os.fspath(path)}: {exc}; pass prefix= to choose one") from None
-        model = cls()
+        converted = cls.convert_state_dict(state_dict, prefix=prefix)
+        if hidden_channels is None:
+            hidden_channels = cls.stored_hidden_channels(converted) or _SPYNET_HIDDEN
+        model = cls(hidden_channels)
         try:
-            model.load_state_dict(cls.convert_state_dict(state_dict, prefix=prefix))
+            model.load_state_dict(converted)
         except CheckpointError as exc:
             raise CheckpointError(f"{os.fspath(path)}: {exc}") from None
         return model.to(map_location).eval()
