@@ -14,11 +14,18 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 
 from vsrblocks.attention.dual_attention import DualAttention
-from vsrblocks.attention.masked_self_attention import AttentionScope, LeakyResidualBlock, MaskedSelfAttention, MaskMode
+from vsrblocks.attention.masked_self_attention import (
+    AlignmentOutput,
+    AttentionScope,
+    LeakyResidualBlock,
+    MaskedSelfAttention,
+    MaskMode,
+)
+from vsrblocks.attention.parallax_losses import parallax_losses
 from vsrblocks.recurrent.conv_lstm import ConvLSTM, ConvLSTMState
 from vsrblocks.shapes import check_shape
 
@@ -64,13 +71,42 @@ class DASAA(nn.Module):
     - ``stateful=False``: if ``True``, the ConvLSTM state is carried from one ``forward`` to the next
       (consecutive sliding windows of one video, same batch and size) until :meth:`reset_state`;
     - ``negative_slope=0.1``: LeakyReLU everywhere (EDVR/PASSRnet convention; the DAM's ReLU in DANet is
-      ``negative_slope=0``).
+      ``negative_slope=0``);
+    - ``aux_losses=False``: PASSRnet's auxiliary losses of the SAA stage (spec 1(d): optional, off by default,
+      not in DASAA's abstract). If ``True``, every ``forward`` in training mode also computes them and keeps
+      them in :attr:`last_aux_losses` (see below); what ``forward`` returns is unchanged. PASSRnet adds
+      ``0.005 * (photometric + cycle + smoothness)`` to its SR loss, as
+      :class:`~reference_models.training.Trainer` does (``TrainConfig.aux_weight``).
 
     Fixed, not switchable (the spec gives no alternative): no BatchNorm, the DAM's outer residual
     ``F + P + Q``, SAA's full-width query/key projections without ``1/sqrt(d)`` scaling (PASSRnet), values
-    from the raw neighbour features, and the ConvLSTM (not a fully connected LSTM). The optional PASSRnet
-    auxiliary losses (photometric, cycle, smoothness; off by default in the spec) and the training recipe
-    belong to training code and are not part of the network.
+    from the raw neighbour features, and the ConvLSTM (not a fully connected LSTM). The training recipe
+    belongs to training code.
+
+    Auxiliary losses (``aux_losses=True``): :attr:`last_aux_losses` is ``{"photometric", "cycle",
+    "smoothness"}``, 0-dim tensors with their autograd graph, each the mean over the batch and the ``T - 1``
+    (reference, neighbour) pairs of :func:`~vsrblocks.attention.parallax_losses` (the exact formulas are
+    there); ``None`` with ``aux_losses=False``, in eval mode and before the first call. With ``M_fwd`` the
+    reference-over-neighbour map, ``M_rev`` the reverse and ``V`` the SAA's validity mask (detached):
+
+    - photometric: ``mean V |I_c - M_fwd I_t|`` with ``I`` the **LR RGB** frames: SAA runs on the LR grid
+      (every layer before it has stride 1), so the map that warps the neighbour's features warps its RGB
+      frame too (the raw frame, not the ``b3`` values);
+    - cycle: ``mean V_i |(M_fwd M_rev)[i, j] - 1[i = j]|``, the round trip reference -> neighbour -> reference;
+    - smoothness: mean L1 between the maps of vertically and of horizontally neighbouring pixels, at keys
+      shifted by the same step, for ``M_fwd`` and for ``M_rev``.
+
+    Per scope: ``"global"`` uses the ``(HW x HW)`` maps; ``"local"`` the same maps with weight 0 outside the
+    window (with ``local_radius >= max(H, W) - 1`` it gives the global values); ``"row"`` PASSRnet's per-row
+    ``(W x W)`` maps, on which the three losses are PASSRnet's own, in one direction (DASAA has no mask on the
+    neighbour's grid for the mirrored terms). Means run over all compared entries as in PASSRnet, so the 2-D
+    cycle and smoothness terms are about ``H`` times smaller than the row ones. ``mask_mode="none"`` (no ``V``)
+    and ``num_frames=1`` (no neighbour) raise ``ValueError``.
+
+    Memory: the maps are materialised (:func:`~vsrblocks.attention.attention_map`, for ``"local"`` too),
+    ``B (T - 1) (HW)^2`` values each for ``M_fwd``, ``M_rev`` and their product, plus gradients: 16 MiB per map
+    per 5-frame clip at 32x32 LR, 256 MiB at 64x64. Fine for training patches, not for whole frames, hence
+    nothing extra in eval mode.
 
     FLOPs: the abstract's 6.39 G is read as thop-style conv-only MACs (see
     :func:`reference_models.flops.count_macs`) at an unknown input size. At ``(1, 5, 3, 32, 32)`` the
@@ -109,6 +145,7 @@ class DASAA(nn.Module):
         residual: bool = True,
         stateful: bool = False,
         negative_slope: float = 0.1,
+        aux_losses: bool = False,
     ) -> None:
         super().__init__()
         if num_frames < 1 or num_frames % 2 != 1:
@@ -117,6 +154,10 @@ class DASAA(nn.Module):
             raise ValueError(f"lstm_at must be 'hr' or 'lr', got {lstm_at!r}")
         if n_extract_blocks < 0:
             raise ValueError(f"n_extract_blocks must be >= 0, got {n_extract_blocks}")
+        if aux_losses and num_frames == 1:
+            raise ValueError("aux_losses: the photometric, cycle and smoothness losses need a neighbour frame, got num_frames=1")
+        if aux_losses and mask_mode == "none":
+            raise ValueError("aux_losses: the photometric and cycle losses need the validity mask V, but mask_mode='none'")
         self.num_frames = num_frames
         self.center_index = num_frames // 2
         self.channels = channels
@@ -125,6 +166,8 @@ class DASAA(nn.Module):
         self.residual = residual
         self.stateful = stateful
         self.negative_slope = negative_slope
+        self.aux_losses = aux_losses
+        self.last_aux_losses: dict[str, torch.Tensor] | None = None
         self.conv_first = nn.Conv2d(3, channels, 3, padding=1)
         self.extractor = nn.Sequential(
             *(LeakyResidualBlock(channels, negative_slope) for _ in range(n_extract_blocks))
@@ -164,17 +207,35 @@ class DASAA(nn.Module):
             self._state = ConvLSTMState(final.h.detach(), final.c.detach())
         return final.h
 
+    def _neighbours(self, clip: torch.Tensor) -> torch.Tensor:
+        c = self.center_index
+        return torch.cat((clip[:, :c], clip[:, c + 1 :]), dim=1)
+
+    def _aux_losses(self, clip: torch.Tensor, alignment: AlignmentOutput) -> dict[str, torch.Tensor]:
+        pairs = self.num_frames - 1
+        reference = repeat(clip[:, self.center_index], "b c h w -> (b k) c h w", k=pairs)
+        neighbours = rearrange(self._neighbours(clip), "b k c h w -> (b k) c h w")
+        forward, reverse, mask = (
+            rearrange(t, "b k ... -> (b k) ...")
+            for t in (alignment.forward_attention, alignment.reverse_attention, alignment.mask)
+        )
+        return parallax_losses(forward, reverse, reference, neighbours, mask)
+
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         dims = check_shape(clip, "B T C H W", name="clip", T=self.num_frames, C=3)
         b, t, c = dims["B"], dims["T"], self.center_index
+        self.last_aux_losses = None
         frames = rearrange(clip, "b t c h w -> (b t) c h w")
         feats = self.dam(self.extractor(self._act(self.conv_first(frames))))
         feats = rearrange(feats, "(b t) c h w -> b t c h w", b=b)
         reference = feats[:, c]
-        neighbours = torch.cat((feats[:, :c], feats[:, c + 1 :]), dim=1)
         aligned = list(feats.unbind(dim=1))
         if t > 1:
-            warped = self.saa(reference, neighbours).unbind(dim=1)
+            with_aux = self.aux_losses and self.training
+            alignment = self.saa.align(reference, self._neighbours(feats), return_attention=with_aux)
+            if with_aux:
+                self.last_aux_losses = self._aux_losses(clip, alignment)
+            warped = alignment.output.unbind(dim=1)
             aligned = [*warped[:c], reference, *warped[c:]]
         aligned_clip = torch.stack(aligned, dim=1)
         if self.lstm_at == "hr":
@@ -190,7 +251,7 @@ class DASAA(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_frames={self.num_frames}, scale={self.scale}, output_mode={self.output_mode!r}, "
-            f"lstm_at={self.lstm_at!r}, residual={self.residual}, stateful={self.stateful}"
+            f"lstm_at={self.lstm_at!r}, residual={self.residual}, stateful={self.stateful}, aux_losses={self.aux_losses}"
         )
 
 

@@ -15,7 +15,7 @@ from reference_models.training.schedule import (
     make_schedule,
     memory_parameter_names,
 )
-from reference_models.training.trainer import PAPER_RECIPES, TrainConfig, Trainer, frame_scores
+from reference_models.training.trainer import PAPER_RECIPES, TrainConfig, Trainer, add_aux_losses, frame_scores
 
 __all__ = [
     "Clip",
@@ -32,6 +32,7 @@ __all__ = [
     "Trainer",
     "ValClips",
     "VideoFileClip",
+    "add_aux_losses",
     "bicubic_downsample",
     "bicubic_upsample",
     "blur_downsample",

@@ -22,6 +22,7 @@ __all__ = ["build_parser", "main"]
 #: Defaults of the options that are not :class:`TrainConfig` fields.
 _DATA_DEFAULTS: dict[str, Any] = {
     "preset": "tiny",
+    "aux_losses": False,
     "patch_size": 32,
     "degradation": "bicubic",
     "blur_sigma": [1.6],
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, help="peak learning rate (default: the paper's: " + ", ".join(f"{k} {v['lr']:g}" for k, v in PAPER_RECIPES.items()) + ")")
     g.add_argument("--betas", type=float, nargs=2, help="Adam betas (default: the paper's: mana 0.5 0.99, vsrt 0.9 0.99, dasaa/mafnet 0.9 0.999)")
     g.add_argument("--loss", choices=LOSSES, help="pixel loss (default: charbonnier)")
+    g.add_argument("--aux-losses", action="store_true", default=None, help="dasaa: add PASSRnet's auxiliary alignment losses (photometric, cycle, smoothness) to the pixel loss (default: off)")
+    g.add_argument("--aux-weight", type=float, help="weight of the auxiliary losses (default: 0.005, PASSRnet's)")
     g.add_argument("--schedule", choices=SCHEDULES, help="cosine (with --cycles restarts, VSRT), constant, or MANA's mana-3stage (default: cosine)")
     g.add_argument("--cycles", type=int, help="cosine periods; 1 = no restart (default: 1)")
     g.add_argument("--eta-min", type=float, help="cosine floor (default: 1e-7)")
@@ -136,7 +139,10 @@ def _train(args: argparse.Namespace) -> int:
     opts = _resolve(args, saved)
     if str(opts["device"] or "").startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {opts['device']}: CUDA is not available on this machine")
-    model = create_model(args.model, opts["preset"])
+    overrides = {"aux_losses": True} if opts["aux_losses"] else {}
+    if overrides and args.model != "dasaa":
+        raise ValueError(f"--aux-losses: only dasaa has auxiliary losses, not {args.model}")
+    model = create_model(args.model, opts["preset"], **overrides)
     if opts["weights"] and not args.resume:
         load_checkpoint(model, opts["weights"])
 

@@ -34,7 +34,7 @@ from reference_models.training.schedule import SCHEDULES, Schedule, make_schedul
 from vsrblocks.losses import CharbonnierLoss, L1Loss
 from vsrblocks.metrics import psnr, ssim
 
-__all__ = ["TrainConfig", "Trainer", "PAPER_RECIPES", "frame_scores"]
+__all__ = ["TrainConfig", "Trainer", "PAPER_RECIPES", "frame_scores", "add_aux_losses"]
 
 #: Learning rate and Adam betas of each paper (DASAA and MAFnet: assumptions, see ``specs/dasaa_mafnet.md``).
 PAPER_RECIPES: dict[str, dict[str, Any]] = {
@@ -57,6 +57,8 @@ class TrainConfig:
         lr: peak learning rate; ``None``: the paper's (:data:`PAPER_RECIPES`).
         betas: Adam betas; ``None``: the paper's.
         loss: ``"charbonnier"`` (default) or ``"l1"``.
+        aux_weight: weight of the model's auxiliary losses added to the pixel loss, for a model that exposes
+            them in ``last_aux_losses`` (DASAA with ``aux_losses=True``: PASSRnet's 0.005).
         schedule: ``"cosine"`` (with ``cycles`` restarts, down to ``eta_min``), ``"constant"`` or ``"mana-3stage"``.
         cycles: cosine periods (restarts + 1).
         eta_min: the cosine schedule's floor.
@@ -81,6 +83,7 @@ class TrainConfig:
     lr: float | None = None
     betas: tuple[float, float] | None = None
     loss: Literal["charbonnier", "l1"] = "charbonnier"
+    aux_weight: float = 0.005
     schedule: str = "cosine"
     cycles: int = 1
     eta_min: float = 1e-7
@@ -179,7 +182,9 @@ class Trainer:
     Args:
         model: maps ``(B, T, 3, h, w)`` in ``[0, 1]`` to ``(B, 3, sh, sw)`` (``output_mode="center"``) or
             ``(B, T, 3, sh, sw)`` (``"all"``). ``num_frames`` and ``output_mode`` are read from it when present.
-            For ``schedule="mana-3stage"`` it must expose ``last_memory_loss`` after a forward pass.
+            For ``schedule="mana-3stage"`` it must expose ``last_memory_loss`` after a forward pass. If it
+            exposes a ``last_aux_losses`` dict after a training forward pass (DASAA with ``aux_losses=True``),
+            the pixel loss gains ``config.aux_weight`` times their sum (:func:`add_aux_losses`).
         train_data: a map-style dataset whose item ``i`` is ``{"lr": (T, 3, h, w), "hr": (T, 3, sh, sw)}``, e.g.
             :class:`~reference_models.training.TrainClips`; step ``k`` uses items ``k * batch_size`` onwards.
         config: the run's :class:`TrainConfig`.
@@ -297,6 +302,7 @@ class Trainer:
             loss = self.model.last_memory_loss.float()
         else:
             loss = self.criterion(out.float(), self._target(hr))
+            loss = add_aux_losses(loss, getattr(self.model, "last_aux_losses", None), self.config.aux_weight)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
@@ -464,6 +470,20 @@ class Trainer:
             out_dir / "curve.png",
             baseline=self._baseline.get("bicubic_psnr_y") if self._baseline else None,
         )
+
+
+def add_aux_losses(loss: torch.Tensor, aux_losses: dict[str, torch.Tensor] | None, weight: float) -> torch.Tensor:
+    """``loss + weight * sum(aux_losses.values())`` (in float32); ``loss`` itself when ``aux_losses`` is ``None``.
+
+    Examples:
+        >>> add_aux_losses(torch.tensor(1.0), {"photometric": torch.tensor(2.0), "cycle": torch.tensor(4.0)}, 0.5)
+        tensor(4.)
+        >>> add_aux_losses(torch.tensor(1.0), None, 0.5)
+        tensor(1.)
+    """
+    if aux_losses is None:
+        return loss
+    return loss + weight * sum(value.float() for value in aux_losses.values())
 
 
 def frame_scores(pred: torch.Tensor, target: torch.Tensor, crop_border: int = 0) -> dict[str, float]:

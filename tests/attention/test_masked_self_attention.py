@@ -1,5 +1,6 @@
 """MaskedSelfAttention (DASAA SAA): steps 1-7 against an explicit-matrix reference, the three scopes, the
-three mask modes, synthetic occlusion detection, detached mask, several neighbours at once."""
+three mask modes, synthetic occlusion detection, detached mask, several neighbours at once, and the
+materialised maps (attention_map, align(return_attention=True)) against a pixel-by-pixel reference."""
 
 from __future__ import annotations
 
@@ -8,9 +9,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.attention.passrnet_reference import reference_attention
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
 from tests.strategies import seeded_randn, seeds, sizes
-from vsrblocks.attention import MaskedSelfAttention, MorphologicalMask, local_attention, received_attention
+from vsrblocks.attention import (
+    MaskedSelfAttention,
+    MorphologicalMask,
+    attention_map,
+    local_attention,
+    received_attention,
+)
 
 SCOPES = ["global", "row", "local"]
 MODES = ["valid_morph", "soft_morph", "none"]
@@ -99,6 +107,49 @@ def test_local_with_large_radius_equals_global():
     a, b = glob.align(ref, nbr), loc.align(ref, nbr)
     torch.testing.assert_close(a.output, b.output, atol=1e-5, rtol=1e-4)
     assert torch.equal(a.mask, b.mask)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@settings(max_examples=6, deadline=None)
+@given(height=st.integers(1, 5), width=st.integers(1, 5), radius=st.integers(0, 2), seed=seeds)
+def test_attention_map_matches_the_pixel_by_pixel_reference(scope, height, width, radius, seed):
+    q, k = seeded_randn((2, 3, height, width), seed), seeded_randn((2, 3, height, width), seed + 1)
+    got = attention_map(q, k, scope, radius).double()
+    expected = torch.from_numpy(reference_attention(q, k, scope, radius))
+    if scope == "row":
+        assert got.shape == (2, height, width, width)
+        expected = torch.stack([expected[:, y * width : (y + 1) * width, y * width : (y + 1) * width] for y in range(height)], 1)
+    else:
+        assert got.shape == (2, height, width, height, width)
+        expected = expected.reshape(got.shape)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize("mode", MODES)
+def test_return_attention_adds_the_maps_and_changes_nothing_else(scope, mode):
+    saa = _saa(5, mask_mode=mode, attn_scope=scope, local_radius=1)
+    ref, neighbours = seeded_randn((2, 8, 4, 5), 0), seeded_randn((2, 3, 8, 4, 5), 1)
+    plain = saa.align(ref, neighbours)
+    full = saa.align(ref, neighbours, return_attention=True)
+    assert plain.forward_attention is None and plain.reverse_attention is None
+    for a, b in zip(plain[:3], full[:3]):
+        assert (a is None and b is None) or torch.equal(a, b)
+    map_shape = (2, 3, 4, 5, 5) if scope == "row" else (2, 3, 4, 5, 4, 5)
+    assert full.forward_attention.shape == full.reverse_attention.shape == map_shape
+    with torch.no_grad():
+        r, n = saa.rb(ref), saa.rb(neighbours[:, 1])
+        forward = attention_map(saa.b1(r), saa.b2(n), scope, radius=1)
+        reverse = attention_map(saa.b1(n), saa.b2(r), scope, radius=1)
+    torch.testing.assert_close(full.forward_attention[:, 1], forward)
+    torch.testing.assert_close(full.reverse_attention[:, 1], reverse)
+    alone = saa.align(ref, return_attention=True)  # self-attention: both maps are the frame over itself
+    torch.testing.assert_close(alone.forward_attention, alone.reverse_attention)
+
+
+def test_local_attention_map_with_large_radius_equals_global():
+    q, k = seeded_randn((1, 4, 3, 4), 0), seeded_randn((1, 4, 3, 4), 1)
+    torch.testing.assert_close(attention_map(q, k, "local", radius=3), attention_map(q, k, "global"))
 
 
 @given(seed=seeds, chunk=st.integers(1, 9))
@@ -248,6 +299,12 @@ def test_errors():
         received_attention(torch.randn(1, 5, 4), torch.randn(2, 5, 4))
     with pytest.raises(ValueError, match="received_attention"):
         received_attention(torch.randn(2, 5, 4), torch.randn(2, 5, 3))
+    with pytest.raises(ValueError, match=r"key: expected \(B, D, H, W\) with B=1, D=4, H=5, W=5"):
+        attention_map(torch.randn(1, 4, 5, 5), torch.randn(1, 4, 5, 6))
+    with pytest.raises(ValueError, match="scope"):
+        attention_map(torch.randn(1, 4, 5, 5), torch.randn(1, 4, 5, 5), "column")
+    with pytest.raises(ValueError, match="radius"):
+        attention_map(torch.randn(1, 4, 5, 5), torch.randn(1, 4, 5, 5), "local", radius=-1)
     saa = MaskedSelfAttention(8)
     with pytest.raises(ValueError, match=r"query: expected \(B, C, H, W\) with C=8"):
         saa(torch.randn(1, 4, 5, 5))

@@ -1,5 +1,6 @@
 """DASAA (reconstructed): shapes at any size, the ablation flags, batch independence, gradients to every
-parameter, stateful inference, the bicubic residual, argument errors and the FLOPs calibration."""
+parameter, stateful inference, the bicubic residual, argument errors, the FLOPs calibration and the optional
+PASSRnet auxiliary losses."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from reference_models import create_model, list_presets
 from reference_models.dasaa import DASAA, PRESETS
 from reference_models.flops import count_macs, count_parameters
+from tests.attention.passrnet_reference import reference_attention, reference_losses
 from tests.checks import assert_base_path_flip_consistent, assert_batch_independent, assert_half_precision_finite
 from tests.strategies import seeded_rand
 from vsrblocks.attention import ChannelSelfAttention, PositionAttention
@@ -162,6 +164,68 @@ def test_errors():
         DASAA(n_extract_blocks=-1)
     with pytest.raises(ValueError, match="unknown preset"):
         create_model("dasaa", "huge")
+    with pytest.raises(ValueError, match=r"aux_losses: the photometric and cycle losses need the validity mask V, but mask_mode='none'"):
+        DASAA(aux_losses=True, mask_mode="none")
+    with pytest.raises(ValueError, match="aux_losses: .* need a neighbour frame, got num_frames=1"):
+        DASAA(aux_losses=True, num_frames=1)
+
+
+@pytest.mark.parametrize("scope", ["global", "row", "local"])
+def test_aux_losses_match_a_direct_computation(scope):
+    """Each loss is the mean over the two (centre, neighbour) pairs of PASSRnet's loss written pixel by pixel,
+    with maps from the SAA's own projections of the DAM features and the LR RGB frames of the clip."""
+    model = _tiny(8, num_frames=3, attn_scope=scope, local_radius=1, aux_losses=True)
+    clip = seeded_rand((1, 3, 3, 3, 4), 8)
+    model(clip)
+    got = model.last_aux_losses
+    saa = model.saa
+    with torch.no_grad():
+        feats = model.dam(model.extractor(F.leaky_relu(model.conv_first(clip[0]), 0.1)))
+        centre = saa.rb(feats[1:2])
+        pairs = []
+        for t in (0, 2):
+            neighbour = saa.rb(feats[t : t + 1])
+            forward = reference_attention(saa.b1(centre), saa.b2(neighbour), scope, radius=1)
+            reverse = reference_attention(saa.b1(neighbour), saa.b2(centre), scope, radius=1)
+            mask = saa.align(feats[1:2], feats[t : t + 1]).mask
+            pairs.append(reference_losses(forward, reverse, clip[:, 1], clip[:, t], mask, scope))
+    assert set(got) == {"photometric", "cycle", "smoothness"}
+    for name, value in got.items():
+        assert value.ndim == 0 and value.requires_grad, name
+        assert float(value.detach()) == pytest.approx(sum(p[name] for p in pairs) / 2, rel=1e-4, abs=1e-7), name
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(attn_scope="global"), dict(attn_scope="row"), dict(attn_scope="local", local_radius=2), dict(mask_mode="soft_morph")],
+    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_aux_losses_are_finite_non_negative_and_train_the_alignment(overrides):
+    """The losses reach the SAA's residual block and query/key projections, and the layers before it; not
+    the value projection ``b3`` nor the fusion, which they do not involve."""
+    model = _tiny(9, aux_losses=True, **overrides)
+    model(seeded_rand((2, 5, 3, 6, 7), 9))
+    losses = model.last_aux_losses
+    assert all(torch.isfinite(v) and v >= 0 for v in losses.values()), losses
+    sum(losses.values()).backward()
+    for name, p in model.named_parameters():
+        if name.startswith(("saa.rb.", "saa.b1.", "saa.b2.", "conv_first.")):
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+        if name.startswith(("saa.b3.", "saa.fusion.", "conv_last.")):
+            assert p.grad is None, name
+
+
+def test_aux_losses_off_by_default_in_eval_mode_and_never_change_the_output():
+    off, on = _tiny(10), _tiny(10, aux_losses=True)
+    on.load_state_dict(off.state_dict())
+    clip = seeded_rand((2, 5, 3, 5, 6), 10)
+    out_off, out_on = off(clip), on(clip)
+    assert off.last_aux_losses is None and on.last_aux_losses is not None
+    assert torch.equal(out_off, out_on)
+    on.eval()
+    with torch.no_grad():
+        assert torch.equal(on(clip), out_on)
+    assert on.last_aux_losses is None  # whole frames at inference: no (HW)^2 maps
 
 
 def _meta_macs(**kwargs) -> dict[str, int]:

@@ -1,7 +1,9 @@
-"""Training path: MATLAB-exact degradation, data sampling, schedules, MANA's stages, overfitting, exact resume, CLI."""
+"""Training path: MATLAB-exact degradation, data sampling, schedules, MANA's stages, DASAA's auxiliary losses,
+overfitting, exact resume, CLI."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 
@@ -11,6 +13,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils.data import DataLoader
 
 from reference_models import create_model
 from reference_models.training import (
@@ -21,6 +24,7 @@ from reference_models.training import (
     TrainConfig,
     Trainer,
     ValClips,
+    add_aux_losses,
     bicubic_downsample,
     bicubic_upsample,
     degrade,
@@ -374,6 +378,34 @@ def test_mana_3stage_needs_a_memory_module(tmp_path):
         Trainer(TinyVSR(), data, _config(tmp_path, schedule="mana-3stage"))
 
 
+def test_add_aux_losses_adds_the_weighted_sum():
+    pixel = torch.tensor(0.5)
+    aux = {"photometric": torch.tensor(0.2), "cycle": torch.tensor(0.3), "smoothness": torch.tensor(0.1)}
+    assert float(add_aux_losses(pixel, aux, 0.005)) == pytest.approx(0.5 + 0.005 * 0.6)
+    assert add_aux_losses(pixel, None, 0.005) is pixel
+    assert TrainConfig().aux_weight == 0.005  # PASSRnet's
+
+
+@pytest.mark.parametrize("aux_losses", [False, True])
+def test_training_step_adds_dasaa_aux_losses_only_when_switched_on(tmp_path, aux_losses):
+    """The step's loss is the pixel loss plus ``aux_weight`` times the sum of the model's auxiliary losses,
+    recomputed here on a copy of the model taken before the step."""
+    torch.manual_seed(0)
+    model = create_model("dasaa", "tiny", num_frames=3, aux_losses=aux_losses)
+    before = copy.deepcopy(model)
+    data = TrainClips([_photo_clip(3, 32)], num_frames=3, patch_size=6)
+    trainer = Trainer(model, data, _config(tmp_path, steps=1, batch_size=2, aux_weight=0.5))
+    batch = next(iter(DataLoader(data, batch_size=2)))
+    loss = trainer.train_step(batch)
+    with torch.no_grad():
+        expected = trainer.criterion(before(batch["lr"]), batch["hr"][:, 1])
+        if aux_losses:
+            expected = expected + 0.5 * sum(before.last_aux_losses.values())
+        else:
+            assert before.last_aux_losses is None
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_validation_logs_and_curve(tmp_path):
     torch.manual_seed(0)
     data = TrainClips([_photo_clip(3, 40)], num_frames=3, patch_size=8)
@@ -434,6 +466,23 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
     assert saved["model_spec"]["name"] == "mana"
 
 
+def test_cli_trains_and_resumes_dasaa_with_aux_losses(tmp_path, capsys):
+    from PIL import Image
+
+    img = (_photo("coffee") * 255).astype(np.uint8)
+    folder = tmp_path / "data" / "clip"
+    folder.mkdir(parents=True)
+    for k in range(5):
+        Image.fromarray(img[100:132, 200 + k : 232 + k]).save(folder / f"{k:03d}.png")
+    out = tmp_path / "run"
+    args = ["dasaa", "--data", str(tmp_path / "data"), "--aux-losses", "--aux-weight", "0.01", "--steps", "2", "--batch-size", "1"]
+    assert train_main([*args, "--patch-size", "6", "--output", str(out), "--quiet", "--device", "cpu"]) == 0
+    assert train_main(["dasaa", "--data", str(tmp_path / "data"), "--resume", str(out / "last.pt"), "--steps", "3"]) == 0
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert saved["model_spec"]["overrides"] == {"aux_losses": True}
+    assert saved["training"]["config"]["aux_weight"] == 0.01 and saved["training"]["step"] == 3
+
+
 def test_cli_bad_inputs_exit_with_one_line(tmp_path, capsys):
     """Every input the user can get wrong ends with one ``error:`` line, status 1, no traceback and no output folder."""
     from PIL import Image
@@ -462,6 +511,7 @@ def test_cli_bad_inputs_exit_with_one_line(tmp_path, capsys):
         (["mana", "--data", root, "--patch-size", "4", "--preset", "huge"], "unknown preset 'huge'"),
         (["mana", "--data", root, "--patch-size", "4", "--val-holdout", "1"], "leaves no training clip"),
         (["mana", "--data", root, "--patch-size", "4", "--steps", "0"], "steps and batch_size must be >= 1"),
+        (["mana", "--data", root, "--patch-size", "4", "--aux-losses"], "--aux-losses: only dasaa has auxiliary losses"),
     ]
     for argv, message in cases:
         out = tmp_path / "run"

@@ -21,8 +21,16 @@ from vsrblocks.attention.masked_self_attention import (
     AlignmentOutput,
     LeakyResidualBlock,
     MaskedSelfAttention,
+    attention_map,
     local_attention,
     received_attention,
+)
+from vsrblocks.attention.parallax_losses import (
+    attention_warp,
+    cycle_loss,
+    parallax_losses,
+    photometric_loss,
+    smoothness_loss,
 )
 from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention, gaussian_cross_frame_attention
 from vsrblocks.attention.memory import MANAAttention, MemoryAugmentedAttention, memory_read

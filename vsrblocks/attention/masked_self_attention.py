@@ -28,6 +28,7 @@ __all__ = [
     "LeakyResidualBlock",
     "received_attention",
     "local_attention",
+    "attention_map",
 ]
 
 MaskMode = Literal["valid_morph", "soft_morph", "none"]
@@ -77,12 +78,17 @@ class AlignmentOutput(NamedTuple):
 
     - ``output``: ``(B, C, H, W)``, the fused features (what ``forward`` returns);
     - ``warped``: ``(B, C, H, W)``, the key/value frame's values warped onto the query grid by attention;
-    - ``mask``: ``(B, 1, H, W)`` validity of each query-grid pixel, or ``None`` with ``mask_mode="none"``.
+    - ``mask``: ``(B, 1, H, W)`` validity of each query-grid pixel, or ``None`` with ``mask_mode="none"``;
+    - ``forward_attention``, ``reverse_attention``: the materialised maps ``M_fwd`` (query frame over
+      key/value frame) and ``M_rev`` (the reverse) in :func:`attention_map`'s layout, only with
+      ``align(..., return_attention=True)``, else ``None``.
     """
 
     output: torch.Tensor
     warped: torch.Tensor
     mask: torch.Tensor | None
+    forward_attention: torch.Tensor | None = None
+    reverse_attention: torch.Tensor | None = None
 
 
 def _auto_chunk(per_item: int, chunk_size: int | None) -> int:
@@ -199,6 +205,54 @@ def local_attention(
     return out, received
 
 
+def attention_map(
+    query: torch.Tensor, key: torch.Tensor, scope: AttentionScope = "global", radius: int = 7
+) -> torch.Tensor:
+    """The materialised unscaled attention map ``softmax_j(q_i . k_j)`` of a :class:`MaskedSelfAttention` scope.
+
+    :class:`MaskedSelfAttention` never builds this map (fused or chunked kernels instead); it is for training
+    losses on the map itself (:mod:`vsrblocks.attention.parallax_losses`) and costs ``B (HW)^2`` elements
+    (``B H W^2`` for ``"row"``), so keep frames small.
+
+    Args:
+        query: ``(B, D, H, W)``, the projected queries.
+        key: ``(B, D, H, W)``, the projected keys.
+        scope: ``"global"`` (every key pixel), ``"row"`` (the key pixels of the query's row, PASSRnet) or
+            ``"local"`` (key pixels within ``radius`` in y and x; the others get weight 0).
+        radius: window radius of ``"local"``.
+
+    Returns:
+        ``(B, H, W, H, W)`` for ``"global"`` and ``"local"``: ``[b, y, x, u, v]`` is the weight of key pixel
+        ``(u, v)`` for query pixel ``(y, x)``; ``(B, H, W, W)`` for ``"row"``: ``[b, y, x, v]`` is the weight
+        of key pixel ``(y, v)`` for query pixel ``(y, x)`` (PASSRnet's layout). Every query's weights sum to 1.
+
+    Examples:
+        >>> q, k = torch.randn(2, 4, 3, 5), torch.randn(2, 4, 3, 5)
+        >>> attention_map(q, k).shape, attention_map(q, k, "row").shape
+        (torch.Size([2, 3, 5, 3, 5]), torch.Size([2, 3, 5, 5]))
+        >>> torch.allclose(attention_map(q, k, "local", radius=1).sum((-2, -1)), torch.ones(2, 3, 5))
+        True
+    """
+    dims = check_shape(query, "B D H W", name="query")
+    check_shape(key, "B D H W", name="key", **dims)
+    if scope not in _SCOPES:
+        raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    if scope == "row":
+        return torch.softmax(torch.einsum("bdyx,bdyv->byxv", query, key), dim=-1)
+    h, w = dims["H"], dims["W"]
+    logits = torch.einsum("bdyx,bduv->byxuv", query, key)
+    if scope == "local":
+        ys, xs = torch.arange(h, device=query.device), torch.arange(w, device=query.device)
+        near_y = (ys[:, None] - ys[None, :]).abs() <= radius
+        near_x = (xs[:, None] - xs[None, :]).abs() <= radius
+        window = rearrange(near_y, "y u -> y 1 u 1") & rearrange(near_x, "x v -> 1 x 1 v")
+        logits = logits.masked_fill(~window, float("-inf"))
+    attn = torch.softmax(rearrange(logits, "b y x u v -> b y x (u v)"), dim=-1)
+    return rearrange(attn, "b y x (u v) -> b y x u v", u=h)
+
+
 class MaskedSelfAttention(nn.Module):
     """DASAA's self-attention alignment (SAA), after PASSRnet's parallax attention module, in 2-D.
 
@@ -222,7 +276,8 @@ class MaskedSelfAttention(nn.Module):
 
     ``forward(query)`` aligns a frame with itself (plain masked self-attention); ``forward(query,
     key_value)`` warps ``key_value`` onto ``query``'s grid and fuses. :meth:`align` also returns the warped
-    features and the mask.
+    features and the mask, and with ``return_attention=True`` also the materialised maps ``M_fwd`` and
+    ``M_rev`` (:func:`attention_map`; ``O((HW)^2)`` memory, meant for training losses on small patches).
 
     Attention scope: ``"global"`` (all ``H W`` positions; fused SDPA kernel for the warp, chunked column
     sums for the mask; ``O((HW)^2)`` time, tile large frames), ``"row"`` (PASSRnet-exact epipolar attention
@@ -322,12 +377,18 @@ class MaskedSelfAttention(nn.Module):
                                   self.chunk_size)
         return rows.reshape(b, 1, h, w)
 
-    def align(self, query: torch.Tensor, key_value: torch.Tensor | None = None) -> AlignmentOutput:
+    def align(
+        self, query: torch.Tensor, key_value: torch.Tensor | None = None, return_attention: bool = False
+    ) -> AlignmentOutput:
         """Fused output, warped features and mask (see the class docstring).
 
         ``key_value`` may also be a clip ``(B, K, C, H, W)`` of K neighbours of the same query: the query's
         residual block and projections are then computed once, and every output gains the ``K`` axis
-        (``(B, K, C, H, W)``, mask ``(B, K, 1, H, W)``).
+        (``(B, K, C, H, W)``, mask ``(B, K, 1, H, W)``, maps ``(B, K, ...)``).
+
+        With ``return_attention=True`` the maps ``M_fwd`` and ``M_rev`` are also materialised, from the same
+        projections, in :func:`attention_map`'s layout; ``output``, ``warped`` and ``mask`` are computed
+        exactly as without them.
         """
         dims = check_shape(query, "B C H W", name="query", C=self.channels)
         several = key_value is not None and key_value.dim() == 5
@@ -343,16 +404,17 @@ class MaskedSelfAttention(nn.Module):
         ref = self.rb(query)
         nbr = ref if key_value is None else self.rb(key_value)
         source = query if key_value is None else key_value
-        q_ref, k_nbr = self.b1(ref), self.b2(nbr)
-        warped = self._attend(per_neighbour(q_ref), k_nbr, self.b3(source))
+        q_ref, k_nbr = per_neighbour(self.b1(ref)), self.b2(nbr)
+        warped = self._attend(q_ref, k_nbr, self.b3(source))
         target = per_neighbour(query)
+        if key_value is None:
+            q_nbr, k_ref = q_ref, k_nbr
+        elif self.mask_mode != "none" or return_attention:
+            q_nbr, k_ref = self.b1(nbr), per_neighbour(self.b2(ref))
         if self.mask_mode == "none":
-            result = AlignmentOutput(self.fusion(torch.cat((warped, target), dim=1)), warped, None)
+            mask = None
+            fused = self.fusion(torch.cat((warped, target), dim=1))
         else:
-            if key_value is None:
-                q_nbr, k_ref = q_ref, k_nbr
-            else:
-                q_nbr, k_ref = self.b1(nbr), per_neighbour(self.b2(ref))
             if self.mask_mode == "valid_morph":
                 with torch.no_grad():
                     valid = (self._received(q_nbr.detach(), k_ref.detach()) > self.threshold).to(query.dtype)
@@ -361,12 +423,17 @@ class MaskedSelfAttention(nn.Module):
             else:
                 mask = self._clean(torch.clamp(self._received(q_nbr, k_ref) / self.threshold, max=1.0))
                 fused_in = warped * mask
-            result = AlignmentOutput(self.fusion(torch.cat((fused_in, target, mask), dim=1)), warped, mask)
+            fused = self.fusion(torch.cat((fused_in, target, mask), dim=1))
+        maps: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+        if return_attention:
+            maps = (
+                attention_map(q_ref, k_nbr, self.attn_scope, self.local_radius),
+                attention_map(q_nbr, k_ref, self.attn_scope, self.local_radius),
+            )
+        result = AlignmentOutput(fused, warped, mask, *maps)
         if several:
             b = dims["B"]
-            return AlignmentOutput(
-                *(None if t is None else rearrange(t, "(b k) c h w -> b k c h w", b=b) for t in result)
-            )
+            return AlignmentOutput(*(None if t is None else rearrange(t, "(b k) ... -> b k ...", b=b) for t in result))
         return result
 
     def _clean(self, mask: torch.Tensor) -> torch.Tensor:
