@@ -11,7 +11,8 @@ Two interchangeable backends compute the same function:
   ours to build).
 - ``"torch"``: a pure-PyTorch implementation (all bilinear reads in one ``grid_sample`` call, then an
   im2col-style column matrix and one matmul per convolution group). It needs no compiled ops, and on the
-  CPU it is 2-4x faster than torchvision's kernel (``benchmarks/align.py``), so ``"auto"`` picks it there.
+  CPU it is 2-12x faster than torchvision's kernel forward and 5-20x in a training step, depending on
+  size and width (``benchmarks/align.py``), so ``"auto"`` picks it there.
 
 Offset and mask layout (torchvision's, used by both backends). For ``deform_groups = G`` and a
 ``kh x kw`` kernel, ``K = kh * kw`` taps enumerated row-major (tap ``k = i * kw + j``):
@@ -70,7 +71,7 @@ def _resolve_backend(backend: str, device: torch.device | None = None) -> str:
         raise ValueError(f"backend must be 'auto', 'torchvision' or 'torch', got {backend!r}")
     if backend == "auto":
         # torchvision's CUDA kernel is the reference implementation there; on every other device the
-        # grid_sample formulation is the faster one (CPU: 2-9x forward, ~10x forward + backward) or the
+        # grid_sample formulation is the faster one (CPU: 2-12x forward, 5-20x forward + backward) or the
         # only one (torchvision has no MPS kernel).
         on_cuda = device is not None and device.type == "cuda"
         return "torchvision" if on_cuda and torchvision_available() else "torch"
