@@ -327,7 +327,7 @@ class Trainer:
             lr_clip, hr = item["lr"].to(self.device), item["hr"].to(self.device)
             with self._autocast():
                 out = self.forward_model(lr_clip)
-            pred = self._target(out) if self.output_mode == "all" else out
+            pred = out[:, out.shape[1] // 2] if self.output_mode == "all" else out
             pred = pred.float().clamp(0, 1)
             target = hr[:, hr.shape[1] // 2]
             for key, value in frame_scores(pred, target, cb).items():

@@ -425,6 +425,34 @@ def test_validation_logs_and_curve(tmp_path):
     assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
 
 
+class _BilinearClip(nn.Module):
+    """A clip model (every frame out) that is bilinear upsampling, with one parameter so it can train."""
+
+    num_frames, scale, output_mode = 3, 4, "all"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(()))
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        frames = nn.functional.interpolate(clip.flatten(0, 1), scale_factor=4, mode="bilinear", align_corners=False)
+        return self.gain * frames.unflatten(0, clip.shape[:2])
+
+
+def test_validation_of_a_clip_model_scores_its_centre_frame(tmp_path):
+    val = ValClips([_photo_clip(5, 48, seed=3)], num_frames=3, frames_per_clip=2)
+    data = TrainClips([_photo_clip(3, 40)], num_frames=3, patch_size=8)
+    result = Trainer(_BilinearClip(), data, _config(tmp_path, steps=1, crop_border=4), val).validate()
+    expected: dict[str, list[float]] = {}
+    for item in val:
+        lr, hr = item["lr"][None], item["hr"][None]
+        pred = nn.functional.interpolate(lr[:, 1], scale_factor=4, mode="bilinear", align_corners=False).clamp(0, 1)
+        for key, value in frame_scores(pred, hr[:, 1], 4).items():
+            expected.setdefault(key, []).append(value)
+    for key, values in expected.items():
+        assert result[key] == pytest.approx(float(np.mean(values)), rel=1e-6), key
+
+
 def test_compiled_training_matches_eager(tmp_path):
     """``compile`` runs the model through torch.compile (aot_eager here: no C++ build on CI) with the same losses."""
     torch._dynamo.reset()
