@@ -252,6 +252,20 @@ def test_compiles(backend):
     assert_compiles(dcn, seeded_randn((1, 4, 6, 7), 0), seeded_randn((1, 4, 6, 7), 1))
 
 
+def test_compiled_torch_backend_follows_size_changes():
+    """The power-of-two padding is worked out from the input size: a compiled module that meets new sizes
+    (Dynamo then recompiles with symbolic sizes) still gives the eager result at each."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    dcn = DeformConv2d(4, 4, deform_groups=2, backend="torch").eval()
+    torch.nn.init.normal_(dcn.conv_offset.weight, std=0.3)
+    compiled = torch.compile(dcn, backend="aot_eager")
+    with torch.no_grad():
+        for seed, size in enumerate([(9, 11), (13, 7), (16, 16), (20, 5)]):
+            x = seeded_randn((1, 4, *size), seed)
+            torch.testing.assert_close(compiled(x), dcn(x), atol=1e-6, rtol=1e-5)
+
+
 def test_large_offsets_warn_in_training(caplog):
     dcn = DeformConv2d(2, 2, deform_groups=1, max_offset_warn=5.0, backend="torch")
     with torch.no_grad():

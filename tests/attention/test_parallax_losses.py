@@ -97,3 +97,10 @@ def test_errors():
         photometric_loss(maps, frames, frames, torch.ones(1, 3, 3, 4))
     with pytest.raises(ValueError, match="reverse: expected the shape of forward"):
         cycle_loss(maps, torch.rand(1, 3, 4, 4), mask)
+
+
+def test_local_map_with_a_frame_wide_window_is_the_global_map():
+    """The DASAA docstring's claim: ``local_radius >= max(H, W) - 1`` gives the global values."""
+    q, k = seeded_randn((2, 4, 3, 5), 0), seeded_randn((2, 4, 3, 5), 1)
+    torch.testing.assert_close(attention_map(q, k, "local", radius=4), attention_map(q, k, "global"))
+    assert not torch.allclose(attention_map(q, k, "local", radius=3), attention_map(q, k, "global"))

@@ -101,7 +101,7 @@ def _deform_conv2d_torch(
     # input per corner exactly as torchvision's kernel does. The input is zero-padded (bottom/right, which
     # changes nothing read) to power-of-two sizes S: pixel position P is then passed as (2P + 1) / S - 1,
     # and grid_sample's un-normalisation ((g + 1) S - 1) / 2 returns P with no rounding at all, so an
-    # integer position reads exactly one pixel with weight exactly 1 (a zero offset is exactly a conv).
+    # integer position reads exactly one pixel with weight exactly 1 (zero offsets read the plain conv's taps).
     size_h, size_w = 1 << (height - 1).bit_length(), 1 << (width - 1).bit_length()
     x_groups = rearrange(x, "b (g c) h w -> (b g) c h w", g=deform_groups)
     if (size_h, size_w) != (height, width):
