@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reference_models.training.dataset import TensorClip, TrainClips, ValClips
-from reference_models.training.degradation import bicubic_upsample
+from reference_models.data.dataset import TensorClip, TrainClips, ValClips
+from reference_models.data.degradation import bicubic_upsample
 from reference_models.training.trainer import TrainConfig, Trainer, frame_scores
 
 __all__ = ["DemoSettings", "load_photo", "pan_zoom_clip", "demo_clips", "planned_steps", "run_demo", "main"]

@@ -3,8 +3,8 @@
 >>> from reference_models.training import TrainClips, TrainConfig, Trainer, load_clips
 """
 
-from reference_models.training.dataset import Clip, FrameFolderClip, TensorClip, TrainClips, ValClips, VideoFileClip, load_clips
-from reference_models.training.degradation import bicubic_downsample, bicubic_upsample, blur_downsample, degrade, gaussian_blur
+from reference_models.data.dataset import Clip, FrameFolderClip, TensorClip, TrainClips, ValClips, VideoFileClip, load_clips
+from reference_models.data.degradation import bicubic_downsample, bicubic_upsample, blur_downsample, degrade, gaussian_blur
 from reference_models.training.plot import plot_curves
 from reference_models.training.schedule import (
     ConstantSchedule,

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reference_models.training.dataset import TrainClips, ValClips, load_clips
-from reference_models.training.degradation import DEGRADATIONS
+from reference_models.data.dataset import TrainClips, ValClips, load_clips
+from reference_models.data.degradation import DEGRADATIONS
 from reference_models.training.schedule import SCHEDULES
 from reference_models.training.trainer import LOSSES, PAPER_RECIPES, TrainConfig, Trainer
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from reference_models.training.degradation import bicubic_upsample
+from reference_models.data.degradation import bicubic_upsample
 from reference_models.training.schedule import SCHEDULES, Schedule, make_schedule, memory_parameter_names
 from vsrblocks.losses import CharbonnierLoss, L1Loss
 from vsrblocks.metrics import psnr, ssim

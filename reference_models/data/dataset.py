@@ -28,7 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from reference_models.training.degradation import DEGRADATIONS, degradation_margin, degrade
+from reference_models.data.degradation import DEGRADATIONS, degradation_margin, degrade
 from reference_models.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FolderSource, VideoIOError, VideoSource, _to_rgb8, natural_key
 
 __all__ = ["Clip", "FrameFolderClip", "VideoFileClip", "TensorClip", "load_clips", "TrainClips", "ValClips"]
