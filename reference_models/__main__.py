@@ -1,25 +1,34 @@
 """Command line of the reference models.
 
-    python -m reference_models run MODEL --input PATH --output DIR [--checkpoint FILE] [--preset NAME]
+    python -m reference_models run MODEL --input PATH --output DIR --checkpoint FILE [--preset NAME]
         [--tile N] [--tile-overlap N] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--batch N]
-    python -m reference_models run --checkpoint FILE --input PATH --output out.mp4
+        [--resume]
+    python -m reference_models run --checkpoint FILE --input in.mp4 --output out.mp4 [--codec NAME] [--crf N]
+        [--pix-fmt NAME] [--no-audio]
     python -m reference_models list
     python -m reference_models demo [...]
     python -m reference_models train [...]
 
 Every failure the user can cause (missing or corrupt checkpoint, checkpoint of another model, unreadable
-input, empty folder, bad option) ends with one line ``error: ...`` on stderr and exit status 1; output is
-written under a temporary name and only moved into place when every frame is done.
+input, empty folder, bad option, non-finite model output) ends with one line ``error: ...`` on stderr and exit
+status 1. Output is written under a partial name and only moved into place when every frame is done; SIGINT
+and SIGTERM remove the partial output and exit 130 / 143 (a ``--resume`` run keeps its finished frames for the
+next ``--resume``), and partials of runs that were killed outright are removed (or resumed) by the next run
+into the same output. Torch is imported only when a model runs, so ``--help`` and ``list`` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
+import signal
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,6 +37,9 @@ from reference_models.registry import list_models, list_presets
 __all__ = ["main"]
 
 _DELEGATED = {"demo": "reference_models.demo", "train": "reference_models.training.cli"}
+# Below 16 LR pixels a tile costs a whole forward pass for a few pixels (--tile 1 ran for hours).
+MIN_TILE = 16
+MIN_FPS, MAX_FPS = 0.01, 1000.0
 
 
 def _models_epilog() -> str:
@@ -57,12 +69,36 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", "-o", required=True, help="output folder, or a video file (.mp4, .mkv, ...)")
     run.add_argument("--checkpoint", help="weights: our checkpoint (rebuilds the model) or a plain/official state_dict")
     run.add_argument("--preset", help="model preset (default: the checkpoint's, else 'paper')")
-    run.add_argument("--tile", type=int, help="run spatial tiles of at most N x N LR pixels (bounds memory)")
-    run.add_argument("--tile-overlap", type=int, default=16, help="overlap of tiles in LR pixels (default 16)")
+    run.add_argument(
+        "--random-weights", action="store_true", help="run without --checkpoint, with random weights (smoke tests only)"
+    )
+    run.add_argument(
+        "--tile", type=int,
+        help=f"run spatial tiles of at most N x N LR pixels (bounds memory; at least {MIN_TILE}, more where the model "
+        "needs it)",
+    )
+    run.add_argument(
+        "--tile-overlap", type=int, help="overlap of tiles in LR pixels, at most half the tile (default: min(16, N/2))"
+    )
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     run.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
-    run.add_argument("--fps", type=float, help="frame rate of a video output (default: the input's, else 25)")
+    run.add_argument(
+        "--fps", type=float,
+        help=f"frame rate of a video output, {MIN_FPS:g} to {MAX_FPS:g} (default: the input video's time stamps, "
+        "else 25)",
+    )
+    run.add_argument("--codec", help="video encoder of a video output (default: libx264, else mpeg4)")
+    run.add_argument("--crf", type=int, help="quality of libx264/libx265/VP9/AV1 output, lower is better (default 17)")
+    run.add_argument("--pix-fmt", help="pixel format of a video output (default: yuv420p; yuv444p for odd sizes)")
+    run.add_argument(
+        "--no-audio", action="store_true", help="leave out the input video's audio and subtitles (copied by default)"
+    )
+    run.add_argument(
+        "--resume", action="store_true",
+        help="folder output: skip frames already written there (complete PNGs of the right size) or left by an "
+        "interrupted --resume run",
+    )
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     sub.add_parser("list", help="list the models and their presets")
     sub.add_parser("demo", help="train a tiny model on a textured clip and show its results", add_help=False)
@@ -103,15 +139,76 @@ def _build_model(args: argparse.Namespace):
                 "name the model (run MODEL ...) unless --checkpoint is a checkpoint saved by this package; "
                 f"models: {', '.join(list_models())}"
             )
+        if not args.checkpoint and not args.random_weights:
+            list_presets(args.model)  # an unknown model name is the first thing to report
+            raise _UserError(
+                "no --checkpoint: pass the model's weights (or --random-weights for a smoke test; its output is noise)"
+            )
         model = create_model(args.model, args.preset or "paper")
         if args.checkpoint:
             load_checkpoint(model, args.checkpoint)
         else:
-            warnings.warn("no --checkpoint: the model runs with random weights")
+            warnings.warn("--random-weights: the model runs with random weights")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise _UserError("--device cuda: CUDA is not available on this machine")
     return model.eval().to(device=device, dtype=getattr(torch, args.dtype))
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """The option errors found without reading anything."""
+    if args.batch < 1:
+        raise _UserError(f"--batch must be >= 1, got {args.batch}")
+    if args.fps is not None and not MIN_FPS <= args.fps <= MAX_FPS:  # also rejects nan and inf
+        raise _UserError(f"--fps must be between {MIN_FPS:g} and {MAX_FPS:g} frames per second, got {args.fps:g}")
+    if args.tile is not None and args.tile < MIN_TILE:
+        raise _UserError(f"--tile must be >= {MIN_TILE}, got {args.tile}")
+    if args.tile is not None and args.tile_overlap is None:
+        args.tile_overlap = min(16, args.tile // 2)
+    if args.tile is not None and not 0 <= args.tile_overlap <= args.tile // 2:
+        raise _UserError(f"--tile-overlap must be in [0, --tile/2 = {args.tile // 2}], got {args.tile_overlap}")
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise _UserError("--output must differ from --input")
+
+
+def _check_tile(args: argparse.Namespace, model) -> None:
+    from reference_models.inference import minimum_tile
+
+    need = minimum_tile(model)
+    if args.tile is not None and args.tile < need:
+        raise _UserError(f"--tile must be >= {need} for {type(model).__name__} (its patch attention or image pyramid)")
+
+
+def _open_output(args: argparse.Namespace, source, scale: int):
+    """The writer of ``args.output``, keeping a video input's timing and (unless --no-audio) its other streams."""
+    from reference_models.video_io import VideoSource, open_writer
+
+    video = isinstance(source, VideoSource)
+    options = {"codec": args.codec, "crf": args.crf, "pix_fmt": args.pix_fmt}
+    if args.fps is not None:
+        fps = Fraction(args.fps).limit_denominator(1001)
+    else:
+        fps = source.fps
+        if video:
+            options.update(time_base=source.time_base, pts=source.pts)
+    if video and not args.no_audio and source.side_streams:
+        options["copy_from"] = source.path
+        if args.fps is not None and fps != source.fps:
+            warnings.warn("--fps changes the video's duration; its audio is copied as it is (--no-audio drops it)")
+    resume_size = (scale * source.height, scale * source.width) if args.resume else None
+    return open_writer(args.output, fps=fps, names=source.names, resume_size=resume_size, **options)
+
+
+def _to_image(out, name: str):
+    """The uint8 ``(H, W, 3)`` image of an SR frame; a non-finite value fails the run, naming the frame."""
+    import torch
+
+    if not torch.isfinite(out).all():
+        raise _UserError(
+            f"the model's output for frame '{name}' is not finite (NaN or inf): the checkpoint holds broken "
+            "weights, or the values overflow the --dtype"
+        )
+    return out.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -119,39 +216,67 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from reference_models.inference import upscale_frames
-    from reference_models.video_io import open_frames, open_writer
+    from reference_models.video_io import open_frames
 
-    if args.batch < 1:
-        raise _UserError(f"--batch must be >= 1, got {args.batch}")
-    if args.fps is not None and not args.fps > 0:
-        raise _UserError(f"--fps must be positive, got {args.fps:g}")
-    if args.tile is not None and args.tile < 1:
-        raise _UserError(f"--tile must be >= 1, got {args.tile}")
-    if args.tile is not None and not 0 <= args.tile_overlap < args.tile:
-        raise _UserError(f"--tile-overlap must be in [0, --tile={args.tile}), got {args.tile_overlap}")
-    if Path(args.output).resolve() == Path(args.input).resolve():
-        raise _UserError("--output must differ from --input")
+    _check_options(args)
     source = open_frames(args.input)
     model = _build_model(args)
-    fps = source.fps if args.fps is None else Fraction(args.fps).limit_denominator(1001)
+    _check_tile(args, model)
+    scale = int(model.scale)
     start = time.perf_counter()
     frames = (torch.from_numpy(array).permute(2, 0, 1) for array in source)
-    outputs = upscale_frames(model, frames, tile=args.tile, tile_overlap=args.tile_overlap, batch=args.batch)
-    with open_writer(args.output, fps=fps) as writer, tqdm(
+    written = 0
+    with _open_output(args, source, scale) as writer, tqdm(
         total=len(source), unit="frame", disable=args.quiet, dynamic_ncols=True
     ) as bar:
+        done = getattr(writer, "done", set())
+        skip = {i for i, name in enumerate(source.names) if name in done}
+        outputs = upscale_frames(
+            model, frames, tile=args.tile, tile_overlap=args.tile_overlap or 0, batch=args.batch, skip=skip
+        )
         for name, out in zip(source.names, outputs):
-            image = out.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-            writer.write(name, image)
+            if out is not None:
+                writer.write(name, _to_image(out, name))
+                written += 1
             bar.update(1)
     if not args.quiet:
         seconds = time.perf_counter() - start
+        kept = f" (kept {len(skip)} finished frames)" if skip else ""
         print(
-            f"wrote {len(source)} frames of {image.shape[1]}x{image.shape[0]} to {args.output} "
-            f"in {seconds:.1f} s ({len(source) / seconds:.2f} frames/s)",
+            f"wrote {written} frames of {scale * source.width}x{scale * source.height} to {args.output}{kept} "
+            f"in {seconds:.1f} s ({written / seconds:.2f} frames/s)",
             file=sys.stderr,
         )
     return 0
+
+
+class _Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwinds like KeyboardInterrupt, so that writers remove their partials."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame) -> None:
+    # Ignore further signals, so that a second Ctrl-C cannot cut the clean-up short.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise _Interrupted(signum)
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`_Interrupted` inside the block (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _list() -> int:
@@ -190,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from reference_models.video_io import VideoIOError
     from vsrblocks.checkpoint import CheckpointError
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _signals_interrupt():
         warnings.simplefilter("default")
         warnings.showwarning = _print_warning
         try:
@@ -199,11 +324,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = " ".join(str(exc).split())
             if "out of memory" in message.lower():
                 message = f"out of memory; try a smaller --tile (e.g. --tile 64) or --batch 1 ({message[:200]})"
+            if args.resume:
+                message += "; frames finished so far are kept for the next --resume"
             print(f"error: {message}", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:
-            print("error: interrupted; nothing was written", file=sys.stderr)
-            return 130
+        except (KeyboardInterrupt, _Interrupted) as exc:
+            signum = exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT
+            kept = "frames finished so far are kept for the next --resume" if args.resume else "nothing was written"
+            print(f"error: interrupted by {signal.Signals(signum).name}; {kept}", file=sys.stderr)
+            return 128 + signum
 
 
 if __name__ == "__main__":

@@ -25,14 +25,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING
 
-from reference_models.data.dataset import TensorClip, TrainClips, ValClips
-from reference_models.data.degradation import bicubic_upsample
-from reference_models.training.trainer import TrainConfig, Trainer, frame_scores
+# torch, numpy and the training code are imported inside the functions that use them, so that
+# `python -m reference_models demo --help` answers at once.
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from reference_models.data.dataset import TensorClip, TrainClips
 
 __all__ = ["DemoSettings", "load_photo", "pan_zoom_clip", "demo_clips", "planned_steps", "run_demo", "main"]
 
@@ -44,7 +45,9 @@ def load_photo(name: str) -> torch.Tensor:
 
     Read from the installed package's folder, so it never touches the network.
     """
+    import numpy as np
     import skimage.data
+    import torch
     from PIL import Image
 
     folder = Path(skimage.data.__file__).parent
@@ -63,6 +66,9 @@ def pan_zoom_clip(photo: torch.Tensor, frames: int, size: tuple[int, int], seed:
     scale, what multi-frame SR exploits) and zooms out from 1x to about 1.15x, so every frame shows the
     photo at or below its native resolution (no upsampling blur in the ground truth).
     """
+    import torch
+    import torch.nn.functional as F
+
     g = torch.Generator().manual_seed(seed)
     _, ph, pw = photo.shape
     h, w = size
@@ -92,6 +98,8 @@ def pan_zoom_clip(photo: torch.Tensor, frames: int, size: tuple[int, int], seed:
 
 def demo_clips(photo: str = DEFAULT_PHOTO, frames: int = 40, held_out: int = 12, size: tuple[int, int] = (128, 192), seed: int = 0) -> tuple[TensorClip, TensorClip]:
     """The demo footage, split in time: ``(training frames, held-out frames)`` (the last ``held_out`` frames)."""
+    from reference_models.data.dataset import TensorClip
+
     if not 0 < held_out < frames:
         raise ValueError(f"held_out must be between 1 and frames - 1 = {frames - 1}, got {held_out}")
     clip = pan_zoom_clip(load_photo(photo), frames, size, seed=seed)
@@ -140,6 +148,9 @@ class DemoSettings:
 
 def _calibrate(model: nn.Module, data: TrainClips, settings: DemoSettings) -> float:
     """Seconds per training step on this machine (three timed steps of a throwaway copy, after one warm-up)."""
+    import numpy as np
+    import torch
+
     probe = copy.deepcopy(model).to(settings.device).train()
     opt = torch.optim.Adam(probe.parameters(), lr=0.0)
     batch = torch.stack([data[i]["lr"] for i in range(settings.batch_size)]).to(settings.device)
@@ -203,8 +214,14 @@ def _side_by_side(bicubic: torch.Tensor, sr: torch.Tensor, gt: torch.Tensor, lab
 def run_demo(settings: DemoSettings) -> dict[str, dict[str, float]]:
     """Train, evaluate on the held-out clip, write the outputs; returns ``{"bicubic": scores, "model": scores}``
     (``psnr_y``, ``ssim_y``, ``psnr_rgb``, ``ssim_rgb``, means over the held-out frames)."""
+    import numpy as np
+    import torch
+
     from reference_models import create_model
     from reference_models.checkpoint import save_checkpoint
+    from reference_models.data.dataset import TrainClips, ValClips
+    from reference_models.data.degradation import bicubic_upsample
+    from reference_models.training.trainer import TrainConfig, Trainer, frame_scores
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -330,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``demo`` command; returns the exit status (1 if the model does not beat bicubic, 2 if it
     cannot run: one line ``error: ...`` on stderr)."""
+    import torch
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo":
         argv = argv[1:]

@@ -24,7 +24,7 @@ Frames stream through: at most one window (plus ``batch - 1`` more) of LR frames
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -40,6 +40,7 @@ __all__ = [
     "clip_windows",
     "tile_spans",
     "forward_tiled",
+    "minimum_tile",
 ]
 
 
@@ -147,6 +148,31 @@ def forward_tiled(model: nn.Module, clip: torch.Tensor, tile: int, tile_overlap:
             out[region] += part * weight
             total[region[1:]] += weight
     return out / total
+
+
+def minimum_tile(model: nn.Module) -> int:
+    """The smallest tile side (LR pixels) that every part of ``model`` can work on as designed.
+
+    The largest of: a tile size the model runs itself (``tile_size``, VSRT's positional encoding), the patch
+    side of patch attention (``patch_size``, VSRT's STCSA) and the side that leaves the coarsest level of an
+    image pyramid one pixel wide (``2 ** (num_levels - 1)``: PCD alignment, MAFnet's flow estimator; not
+    SPyNet, which resizes its input to a multiple of 32 itself); 1 for a model with none of these.
+
+    Examples:
+        >>> from reference_models import create_model
+        >>> minimum_tile(create_model("vsrt", "tiny")), minimum_tile(create_model("mafnet", "tiny"))
+        (4, 4)
+    """
+    from vsrblocks.align.spynet import SPyNet
+
+    need = 1
+    for module in model.modules():
+        sizes = (getattr(module, "tile_size", None), getattr(module, "patch_size", None))
+        levels = getattr(module, "num_levels", None)
+        if isinstance(levels, int) and not isinstance(module, SPyNet):
+            sizes += (2 ** (levels - 1),)
+        need = max([need, *(int(s) for s in sizes if isinstance(s, int))])
+    return need
 
 
 class _Frames:
@@ -259,7 +285,8 @@ def upscale_frames(
     tile_overlap: int = 16,
     batch: int = 1,
     clip_stride: int | None = None,
-) -> Iterator[torch.Tensor]:
+    skip: Container[int] = (),
+) -> Iterator[torch.Tensor | None]:
     """Super-resolve a stream of frames, yielding one SR frame per input frame, in order.
 
     Frames are read lazily and moved to the model's device and dtype; at most ``num_frames + batch``
@@ -274,9 +301,12 @@ def upscale_frames(
         batch: windows per forward pass.
         clip_stride: frames between the starts of consecutive windows of a clip model
             (default ``(num_frames + 1) // 2``).
+        skip: indices of frames whose output is not needed (a resumed run): ``None`` is yielded for them,
+            and windows whose kept outputs are all skipped are not run. The other outputs are unchanged.
 
     Yields:
-        ``(3, scale * H, scale * W)`` float32 tensors on the model's device, not clamped.
+        ``(3, scale * H, scale * W)`` float32 tensors on the model's device, not clamped (``None`` for
+        frames in ``skip``).
     """
     num_frames, scale, mode = _model_attributes(model)
     if batch < 1:
@@ -287,6 +317,11 @@ def upscale_frames(
         if own_tile is not None and tile < own_tile:
             raise ValueError(
                 f"{type(model).__name__} runs {own_tile}x{own_tile} tiles itself; tile must be >= {own_tile}"
+            )
+        if tile < minimum_tile(model):
+            raise ValueError(
+                f"{type(model).__name__} needs tiles of at least {minimum_tile(model)} LR pixels (its patch "
+                f"attention or image pyramid); tile must be >= {minimum_tile(model)}, got {tile}"
             )
     stride = _stride(num_frames, clip_stride) if mode == "all" else 1
     buffer = _Frames(frames, *_device_dtype(model))
@@ -311,34 +346,51 @@ def upscale_frames(
         before = num_frames // 2
         ahead = max(num_frames - 1 - before, before)
         pending: list[list[int]] = []
+        order: list[int | None] = []  # per frame: its window's place in `pending`, None if skipped
         i = 0
         while buffer.has(i):
             buffer.has(i + ahead)  # read ahead, so that the clip's end is known when the window reaches it
             length = buffer.length if buffer.length is not None else i + ahead + 1
-            pending.append(center_window(i, length, num_frames))
+            if i in skip:
+                order.append(None)
+            else:
+                order.append(len(pending))
+                pending.append(center_window(i, length, num_frames))
             i += 1
-            if len(pending) == batch or not buffer.has(i):
-                yield from run(pending)
-                pending = []
+            # Skipped frames flush at once, so that a long skipped stretch holds no frames in memory.
+            if len(pending) in (0, batch) or not buffer.has(i):
+                out = run(pending) if pending else []
+                yield from (None if k is None else out[k] for k in order)
+                pending, order = [], []
                 buffer.drop_before(i - before)
         return
 
     group: list[tuple[list[int], int, int]] = []
-    plan = _clip_plan(buffer, num_frames, stride)
-    for step in plan:
+    for step in _clip_plan(buffer, num_frames, stride):
+        indices, kept_from, kept_to = step
+        if all(t in skip for t in range(kept_from, kept_to)):
+            if group:
+                yield from _kept(run([g[0] for g in group]), group, skip)
+                group = []
+            yield from (None for _ in range(kept_from, kept_to))
+            buffer.drop_before(indices[0] + 1)
+            continue
         group.append(step)
         if len(group) < batch:
             continue
-        yield from _kept(run([g[0] for g in group]), group)
+        yield from _kept(run([g[0] for g in group]), group, skip)
         buffer.drop_before(group[-1][0][0] + 1)  # the next window starts later
         group = []
     if group:
-        yield from _kept(run([g[0] for g in group]), group)
+        yield from _kept(run([g[0] for g in group]), group, skip)
 
 
-def _kept(out: torch.Tensor, group: list[tuple[list[int], int, int]]) -> Iterator[torch.Tensor]:
+def _kept(
+    out: torch.Tensor, group: list[tuple[list[int], int, int]], skip: Container[int]
+) -> Iterator[torch.Tensor | None]:
     for window_out, (indices, kept_from, kept_to) in zip(out, group):
-        yield from window_out[kept_from - indices[0] : kept_to - indices[0]]
+        for t in range(kept_from, kept_to):
+            yield None if t in skip else window_out[t - indices[0]]
 
 
 def upscale_clip(

@@ -11,12 +11,16 @@ Modules are imported on first use so that a model's heavy dependencies cost noth
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+import sys
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported by the model modules, on first use: `list` and `--help` stay fast
+    import torch
+    from torch import nn
 
 __all__ = ["list_models", "list_presets", "create_model", "from_official", "model_spec"]
 
@@ -40,8 +44,32 @@ def list_models() -> list[str]:
 
 
 def list_presets(name: str) -> list[str]:
-    """Preset names of model ``name`` (always including ``"paper"`` and ``"tiny"``)."""
+    """Preset names of model ``name`` (always including ``"paper"`` and ``"tiny"``).
+
+    Read from the source of the model's module while that module is not imported yet (when ``PRESETS`` is a
+    literal dict), so that ``python -m reference_models list`` does not import torch.
+    """
+    if name in _MODULES and _MODULES[name] not in sys.modules:
+        names = _literal_preset_names(_MODULES[name])
+        if names is not None:
+            return names
     return list(_module(name).PRESETS)
+
+
+def _literal_preset_names(module_name: str) -> list[str] | None:
+    """The string keys of a module-level ``PRESETS = {...}`` literal, or ``None`` if it is not one."""
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or spec.origin is None:
+        return None
+    with open(spec.origin, encoding="utf-8") as file:
+        tree = ast.parse(file.read(), spec.origin)
+    for node in tree.body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (node.targets[0] if isinstance(node, ast.Assign) else None)
+        if isinstance(target, ast.Name) and target.id == "PRESETS" and isinstance(node.value, ast.Dict):
+            keys = node.value.keys
+            if all(isinstance(k, ast.Constant) and isinstance(k.value, str) for k in keys):
+                return [k.value for k in keys]
+    return None
 
 
 def create_model(name: str, preset: str = "paper", **overrides: Any) -> nn.Module:

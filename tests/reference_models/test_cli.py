@@ -70,7 +70,7 @@ def test_folder_to_folder_with_checkpoint_alone(tmp_path, capsys, checkpoint):
 
 
 def test_video_to_folder_and_folder_to_video(tmp_path, capsys, checkpoint):
-    frames = random_frames(4, 8, 12, seed=1)
+    frames = random_frames(4, 8, 20, seed=1)
     video = write_video(tmp_path / "clip.mkv", frames)
     code, _, err = run_cli(capsys, "run", "mana", "--checkpoint", checkpoint, "-i", video, "-o", tmp_path / "out", "-q")
     assert code == 0, err
@@ -81,7 +81,7 @@ def test_video_to_folder_and_folder_to_video(tmp_path, capsys, checkpoint):
     for name, exp in zip(names, expected):
         np.testing.assert_array_equal(np.array(Image.open(tmp_path / "out" / name)), exp)
 
-    tiling = ["--tile", "8", "--tile-overlap", "4"]
+    tiling = ["--tile", "16", "--tile-overlap", "4"]
     sr_video = tmp_path / "sr.mp4"
     code, _, err = run_cli(capsys, "run", "--checkpoint", checkpoint, "-i", video, "-o", sr_video, "-q", *tiling)
     assert code == 0, err
@@ -89,7 +89,7 @@ def test_video_to_folder_and_folder_to_video(tmp_path, capsys, checkpoint):
 
     with av.open(str(tmp_path / "sr.mp4")) as container:
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    assert len(decoded) == 4 and decoded[0].shape == (32, 48, 3)
+    assert len(decoded) == 4 and decoded[0].shape == (32, 80, 3)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -100,10 +100,10 @@ def test_every_tiny_model_runs_end_to_end(tmp_path, capsys, name):
     except ImportError:
         pytest.skip(f"{name} is not written yet")
     src = write_folder(tmp_path / "in", random_frames(3, 8, 12))
-    argv = ["run", name, "--preset", "tiny", "-i", src, "-o", tmp_path / "out", "-q", "--batch", "2"]
+    argv = ["run", name, "--preset", "tiny", "-i", src, "-o", tmp_path / "out", "-q", "--batch", "2", "--random-weights"]
     code, _, err = run_cli(capsys, *argv)
     assert code == 0, err
-    assert err.strip() == "warning: no --checkpoint: the model runs with random weights"
+    assert err.strip() == "warning: --random-weights: the model runs with random weights"
     outputs = sorted((tmp_path / "out").iterdir())
     assert [p.name for p in outputs] == ["frame1.png", "frame2.png", "frame3.png"]
     assert all(Image.open(p).size == (48, 32) for p in outputs)
@@ -199,11 +199,21 @@ def _bad_inputs(tmp_path, checkpoint):
         (["--checkpoint", plain, "-i", good, "-o", out], "name the model"),
         (["-i", good, "-o", out], "name the model"),
         (["nosuchmodel", "-i", good, "-o", out], "unknown model 'nosuchmodel'"),
-        (["mana", "--preset", "huge", "-i", good, "-o", out], "unknown preset 'huge'"),
-        (["mana", "--preset", "tiny", "--tile", "8", "--tile-overlap", "8", "-i", good, "-o", out], "--tile-overlap"),
+        (["mana", "--preset", "huge", "--random-weights", "-i", good, "-o", out], "unknown preset 'huge'"),
+        (["mana", "--preset", "tiny", "-i", good, "-o", out], "no --checkpoint"),
+        (["mana", "--preset", "tiny", "--tile", "16", "--tile-overlap", "9", "-i", good, "-o", out], "--tile-overlap"),
         (["mana", "--preset", "tiny", "--batch", "0", "-i", good, "-o", out], "--batch"),
-        (["mana", "--preset", "tiny", "--tile", "0", "-i", good, "-o", out], "--tile must be >= 1"),
-        (["mana", "--preset", "tiny", "--fps", "0", "-i", good, "-o", tmp_path / "out.mp4"], "--fps must be positive"),
+        (["mana", "--preset", "tiny", "--tile", "0", "-i", good, "-o", out], "--tile must be >= 16"),
+        (["mana", "--preset", "tiny", "--tile", "1", "-i", good, "-o", out], "--tile must be >= 16"),
+        (["mana", "--preset", "tiny", "--fps", "0", "-i", good, "-o", tmp_path / "out.mp4"], "--fps must be between"),
+        (["mana", "--preset", "tiny", "--fps", "inf", "-i", good, "-o", tmp_path / "out.mp4"], "--fps must be between"),
+        (["mana", "--preset", "tiny", "--fps", "nan", "-i", good, "-o", tmp_path / "out.mp4"], "--fps must be between"),
+        (["mana", "--preset", "tiny", "--fps", "1e-9", "-i", good, "-o", tmp_path / "out.mp4"], "--fps must be between"),
+        (["--checkpoint", checkpoint, "--codec", "nosuchcodec", "-i", good, "-o", tmp_path / "o.mp4"], "no such video"),
+        (["--checkpoint", checkpoint, "--codec", "aac", "-i", good, "-o", tmp_path / "o.mp4"], "not a video encoder"),
+        (["--checkpoint", checkpoint, "--pix-fmt", "nv99", "-i", good, "-o", tmp_path / "o.mp4"], "--pix-fmt nv99"),
+        (["--checkpoint", checkpoint, "--crf", "99", "-i", good, "-o", tmp_path / "o.mp4"], "--crf for libx264"),
+        (["--checkpoint", checkpoint, "--resume", "-i", good, "-o", tmp_path / "o.mp4"], "--resume needs a folder"),
         (["--checkpoint", good, "-i", good, "-o", out], "is a folder"),
         (["mana", "--preset", "tiny", "-i", good, "-o", good], "must differ"),
     ]

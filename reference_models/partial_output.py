@@ -1,0 +1,104 @@
+"""Temporary ("partial") names beside an output, and finding the ones a killed run left behind.
+
+An output ``out`` (a folder or a file) is written as ``.out.partial-<pid>-<token>`` in the same folder and
+renamed into place when complete, so that no reader ever sees half of it. The writer's process id in the
+name tells a later run whether a partial is stale: its writer no longer runs (it was killed, or the machine
+went down), so the partial can be removed or, for a folder, resumed from. Names stay within the
+file-system limit of 255 bytes however long the output's name is: a long name is shortened and a hash of the
+full name keeps outputs with the same beginning apart. Partials are created with :func:`os.mkdir` /
+:func:`os.open`, so they get the permissions the umask gives (0755 / 0644 typically), not the 0700 / 0600
+of :mod:`tempfile`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from pathlib import Path
+
+__all__ = ["NAME_MAX", "partial_prefix", "create_partial_dir", "create_partial_file", "stale_partials"]
+
+NAME_MAX = 255
+_TAIL_BYTES = len("-4194304-0123456789abcdef") + 16  # "-<pid>-<token>" and room for a file suffix
+
+
+def partial_prefix(final: Path) -> str:
+    """``.NAME.partial-`` for output ``final``, with ``NAME`` shortened (and hashed) to fit in NAME_MAX bytes.
+
+    Examples:
+        >>> partial_prefix(Path("/tmp/out"))
+        '.out.partial-'
+        >>> len(partial_prefix(Path("x" * 250)).encode()) <= 255 - 41
+        True
+    """
+    name = final.name
+    room = NAME_MAX - _TAIL_BYTES - len("..partial-")
+    if len(name.encode()) > room:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = name.encode()[: room - 9].decode(errors="ignore") + "~" + digest
+    return f".{name}.partial-"
+
+
+# Partials this process made: a process id in a name says "running" only if that process made it, which
+# matters where every run gets the same pid (containers).
+_OWN: set[Path] = set()
+
+
+def _new_name(final: Path, suffix: str) -> Path:
+    return final.parent / f"{partial_prefix(final)}{os.getpid()}-{secrets.token_hex(8)}{suffix}"
+
+
+def create_partial_dir(final: Path) -> Path:
+    """A new empty partial folder beside ``final`` (its parents are created)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = _new_name(final, "")
+        try:
+            os.mkdir(path)
+            _OWN.add(path)
+            return path
+        except FileExistsError:
+            continue
+
+
+def create_partial_file(final: Path) -> Path:
+    """A new empty partial file beside ``final`` with its suffix (so that formats are still guessed from it)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = _new_name(final, final.suffix)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            _OWN.add(path)
+            return path
+        except FileExistsError:
+            continue
+
+
+def _running(pid: int, path: Path) -> bool:
+    if pid == os.getpid():
+        return path in _OWN
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def stale_partials(final: Path, suffix: str = "") -> list[Path]:
+    """Partials of ``final`` (names ending in ``suffix``) whose writing process is gone, newest first;
+    partials of running processes are left out. One without a process id (older versions) counts as stale."""
+    pattern = re.compile(re.escape(partial_prefix(final)) + r"(?:(\d+)-)?[0-9a-zA-Z_]+" + re.escape(suffix) + "$")
+    found = []
+    try:
+        entries = list(final.parent.iterdir())
+    except OSError:
+        return []
+    for path in entries:
+        match = pattern.match(path.name)
+        if match and not (match.group(1) and _running(int(match.group(1)), path)):
+            found.append(path)
+    return sorted(found, key=lambda p: p.lstat().st_mtime, reverse=True)
