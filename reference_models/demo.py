@@ -347,8 +347,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``demo`` command; returns the exit status (1 if the model does not beat bicubic, 2 if it
     cannot run: one line ``error: ...`` on stderr)."""
-    import torch
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo":
         argv = argv[1:]
@@ -365,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
         progress=not args.quiet,
     )
+    import torch
+
     if settings.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda: CUDA is not available on this machine", file=sys.stderr)
         return 2

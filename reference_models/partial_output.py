@@ -24,16 +24,19 @@ NAME_MAX = 255
 _TAIL_BYTES = len("-4194304-0123456789abcdef") + 16  # "-<pid>-<token>" and room for a file suffix
 
 
-def partial_prefix(final: Path) -> str:
-    """``.NAME.partial-`` for output ``final``, with ``NAME`` shortened (and hashed) to fit in NAME_MAX bytes.
+def partial_prefix(final: Path, suffix: str = "") -> str:
+    """``.NAME.partial-`` for output ``final`` whose partials end in ``suffix`` (``NAME`` is its name without
+    ``suffix``), shortened (and hashed) to fit in NAME_MAX bytes.
 
     Examples:
         >>> partial_prefix(Path("/tmp/out"))
         '.out.partial-'
+        >>> partial_prefix(Path("/tmp/clip.mp4"), ".mp4")
+        '.clip.partial-'
         >>> len(partial_prefix(Path("x" * 250)).encode()) <= 255 - 41
         True
     """
-    name = final.name
+    name = final.name.removesuffix(suffix) if suffix else final.name
     room = NAME_MAX - _TAIL_BYTES - len("..partial-")
     if len(name.encode()) > room:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
@@ -47,7 +50,7 @@ _OWN: set[Path] = set()
 
 
 def _new_name(final: Path, suffix: str) -> Path:
-    return final.parent / f"{partial_prefix(final)}{os.getpid()}-{secrets.token_hex(8)}{suffix}"
+    return final.parent / f"{partial_prefix(final, suffix)}{os.getpid()}-{secrets.token_hex(8)}{suffix}"
 
 
 def create_partial_dir(final: Path) -> Path:
@@ -91,7 +94,7 @@ def _running(pid: int, path: Path) -> bool:
 def stale_partials(final: Path, suffix: str = "") -> list[Path]:
     """Partials of ``final`` (names ending in ``suffix``) whose writing process is gone, newest first;
     partials of running processes are left out. One without a process id (older versions) counts as stale."""
-    pattern = re.compile(re.escape(partial_prefix(final)) + r"(?:(\d+)-)?[0-9a-zA-Z_]+" + re.escape(suffix) + "$")
+    pattern = re.compile(re.escape(partial_prefix(final, suffix)) + r"(?:(\d+)-)?[0-9a-zA-Z_]+" + re.escape(suffix) + "$")
     found = []
     try:
         entries = list(final.parent.iterdir())

@@ -250,3 +250,45 @@ def test_tiny_reference_models_run_on_short_and_tiled_clips(name):
     # Tiling is exact only for local models; the reference models attend globally, so only sanity here.
     tiled = upscale_clip(model, clip, tile=12, tile_overlap=4)
     assert tiled.shape == out.shape and torch.isfinite(tiled).all()
+
+
+@given(
+    length=st.integers(1, 9),
+    mode=st.sampled_from(["center", "all"]),
+    batch=st.integers(1, 3),
+    skipped=st.sets(st.integers(0, 8)),
+)
+def test_skipped_frames_yield_none_and_leave_the_others_unchanged(length, mode, batch, skipped):
+    """``skip`` (a resumed run) drops outputs, never changes the ones still computed."""
+    model = FrameIndexVSR(3, mode)
+    clip = fingerprint_clip(length)
+    full = list(upscale_frames(model, clip.unbind(0), batch=batch))
+    partial = list(upscale_frames(model, clip.unbind(0), batch=batch, skip=skipped))
+    assert len(partial) == length
+    for i, (a, b) in enumerate(zip(full, partial)):
+        if i in skipped:
+            assert b is None
+        else:
+            assert torch.equal(a, b)
+
+
+def test_fully_skipped_windows_are_not_run():
+    calls = []
+    model = LocalVSR(num_frames=3, output_mode="all").eval()
+    model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    clip = torch.rand(8, 3, 4, 4)
+    assert sum(out is None for out in upscale_frames(model, clip.unbind(0), skip=range(8))) == 8
+    assert calls == []
+    list(upscale_frames(model, clip.unbind(0), skip=range(4)))
+    assert 0 < len(calls) < len(clip_windows(8, 3))
+
+
+def test_minimum_tile_of_the_reference_models():
+    from reference_models.inference import minimum_tile
+
+    sizes = {name: minimum_tile(reference_models.create_model(name, "tiny")) for name in ("mana", "mafnet", "vsrt")}
+    assert sizes == {"mana": 1, "mafnet": 4, "vsrt": 4}
+    model = LocalVSR().eval()
+    with pytest.raises(ValueError, match="tile must be >= 4"):
+        upscale_clip(reference_models.create_model("mafnet", "tiny").eval(), torch.rand(5, 3, 8, 8), tile=3, tile_overlap=0)
+    assert minimum_tile(model) == 1

@@ -1,0 +1,114 @@
+"""``run`` into a video: the time base, frame timestamps and audio and subtitle streams of the input stay."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from reference_models.__main__ import main
+
+av = pytest.importorskip("av")
+
+
+def write_clip(path, video_codec="libx264", audio_codec="aac", frames=5, fps=Fraction(30000, 1001), rate=8000):
+    """A 16x12 clip with a mono sine audio track as long as the video."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream(video_codec, rate=fps)
+        video.width, video.height, video.pix_fmt = 16, 12, "yuv420p"
+        audio = container.add_stream(audio_codec, rate=rate, layout="mono")
+        for _ in range(frames):
+            image = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(video.encode())
+        total, done = int(rate * frames / fps), 0
+        while done < total:
+            n = min(1024, total - done)
+            tone = (3000 * np.sin(np.arange(done, done + n) * 0.05)).astype(np.int16)[None]
+            frame = av.AudioFrame.from_ndarray(tone, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = rate, done
+            container.mux(audio.encode(frame))
+            done += n
+        container.mux(audio.encode())
+    return path
+
+
+def describe(path):
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        info = {
+            "rate": video.average_rate,
+            "time_base": video.time_base,
+            "audio": [s.codec_context.name for s in container.streams.audio],
+        }
+        frames = list(container.decode(video=0))
+        info["pts"] = [f.pts for f in frames]
+        info["size"] = (frames[0].height, frames[0].width)
+    if info["audio"]:
+        with av.open(str(path)) as container:
+            decoded = list(container.decode(audio=0))
+            info["samples"] = sum(f.samples for f in decoded)
+            info["audio_rate"] = decoded[0].sample_rate
+    return info
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+@pytest.mark.parametrize("suffix, audio_codec", [(".mp4", "aac"), (".mkv", "pcm_s16le")])
+def test_audio_and_timing_are_kept(tmp_path, capsys, checkpoint, suffix, audio_codec):
+    source = write_clip(tmp_path / f"in{suffix}", audio_codec=audio_codec)
+    out = tmp_path / f"out{suffix}"
+    code, err = run(capsys, "run", "--checkpoint", checkpoint, "-i", source, "-o", out, "-q")
+    assert code == 0, err
+    before, after = describe(source), describe(out)
+    assert after["size"] == (48, 64)
+    assert after["audio"] == before["audio"] == [audio_codec]
+    assert after["samples"] == before["samples"] > 0
+    for key in ("rate", "time_base", "pts"):
+        assert after[key] == before[key], key
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([source.name, out.name])
+
+
+def test_no_audio_crf_codec_and_pix_fmt(tmp_path, capsys, checkpoint):
+    source = write_clip(tmp_path / "in.mp4")
+    out = tmp_path / "out.mkv"
+    argv = ["--codec", "libx264", "--crf", "30", "--pix-fmt", "yuv444p", "--no-audio"]
+    code, err = run(capsys, "run", "--checkpoint", checkpoint, "-i", source, "-o", out, "-q", *argv)
+    assert code == 0, err
+    with av.open(str(out)) as container:
+        assert not container.streams.audio
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv444p"
+    # A lower CRF spends more bits on the same frames.
+    best = tmp_path / "best.mkv"
+    code, err = run(capsys, "run", "--checkpoint", checkpoint, "-i", source, "-o", best, "-q", *argv[:2], "--crf", "0", "--no-audio")
+    assert code == 0, err
+    assert best.stat().st_size > out.stat().st_size
+
+
+def test_audio_the_container_cannot_hold_is_reencoded(tmp_path, capsys, checkpoint):
+    """PCM audio cannot go into WebM: it is re-encoded to the container's default (Opus, 48 kHz), same length."""
+    source = write_clip(tmp_path / "in.mkv", audio_codec="pcm_s16le")
+    out = tmp_path / "out.webm"
+    code, err = run(capsys, "run", "--checkpoint", checkpoint, "-i", source, "-o", out, "-q", "--codec", "libvpx-vp9")
+    assert code == 0, err
+    assert "audio stream 1 (pcm_s16le) cannot go into .webm as it is: re-encoded to opus" in err
+    before, after = describe(source), describe(out)
+    assert after["audio"] == ["opus"] and after["audio_rate"] == 48000
+    assert after["samples"] == before["samples"] * 48000 // 8000
+    assert after["pts"] == before["pts"]
+
+
+def test_fps_option_retimes_the_video(tmp_path, capsys, checkpoint):
+    source = write_clip(tmp_path / "in.mp4")
+    out = tmp_path / "out.mp4"
+    code, err = run(capsys, "run", "--checkpoint", checkpoint, "-i", source, "-o", out, "-q", "--fps", "0.5")
+    assert code == 0, err
+    assert "--fps changes the video's duration" in err
+    info = describe(out)
+    assert info["rate"] == Fraction(1, 2)
+    assert [float(p * info["time_base"]) for p in info["pts"]] == [0.0, 2.0, 4.0, 6.0, 8.0]
