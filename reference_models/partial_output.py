@@ -94,7 +94,8 @@ def _running(pid: int, path: Path) -> bool:
 def stale_partials(final: Path, suffix: str = "") -> list[Path]:
     """Partials of ``final`` (names ending in ``suffix``) whose writing process is gone, newest first;
     partials of running processes are left out. One without a process id (older versions) counts as stale."""
-    pattern = re.compile(re.escape(partial_prefix(final, suffix)) + r"(?:(\d+)-)?[0-9a-zA-Z_]+" + re.escape(suffix) + "$")
+    prefix, ending = re.escape(partial_prefix(final, suffix)), re.escape(suffix)
+    pattern = re.compile(prefix + r"(?:(\d+)-)?[0-9a-zA-Z_]+" + ending + "$")
     found = []
     try:
         entries = list(final.parent.iterdir())

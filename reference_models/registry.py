@@ -64,7 +64,12 @@ def _literal_preset_names(module_name: str) -> list[str] | None:
     with open(spec.origin, encoding="utf-8") as file:
         tree = ast.parse(file.read(), spec.origin)
     for node in tree.body:
-        target = node.target if isinstance(node, ast.AnnAssign) else (node.targets[0] if isinstance(node, ast.Assign) else None)
+        if isinstance(node, ast.AnnAssign):
+            target = node.target
+        elif isinstance(node, ast.Assign):
+            target = node.targets[0]
+        else:
+            continue
         if isinstance(target, ast.Name) and target.id == "PRESETS" and isinstance(node.value, ast.Dict):
             keys = node.value.keys
             if all(isinstance(k, ast.Constant) and isinstance(k.value, str) for k in keys):

@@ -418,8 +418,10 @@ class VideoWriter(FrameWriter):
         self.crf = DEFAULT_CRF if crf is None and self.codec in CRF_CODECS else crf
         self.pix_fmt = pix_fmt
         self.fps = fps
-        self.time_base = time_base if pts is not None else None
-        self.pts = pts if time_base is not None else None
+        # AVI has no timestamps, only a clock of one tick per frame: it keeps the frame rate, not the times.
+        timed = time_base is not None and pts is not None and self.path.suffix.lower() != ".avi"
+        self.time_base = time_base if timed else None
+        self.pts = pts if timed else None
         self.copy_from = copy_from
         for path_ in stale_partials(self.path, self.path.suffix):
             _remove(path_)
@@ -475,7 +477,8 @@ class VideoWriter(FrameWriter):
             elif stream.type == "audio":
                 codec = self.container.default_audio_codec
                 out = self.container.add_stream(codec, rate=stream.codec_context.sample_rate)
-                out.layout = stream.codec_context.layout
+                # FFmpeg's default layout for the channel count ("1c": mono): encoders refuse an unordered one.
+                out.layout = f"{stream.codec_context.layout.nb_channels}c"
                 self.side[stream.index] = (out, True)
                 warnings.warn(
                     f"{what}: audio stream {stream.index} ({name}) cannot go into {self.path.suffix} as it is: "

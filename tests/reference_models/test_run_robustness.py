@@ -189,33 +189,58 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_signals_leave_no_output(tmp_path, capsys, checkpoint, sig):
-    """A real signal to a real run, once it is writing frames: SIGINT / SIGTERM remove the partial output and
-    exit 130 / 143 with one line; after SIGKILL the next run into the same output removes the partial."""
+def interrupted_run(tmp_path, checkpoint, sig, *options):
+    """Start a real (slowed) ``run`` of 20 frames into ``tmp_path / "out"`` and send ``sig`` once it has
+    written a frame; returns its exit status, its stderr and its command-line arguments."""
     src = write_folder(tmp_path / "in", random_frames(20, 8, 8))
-    out = tmp_path / "out"
-    argv = ["run", "--checkpoint", str(checkpoint), "-i", str(src), "-o", str(out), "-q"]
+    argv = ["run", "--checkpoint", str(checkpoint), "-i", str(src), "-o", str(tmp_path / "out"), "-q", *options]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, *argv], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not any(p.name.startswith(".out.partial-") and any(p.iterdir()) for p in tmp_path.iterdir()):
+        # Two files: the first frame is complete (the second is being written).
+        while not any(p.name.startswith(".out.partial-") and len(list(p.iterdir())) > 1 for p in tmp_path.iterdir()):
             assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it wrote a frame"
             time.sleep(0.02)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert not out.exists()
+    return proc.returncode, err, argv
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_signals_leave_no_output(tmp_path, capsys, checkpoint, sig):
+    """A real signal to a real run, once it is writing frames: SIGINT / SIGTERM remove the partial output and
+    exit 130 / 143 with one line; after SIGKILL the next run into the same output removes the partial."""
+    code, err, argv = interrupted_run(tmp_path, checkpoint, sig)
+    assert not (tmp_path / "out").exists()
     if sig == signal.SIGKILL:
-        assert proc.returncode == -signal.SIGKILL
-        assert run(capsys, *argv[:-1])[0] == 0
+        assert code == -signal.SIGKILL
+        assert run(capsys, *argv)[0] == 0
         assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
         return
-    assert proc.returncode == 128 + sig
+    assert code == 128 + sig
     assert err.strip().splitlines() == [f"error: interrupted by {signal.Signals(sig).name}; nothing was written"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_an_interrupted_resume_run_is_finished_by_the_next(tmp_path, capsys, checkpoint):
+    code, err, argv = interrupted_run(tmp_path, checkpoint, signal.SIGTERM, "--resume")
+    assert code == 143 and err.strip().splitlines() == [
+        "error: interrupted by SIGTERM; frames finished so far are kept for the next --resume"
+    ]
+    (partial,) = [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial-")]
+    finished = len(list(partial.iterdir()))
+    assert 0 < finished < 20 and not (tmp_path / "out").exists()
+    code, err = run(capsys, *[a for a in argv if a != "-q"])
+    assert code == 0, err
+    assert f"wrote {20 - finished} frames" in err and f"kept {finished} finished frames" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
+    reference = tmp_path / "reference"
+    assert run(capsys, *argv[:-4], "-o", reference, "-q")[0] == 0
+    for frame in reference.iterdir():
+        np.testing.assert_array_equal(np.array(Image.open(frame)), np.array(Image.open(tmp_path / "out" / frame.name)))
 
 
 def test_help_and_list_do_not_import_torch():

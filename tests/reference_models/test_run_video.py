@@ -112,3 +112,14 @@ def test_fps_option_retimes_the_video(tmp_path, capsys, checkpoint):
     info = describe(out)
     assert info["rate"] == Fraction(1, 2)
     assert [float(p * info["time_base"]) for p in info["pts"]] == [0.0, 2.0, 4.0, 6.0, 8.0]
+
+
+def test_avi_keeps_the_frame_rate(tmp_path, capsys, checkpoint):
+    """AVI has no timestamps (one clock tick per frame): the output runs at the input's rate, every frame."""
+    source = write_clip(tmp_path / "in.mkv", audio_codec="pcm_s16le")
+    out = tmp_path / "out.avi"
+    code, err = run(capsys, "run", "--checkpoint", checkpoint, "-i", source, "-o", out, "-q")
+    assert code == 0, err
+    info = describe(out)
+    assert info["rate"] == Fraction(30000, 1001) and len(info["pts"]) == 5
+    assert info["samples"] == describe(source)["samples"]
