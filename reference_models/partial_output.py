@@ -16,9 +16,20 @@ import hashlib
 import os
 import re
 import secrets
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["NAME_MAX", "partial_prefix", "create_partial_dir", "create_partial_file", "stale_partials"]
+__all__ = [
+    "NAME_MAX",
+    "partial_prefix",
+    "create_partial_dir",
+    "create_partial_file",
+    "stale_partials",
+    "signals_deferred",
+]
 
 NAME_MAX = 255
 _TAIL_BYTES = len("-4194304-0123456789abcdef") + 16  # "-<pid>-<token>" and room for a file suffix
@@ -106,3 +117,26 @@ def stale_partials(final: Path, suffix: str = "") -> list[Path]:
         if match and not (match.group(1) and _running(int(match.group(1)), path)):
             found.append(path)
     return sorted(found, key=lambda p: p.lstat().st_mtime, reverse=True)
+
+
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive inside the block are raised again when it ends (main thread only), so
+    that moving a partial output into place is never cut half-way: a folder gets all its new frames or none.
+    (Blocking the signals with a mask is not enough: another thread of the process may take them.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in _DEFERRED}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])
+

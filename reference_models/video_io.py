@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from reference_models.partial_output import create_partial_dir, create_partial_file, stale_partials
+from reference_models.partial_output import create_partial_dir, create_partial_file, signals_deferred, stale_partials
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -271,10 +271,14 @@ class FrameWriter(ABC):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
+        if exc_type is not None:
             self.abort()
+            return
+        try:
+            self.close()
+        except BaseException:
+            self.abort()
+            raise
 
 
 def _remove(path: Path) -> None:
@@ -366,8 +370,9 @@ class FolderWriter(FrameWriter):
             os.replace(self.tmp, self.folder)
             return
         self._check_targets(self.names)
-        for name in self.names:
-            os.replace(self.tmp / name, self.folder / name)
+        with signals_deferred():
+            for name in self.names:
+                os.replace(self.tmp / name, self.folder / name)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def abort(self) -> None:

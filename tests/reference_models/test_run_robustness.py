@@ -260,3 +260,19 @@ def test_help_and_list_do_not_import_torch():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "no torch"
     assert "vsrt: paper, paper-reds, paper-vimeo, tiny" in done.stdout
+
+
+def test_signals_wait_while_frames_move_into_place():
+    from reference_models.partial_output import signals_deferred
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert seen == []
+        time.sleep(0.05)
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
