@@ -123,3 +123,28 @@ def test_avi_keeps_the_frame_rate(tmp_path, capsys, checkpoint):
     info = describe(out)
     assert info["rate"] == Fraction(30000, 1001) and len(info["pts"]) == 5
     assert info["samples"] == describe(source)["samples"]
+
+
+def test_subtitles_are_copied_or_dropped_with_a_warning(tmp_path, capsys, checkpoint):
+    source = tmp_path / "in.mkv"
+    with av.open(str(source), "w") as container:
+        video = container.add_stream("ffv1", rate=10)
+        video.width, video.height, video.pix_fmt = 8, 8, "yuv420p"
+        text = container.add_mux_stream("subrip", time_base=Fraction(1, 1000))
+        for _ in range(3):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(np.zeros((8, 8, 3), np.uint8), format="rgb24")))
+        container.mux(video.encode())
+        packet = av.Packet(b"hello")
+        packet.stream, packet.pts, packet.dts, packet.duration = text, 100, 100, 100
+        packet.time_base = Fraction(1, 1000)
+        container.mux(packet)
+    kept = tmp_path / "out.mkv"
+    code, err = run(capsys, "run", "--checkpoint", checkpoint, "-i", source, "-o", kept, "-q")
+    assert code == 0 and err == "", err
+    with av.open(str(kept)) as container:
+        assert [bytes(p) for p in container.demux(container.streams.subtitles[0]) if p.size] == [b"hello"]
+    dropped = tmp_path / "out.mp4"
+    code, err = run(capsys, "run", "--checkpoint", checkpoint, "-i", source, "-o", dropped, "-q")
+    assert code == 0 and "subtitle stream 1" in err and "dropped (an .mkv output keeps it)" in err, err
+    with av.open(str(dropped)) as container:
+        assert not container.streams.subtitles
