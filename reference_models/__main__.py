@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", "-o", required=True, help="output folder, or a video file (.mp4, .mkv, ...)")
     run.add_argument("--checkpoint", help="weights: our checkpoint (rebuilds the model) or a plain/official state_dict")
     run.add_argument("--preset", help="model preset (default: the checkpoint's, else 'paper')")
+    run.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                     help="constructor argument, repeatable; for an official checkpoint an official setting (num_frame=7)")
     run.add_argument("--tile", type=int, help="run spatial tiles of at most N x N LR pixels (bounds memory)")
     run.add_argument("--tile-overlap", type=int, default=16, help="overlap of tiles in LR pixels (default 16)")
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
@@ -81,33 +83,23 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 def _build_model(args: argparse.Namespace):
     import torch
 
-    from reference_models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, read_checkpoint
-    from reference_models.registry import create_model
+    from reference_models.checkpoint import build_from_checkpoint
+    from reference_models.registry import create_model, parse_model_args
 
-    spec = None
     if args.checkpoint:
-        try:
-            spec = read_checkpoint(args.checkpoint).get("model_spec")
-        except CheckpointError as exc:
-            if "not a reference_models checkpoint" not in str(exc):
-                raise
-    if spec:
-        if args.model and args.model != spec["name"]:
-            raise _UserError(f"checkpoint '{args.checkpoint}' holds a {spec['name']} model, not {args.model}")
-        if args.preset and args.preset != spec["preset"]:
-            raise _UserError(f"checkpoint '{args.checkpoint}' holds preset {spec['preset']!r}, not {args.preset!r}")
-        model = model_from_checkpoint(args.checkpoint)
+        # an official file gets one line saying what was read off its weights and what the paper supplied
+        report = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+        model = build_from_checkpoint(
+            args.checkpoint, args.model, args.preset, report=report, **parse_model_args(args.model_arg)
+        )
     else:
         if not args.model:
             raise _UserError(
-                "name the model (run MODEL ...) unless --checkpoint is a checkpoint saved by this package; "
+                "name the model (run MODEL ...) or give a --checkpoint (ours or an official MANA/VSRT file); "
                 f"models: {', '.join(list_models())}"
             )
-        model = create_model(args.model, args.preset or "paper")
-        if args.checkpoint:
-            load_checkpoint(model, args.checkpoint)
-        else:
-            warnings.warn("no --checkpoint: the model runs with random weights")
+        model = create_model(args.model, args.preset or "paper", **parse_model_args(args.model_arg))
+        warnings.warn("no --checkpoint: the model runs with random weights")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise _UserError("--device cuda: CUDA is not available on this machine")
