@@ -44,6 +44,7 @@ from vsrblocks.checkpoint import (
     load_safetensors,
     load_state_dict_checked,
     read_state_dict,
+    select_generator,
     unwrap_state_dict,
 )
 
@@ -387,7 +388,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str,
         what = f"checkpoint '{os.fspath(path)}' ({_describe(spec)})"
         load_state_dict_checked(model, ours["state_dict"], what=what)
         return {k: v for k, v in ours.items() if k not in _RESERVED}
-    fit_state_dict(model, read_state_dict(path), what=f"checkpoint '{os.fspath(path)}'")
+    fit_state_dict(model, select_generator(read_state_dict(path)), what=f"checkpoint '{os.fspath(path)}'")
     return {}
 
 
@@ -457,7 +458,7 @@ def model_from_checkpoint(
     except CheckpointError as exc:
         if "not a reference_models checkpoint" not in str(exc):
             raise
-        return _official_model(read_state_dict(path), path, report or _logger.info, **overrides)
+        return _official_model(select_generator(read_state_dict(path)), path, report or _logger.info, **overrides)
     spec = ckpt.get("model_spec")
     if not spec:
         raise CheckpointError(f"checkpoint '{os.fspath(path)}' has no model_spec; name the model to load it into")

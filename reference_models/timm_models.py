@@ -26,7 +26,7 @@ from torch import nn
 
 from reference_models.checkpoint import fit_state_dict
 from reference_models.registry import create_model, list_models, list_presets
-from vsrblocks.checkpoint import unwrap_state_dict
+from vsrblocks.checkpoint import select_generator, unwrap_state_dict
 
 __all__ = ["timm_name"]
 
@@ -52,7 +52,8 @@ def timm_name(name: str, preset: str) -> str:
 
 def _filter(state_dict: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     # timm unwraps "state_dict" (our .pt files); BasicSR/MMagic wrappers and official key names are ours to handle
-    return fit_state_dict(model, unwrap_state_dict(state_dict, "pretrained weights"), what="pretrained weights")
+    weights = select_generator(unwrap_state_dict(state_dict, "pretrained weights"))
+    return fit_state_dict(model, weights, what="pretrained weights")
 
 
 def _entrypoint(name: str, preset: str):

@@ -26,6 +26,7 @@ __all__ = [
     "load_safetensors",
     "load_state_dict_checked",
     "read_state_dict",
+    "select_generator",
     "unwrap_state_dict",
 ]
 
@@ -127,9 +128,8 @@ def unwrap_state_dict(obj: object, what: str, wrapper_keys: tuple[str, ...] = _W
     """The state_dict inside a loaded checkpoint object, with the usual wrappers and prefixes removed.
 
     BasicSR saves ``{"params": ...}`` (and ``params_ema``, preferred when present), MMagic/mmcv
-    ``{"state_dict": ...}`` whose keys start with ``generator.`` (or ``generator_ema.``, preferred; other
-    sub-networks such as a discriminator are dropped); a ``module.`` prefix left by ``DataParallel`` is
-    stripped wherever it appears.
+    ``{"state_dict": ...}`` (its ``generator.`` prefixes are left for :func:`select_generator`); a ``module.``
+    prefix left by ``DataParallel`` is stripped.
 
     Raises:
         CheckpointError: ``obj`` holds no state_dict, or a value that is not a tensor (named).
@@ -144,12 +144,22 @@ def unwrap_state_dict(obj: object, what: str, wrapper_keys: tuple[str, ...] = _W
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{what}: state_dict entry {str(key)[:80]!r} is a {type(value).__name__}, not a tensor")
-    state = {str(k).removeprefix("module."): v for k, v in obj.items()}
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+
+
+def select_generator(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The generator's weights of an MMagic state_dict (keys ``generator_ema.*``, preferred like BasicSR's
+    ``params_ema``, else ``generator.*``), prefix removed; other sub-networks (a discriminator) are dropped.
+    A state_dict without these prefixes is returned unchanged.
+
+    Examples:
+        >>> select_generator({"generator.conv.weight": 1, "generator_ema.conv.weight": 2, "discriminator.fc": 3})
+        {'conv.weight': 2}
+    """
     for prefix in _GENERATOR_PREFIXES:
-        if any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :].removeprefix("module."): v for k, v in state.items() if k.startswith(prefix)}
-            break
-    return state
+        if any(k.startswith(prefix) for k in state_dict):
+            return {k[len(prefix) :].removeprefix("module."): v for k, v in state_dict.items() if k.startswith(prefix)}
+    return dict(state_dict)
 
 
 def read_state_dict(path: str | os.PathLike[str], wrapper_keys: tuple[str, ...] = _WRAPPERS) -> dict[str, torch.Tensor]:
