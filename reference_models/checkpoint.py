@@ -126,6 +126,13 @@ def remove_stale_partials(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def _umask() -> int:
+    try:  # Linux reports it without changing it (setting it to read it back races with other threads)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -442,6 +442,9 @@ def official_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> t
     for key in ("conv_first.weight", _POS_KEY):
         if key not in state_dict:
             raise ValueError(f"not an official VSR-Transformer state_dict: no {key!r}")
+    if not any(key.startswith("spynet.spynet.") for key in state_dict):
+        # our own VSRT (norm="official") shares the position key but names its flow network "spynet."
+        raise ValueError("not an official VSR-Transformer state_dict: no 'spynet.spynet.' weights")
     conv_first = state_dict["conv_first.weight"]
     layer_keys = [k for k in state_dict if re.fullmatch(r"transformer\.layers\.\d+\.0\.fn\.norm\.weight", k)]
     feat_size = int(state_dict[layer_keys[0]].shape[-1]) if layer_keys else 64

@@ -144,3 +144,14 @@ def test_run_passes_model_args_and_refuses_unknown_files(tmp_path, capsys):
                            tmp_path / "o")
     assert_one_line_error(code, err, "model argument 'num_frames' is not KEY=VALUE")
     assert not (tmp_path / "o").exists()
+
+
+def test_our_own_bare_state_dict_is_not_taken_for_an_official_one(tmp_path, fixtures):
+    torch.save(fixtures["vsrt"]["state_dict"], tmp_path / "official.pth")
+    ours = model_from_checkpoint(tmp_path / "official.pth")
+    torch.save(ours.state_dict(), tmp_path / "ours_bare.pth")
+    with pytest.raises(CheckpointError, match="nor an official mana or vsrt state_dict"):
+        model_from_checkpoint(tmp_path / "ours_bare.pth")
+    fresh = reference_models.create_model("vsrt", "paper", **ours.model_spec["overrides"])
+    reference_models.load_checkpoint(fresh, tmp_path / "ours_bare.pth")
+    assert_same_weights(fresh, ours)
