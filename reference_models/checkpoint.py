@@ -69,6 +69,8 @@ _RESERVED = ("format", "version", "model_spec", "state_dict")
 _PLAIN = (str, int, float, bool, type(None))
 _RANDOM_SUFFIX = 8  # what tempfile.mkstemp appends
 _logger = logging.getLogger(__name__)
+
+
 def _check_plain(value: Any, where: str) -> None:
     """Raise unless ``value`` is made of plain values, lists/tuples and str-keyed dicts (what
     ``weights_only=True`` can load), or tensors."""
