@@ -43,7 +43,6 @@ from vsrblocks.checkpoint import (
     load_file,
     load_safetensors,
     load_state_dict_checked,
-    read_state_dict,
     select_generator,
     unwrap_state_dict,
 )
@@ -274,11 +273,7 @@ def _not_ours(path: str | os.PathLike[str]) -> CheckpointError:
     )
 
 
-def _read_safetensors(path: str | os.PathLike[str]) -> dict[str, Any]:
-    tensors, metadata = load_safetensors(path)
-    if metadata.get("format") != FORMAT:
-        raise _not_ours(path)
-    where = f"'{os.fspath(path)}'"
+def _ours_from_safetensors(tensors: dict[str, torch.Tensor], metadata: Mapping[str, str], where: str) -> dict[str, Any]:
     try:
         spec = json.loads(metadata.get("model_spec", "null"))
         extra = json.loads(metadata.get("extra", "{}"))
@@ -305,6 +300,23 @@ def _read_release(folder: Path) -> dict[str, Any]:
                   "state_dict": tensors}, where)
 
 
+def _read_any(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None]:
+    """Read ``path`` once: ``(our checkpoint dict, None)`` for our files, ``(None, state_dict)`` for any other
+    file holding a state_dict (wrappers and MMagic generator prefixes removed)."""
+    where = f"'{os.fspath(path)}'"
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, RELEASE_CONFIG)):
+        return _read_release(Path(path)), None
+    if os.path.isfile(path) and is_safetensors(path):
+        tensors, metadata = load_safetensors(path)
+        if metadata.get("format") == FORMAT:
+            return _ours_from_safetensors(tensors, metadata, where), None
+        return None, select_generator(tensors)
+    obj = load_file(path)
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT and "state_dict" in obj:
+        return _ours(dict(obj), where), None
+    return None, select_generator(unwrap_state_dict(obj, f"checkpoint {where}"))
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The dict of one of our checkpoints: a ``.pt`` file (read with ``weights_only=True``), a
     ``.safetensors`` file written by :func:`save_checkpoint`, or a release folder (:func:`save_release`).
@@ -313,14 +325,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         CheckpointError: missing or unreadable file, a file that is not one of our checkpoints, or a
             malformed one (a model_spec that is not a dict with ``name`` and ``preset``, a non-tensor weight).
     """
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, RELEASE_CONFIG)):
-        return _read_release(Path(path))
-    if os.path.isfile(path) and is_safetensors(path):
-        return _read_safetensors(path)
-    obj = load_file(path)
-    if not (isinstance(obj, Mapping) and obj.get("format") == FORMAT and "state_dict" in obj):
+    ours, _ = _read_any(path)
+    if ours is None:
         raise _not_ours(path)
-    return _ours(dict(obj), f"'{os.fspath(path)}'")
+    return ours
 
 
 def _describe(spec: Mapping[str, Any] | None) -> str:
@@ -384,21 +392,15 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str,
         CheckpointError: missing or corrupt file, a checkpoint of another model, or weights that do not fit
             (the message names the missing, unexpected and mismatched keys).
     """
-    try:
-        ours = read_checkpoint(path)
-    except CheckpointError as exc:
-        if "not a reference_models checkpoint" not in str(exc):
-            raise
-        ours = None
-    if ours is not None:
-        spec, own = ours.get("model_spec"), model_spec(model)
-        if spec and own and spec.get("name") != own.get("name"):
-            raise CheckpointError(f"'{os.fspath(path)}' holds {_describe(spec)}, not {_describe(own)}")
-        what = f"checkpoint '{os.fspath(path)}' ({_describe(spec)})"
-        load_state_dict_checked(model, ours["state_dict"], what=what)
-        return {k: v for k, v in ours.items() if k not in _RESERVED}
-    fit_state_dict(model, select_generator(read_state_dict(path)), what=f"checkpoint '{os.fspath(path)}'")
-    return {}
+    ours, state_dict = _read_any(path)
+    if ours is None:
+        fit_state_dict(model, state_dict, what=f"checkpoint '{os.fspath(path)}'")
+        return {}
+    spec, own = ours.get("model_spec"), model_spec(model)
+    if spec and own and spec.get("name") != own.get("name"):
+        raise CheckpointError(f"'{os.fspath(path)}' holds {_describe(spec)}, not {_describe(own)}")
+    load_state_dict_checked(model, ours["state_dict"], what=f"checkpoint '{os.fspath(path)}' ({_describe(spec)})")
+    return {k: v for k, v in ours.items() if k not in _RESERVED}
 
 
 def _official_modules() -> dict[str, Any]:
@@ -408,11 +410,18 @@ def _official_modules() -> dict[str, Any]:
 
 
 def _official_model(
-    state_dict: dict[str, torch.Tensor], path: str | os.PathLike[str], report: Callable[[str], None], **overrides: Any
-) -> nn.Module:
-    """Recognise an official MANA / VSR-Transformer state_dict, infer its config and build the model."""
+    state_dict: dict[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    report: Callable[[str], None],
+    name: str | None = None,
+    **overrides: Any,
+) -> nn.Module | None:
+    """Recognise an official MANA / VSR-Transformer state_dict (of model ``name`` if given), infer its config
+    and build the model; ``None`` when no module recognises it."""
     modules = _official_modules()
-    for name, module in modules.items():
+    for found, module in modules.items():
+        if name not in (None, found):
+            continue
         try:
             config, assumed = module.official_config_from_state_dict(state_dict)
         except ValueError:
@@ -420,7 +429,7 @@ def _official_model(
         unknown = sorted(set(overrides) - set(config))
         if unknown:
             raise CheckpointError(
-                f"'{os.fspath(path)}' is an official {name} state_dict; {unknown} are not among its settings "
+                f"'{os.fspath(path)}' is an official {found} state_dict; {unknown} are not among its settings "
                 f"({', '.join(config)})"
             )
         config.update(overrides)
@@ -428,19 +437,38 @@ def _official_model(
         chosen = ", ".join(f"{k}={config[k]}" for k in overrides)
         defaults = ", ".join(f"{k}={config[k]}" for k in assumed if k not in overrides)
         report(
-            f"'{os.fspath(path)}': official {name} weights; from the weights: {inferred}"
+            f"'{os.fspath(path)}': official {found} weights; from the weights: {inferred}"
             + (f"; paper values (not in the weights, override with KEY=VALUE): {defaults}" if defaults else "")
             + (f"; given: {chosen}" if chosen else "")
         )
         try:
             return module.from_official(state_dict, **config).eval()
         except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"'{os.fspath(path)}' (official {name} weights) does not build: {exc}") from None
-    raise CheckpointError(
+            raise CheckpointError(f"'{os.fspath(path)}' (official {found} weights) does not build: {exc}") from None
+    return None
+
+
+def _unrecognised(path: str | os.PathLike[str]) -> CheckpointError:
+    return CheckpointError(
         f"'{os.fspath(path)}' is neither a reference_models checkpoint (a 'format' entry with a model_spec) nor an "
-        f"official {' or '.join(sorted(modules))} state_dict (bare or under params/params_ema/state_dict, "
+        f"official {' or '.join(sorted(_official_modules()))} state_dict (bare or under params/params_ema/state_dict, "
         "optionally generator./module. prefixed); name the model to load plain weights into it"
     )
+
+
+def _rebuild(ours: dict[str, Any], path: str | os.PathLike[str], **overrides: Any) -> nn.Module:
+    """The model one of our checkpoints describes, with its weights."""
+    spec = ours.get("model_spec")
+    if not spec:
+        raise CheckpointError(f"checkpoint '{os.fspath(path)}' has no model_spec; name the model to load it into")
+    try:
+        model = create_model(spec["name"], spec["preset"], **{**(spec.get("overrides") or {}), **overrides})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint '{os.fspath(path)}' names {_describe(spec)}, which cannot be built: {exc}"
+        ) from exc
+    load_state_dict_checked(model, ours["state_dict"], what=f"checkpoint '{os.fspath(path)}' ({_describe(spec)})")
+    return model
 
 
 def model_from_checkpoint(
@@ -462,22 +490,12 @@ def model_from_checkpoint(
         CheckpointError: missing/corrupt file, one that is neither ours nor a recognised official state_dict
             (the message says what was looked for), or weights that do not fit.
     """
-    try:
-        ckpt = read_checkpoint(path)
-    except CheckpointError as exc:
-        if "not a reference_models checkpoint" not in str(exc):
-            raise
-        return _official_model(select_generator(read_state_dict(path)), path, report or _logger.info, **overrides)
-    spec = ckpt.get("model_spec")
-    if not spec:
-        raise CheckpointError(f"checkpoint '{os.fspath(path)}' has no model_spec; name the model to load it into")
-    try:
-        model = create_model(spec["name"], spec["preset"], **{**(spec.get("overrides") or {}), **overrides})
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"checkpoint '{os.fspath(path)}' names {_describe(spec)}, which cannot be built: {exc}"
-        ) from exc
-    load_state_dict_checked(model, ckpt["state_dict"], what=f"checkpoint '{os.fspath(path)}' ({_describe(spec)})")
+    ours, state_dict = _read_any(path)
+    if ours is not None:
+        return _rebuild(ours, path, **overrides)
+    model = _official_model(state_dict, path, report or _logger.info, **overrides)
+    if model is None:
+        raise _unrecognised(path)
     return model
 
 
@@ -492,26 +510,34 @@ def build_from_checkpoint(
     """The model for ``run --checkpoint FILE [MODEL] [--preset P] [--model-arg KEY=VALUE ...]``.
 
     Without ``name`` the file alone decides (:func:`model_from_checkpoint`: ours or a recognised official
-    state_dict). With ``name`` our checkpoints must hold that model (and ``preset``, if given); other files
-    are loaded into ``create_model(name, preset or "paper", **overrides)``.
+    state_dict). With ``name`` our checkpoints must hold that model (and ``preset``, if given); an official
+    state_dict of that model is recognised as without it (unless a ``preset`` is named); other files are
+    loaded into ``create_model(name, preset or "paper", **overrides)``. The file is read once.
 
     Raises:
         CheckpointError: as :func:`model_from_checkpoint` / :func:`load_checkpoint`, or a checkpoint that holds
             another model or preset than the one named.
     """
-    try:
-        spec = read_checkpoint(path).get("model_spec")
-    except CheckpointError as exc:
-        if "not a reference_models checkpoint" not in str(exc):
-            raise
-        spec = None
-    if spec:
-        if name and name != spec["name"]:
+    ours, state_dict = _read_any(path)
+    if ours is not None:
+        spec = ours.get("model_spec") or {}
+        if name and spec and name != spec["name"]:
             raise CheckpointError(f"checkpoint '{os.fspath(path)}' holds a {spec['name']} model, not {name}")
-        if preset and preset != spec["preset"]:
+        if preset and spec and preset != spec["preset"]:
             raise CheckpointError(f"checkpoint '{os.fspath(path)}' holds preset {spec['preset']!r}, not {preset!r}")
-    if spec or not name:
-        return model_from_checkpoint(path, report=report, **overrides)
+        if spec or not name:
+            return _rebuild(ours, path, **overrides)
+        model = create_model(name, preset or "paper", **overrides)
+        load_state_dict_checked(model, ours["state_dict"], what=f"checkpoint '{os.fspath(path)}'")
+        return model
+    if preset is None:
+        model = _official_model(state_dict, path, report or _logger.info, name, **overrides)
+        if model is not None:
+            return model
+        if name is None:
+            raise _unrecognised(path)
+    if name is None:
+        raise CheckpointError(f"checkpoint '{os.fspath(path)}' holds plain weights; name the model to load them into")
     model = create_model(name, preset or "paper", **overrides)
-    load_checkpoint(model, path)
+    fit_state_dict(model, state_dict, what=f"checkpoint '{os.fspath(path)}'")
     return model

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import reference_models
-from reference_models.checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint
+from reference_models.checkpoint import CheckpointError, build_from_checkpoint, model_from_checkpoint, save_checkpoint
 from reference_models.mana import _distance_matrix
 from reference_models.mana import official_config_from_state_dict as mana_config
 from reference_models.vsrt import official_config_from_state_dict as vsrt_config
@@ -155,3 +155,17 @@ def test_our_own_bare_state_dict_is_not_taken_for_an_official_one(tmp_path, fixt
     fresh = reference_models.create_model("vsrt", "paper", **ours.model_spec["overrides"])
     reference_models.load_checkpoint(fresh, tmp_path / "ours_bare.pth")
     assert_same_weights(fresh, ours)
+
+
+def test_naming_the_model_of_an_official_file_still_infers_it_and_reads_the_file_once(tmp_path, fixtures, monkeypatch):
+    data = fixtures["mana"]
+    torch.save({"params": data["state_dict"]}, tmp_path / "mana.pth")
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (loads.append(a[0]), real_load(*a, **k))[1])
+    lines = []
+    model = build_from_checkpoint(tmp_path / "mana.pth", "mana", report=lines.append)
+    assert len(loads) == 1 and "official mana weights" in lines[0]
+    assert_same_weights(model, reference_models.from_official("mana", data["state_dict"], **data["config"]))
+    with pytest.raises(CheckpointError, match="does not fit DASAA"):
+        build_from_checkpoint(tmp_path / "mana.pth", "dasaa", report=lines.append)
