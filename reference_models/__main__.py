@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--tile-overlap", type=int, help="overlap of tiles in LR pixels, at most half the tile (default: min(16, N/2))"
     )
+    run.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                     help="constructor argument, repeatable; for an official checkpoint an official setting (num_frame=7)")
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     run.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
@@ -117,38 +119,28 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 def _build_model(args: argparse.Namespace):
     import torch
 
-    from reference_models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, read_checkpoint
-    from reference_models.registry import create_model
+    from reference_models.checkpoint import build_from_checkpoint
+    from reference_models.registry import create_model, parse_model_args
 
-    spec = None
     if args.checkpoint:
-        try:
-            spec = read_checkpoint(args.checkpoint).get("model_spec")
-        except CheckpointError as exc:
-            if "not a reference_models checkpoint" not in str(exc):
-                raise
-    if spec:
-        if args.model and args.model != spec["name"]:
-            raise _UserError(f"checkpoint '{args.checkpoint}' holds a {spec['name']} model, not {args.model}")
-        if args.preset and args.preset != spec["preset"]:
-            raise _UserError(f"checkpoint '{args.checkpoint}' holds preset {spec['preset']!r}, not {args.preset!r}")
-        model = model_from_checkpoint(args.checkpoint)
+        # an official file gets one line saying what was read off its weights and what the paper supplied
+        report = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+        model = build_from_checkpoint(
+            args.checkpoint, args.model, args.preset, report=report, **parse_model_args(args.model_arg)
+        )
     else:
         if not args.model:
             raise _UserError(
-                "name the model (run MODEL ...) unless --checkpoint is a checkpoint saved by this package; "
+                "name the model (run MODEL ...) or give a --checkpoint (ours or an official MANA/VSRT file); "
                 f"models: {', '.join(list_models())}"
             )
-        if not args.checkpoint and not args.random_weights:
+        if not args.random_weights:
             list_presets(args.model)  # an unknown model name is the first thing to report
             raise _UserError(
                 "no --checkpoint: pass the model's weights (or --random-weights for a smoke test; its output is noise)"
             )
-        model = create_model(args.model, args.preset or "paper")
-        if args.checkpoint:
-            load_checkpoint(model, args.checkpoint)
-        else:
-            warnings.warn("--random-weights: the model runs with random weights")
+        model = create_model(args.model, args.preset or "paper", **parse_model_args(args.model_arg))
+        warnings.warn("--random-weights: the model runs with random weights")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise _UserError("--device cuda: CUDA is not available on this machine")

@@ -1,38 +1,73 @@
 """Checkpoints of the reference models: saving, loading, and rebuilding a model from its file.
 
-Our files are a dict of plain values and tensors only, so ``torch.load(..., weights_only=True)`` reads them::
+Our ``.pt`` files are a dict of plain values and tensors only, so ``torch.load(..., weights_only=True)``
+reads them::
 
     {"format": "reference_models.checkpoint", "version": 1,
      "model_spec": {"name": "mana", "preset": "tiny", "overrides": {...}} or None,
      "state_dict": {...},
      ...extras (e.g. "optimizer", "step" for training)}
 
+A ``.safetensors`` file (the release format: no pickle at all) holds the same state_dict as its tensors and
+``format``, ``version``, ``model_spec`` and the extras as JSON strings in its metadata. :func:`save_release`
+writes a folder people can share: ``model.safetensors`` and a ``config.json`` with the model spec.
+
 :func:`load_checkpoint` also accepts bare state_dicts and the usual wrappers (BasicSR ``params`` /
-``params_ema``, MMagic ``state_dict``), in our key names or in an official implementation's (converted
-with the model module's ``convert_official_state_dict`` or ``official_key_map`` where it has one).
+``params_ema``, MMagic ``state_dict`` with ``generator.`` keys), in our key names or in an official
+implementation's (converted with the model module's ``convert_official_state_dict`` or ``official_key_map``).
+:func:`model_from_checkpoint` rebuilds the model from our files and recognises official MANA and
+VSR-Transformer state_dicts from their weights alone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
+import json
+import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from torch import nn
 
-from reference_models.registry import create_model, model_spec
-from vsrblocks.checkpoint import CheckpointError, load_file, load_state_dict_checked, read_state_dict
+from reference_models.registry import create_model, list_models, model_spec
+from vsrblocks.checkpoint import (
+    CheckpointError,
+    is_safetensors,
+    load_file,
+    load_safetensors,
+    load_state_dict_checked,
+    select_generator,
+    unwrap_state_dict,
+)
 
-__all__ = ["CheckpointError", "save_checkpoint", "read_checkpoint", "load_checkpoint", "model_from_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "build_from_checkpoint",
+    "fit_state_dict",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "partial_prefix",
+    "read_checkpoint",
+    "remove_stale_partials",
+    "save_checkpoint",
+    "save_release",
+]
 
 FORMAT = "reference_models.checkpoint"
 VERSION = 1
+RELEASE_WEIGHTS = "model.safetensors"
+RELEASE_CONFIG = "config.json"
+_RESERVED = ("format", "version", "model_spec", "state_dict")
 _PLAIN = (str, int, float, bool, type(None))
+_RANDOM_SUFFIX = 8  # what tempfile.mkstemp appends
+_logger = logging.getLogger(__name__)
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -53,20 +88,112 @@ def _check_plain(value: Any, where: str) -> None:
     raise ValueError(f"{where} is a {type(value).__name__}; a checkpoint holds only plain values and tensors")
 
 
+def partial_prefix(path: str | os.PathLike[str]) -> str:
+    """The name prefix of the temporary files a save to ``path`` writes (``.NAME.partial-``) in its folder.
+
+    A name too long for the file system's limit (NAME_MAX) with the prefix and the random suffix is cut, and a
+    hash of the full name keeps targets that share a long beginning apart.
+    """
+    path = Path(path)
+    try:
+        name_max = os.pathconf(path.parent if path.parent.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    prefix = f".{path.name}.partial-"
+    room = name_max - _RANDOM_SUFFIX
+    if len(prefix.encode()) <= room:
+        return prefix
+    digest = hashlib.sha1(path.name.encode()).hexdigest()[:8]
+    keep = path.name.encode()[: room - len(".~.partial-") - len(digest)].decode(errors="ignore")
+    return f".{keep}~{digest}.partial-"
+
+
+def remove_stale_partials(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files a killed save to ``path`` left behind; returns what was removed.
+
+    Only names made by :func:`partial_prefix` for this very target (plus mkstemp's random suffix) are touched.
+    One writer per target is assumed: a save running at the same time into the same path loses its file.
+    """
+    path = Path(path)
+    prefix = partial_prefix(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for entry in path.parent.iterdir():
+        if entry.name.startswith(prefix) and len(entry.name) == len(prefix) + _RANDOM_SUFFIX and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _umask() -> int:
+    try:  # Linux reports it without changing it (setting it to read it back races with other threads)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` a file in ``path``'s folder, give it the umask's permissions and rename it onto
+    ``path``; nothing is left behind on failure, and earlier saves' leftovers are removed on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=partial_prefix(path), dir=path.parent)
+    os.close(handle)
+    try:
+        write(tmp)
+        # mkstemp creates 0600; a checkpoint gets what any new file gets (0644 under the usual umask)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    remove_stale_partials(path)
+
+
+def _safetensors_metadata(spec: Mapping[str, Any] | None, extra: Mapping[str, Any]) -> dict[str, str]:
+    tensors = [k for k, v in extra.items() if _holds_tensor(v)]
+    if tensors:
+        raise ValueError(
+            f"save_checkpoint: extras {tensors} hold tensors; a .safetensors file keeps the weights and plain "
+            "values only (save training state such as an optimizer to a .pt file)"
+        )
+    return {"format": FORMAT, "version": str(VERSION), "model_spec": json.dumps(spec), "extra": json.dumps(dict(extra))}
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensor(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(_holds_tensor(v) for v in value.values())
+    return False
+
+
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **extra: Any) -> None:
     """Save ``model``'s weights and ``model_spec`` (set by :func:`~reference_models.create_model`) to ``path``.
 
-    The file is written under a temporary name in the same folder and renamed, so an interrupted save
-    never leaves a truncated checkpoint.
+    A path ending in ``.safetensors`` writes a safetensors file (weights as tensors, model spec and extras as
+    JSON metadata: the format to share, readable without pickle); any other name a ``torch.save`` file. The
+    file is written under a temporary name in the same folder (:func:`partial_prefix`) and renamed, so an
+    interrupted save never leaves a truncated checkpoint; it gets the umask's permissions, and temporary
+    files of earlier, killed saves to the same path are removed.
 
     Args:
         model: the model; if it came from ``create_model`` the checkpoint alone rebuilds it.
         path: destination file.
-        **extra: more entries, plain values and tensors only (``step=..., optimizer=opt.state_dict()``).
+        **extra: more entries, plain values and tensors only (``step=..., optimizer=opt.state_dict()``);
+            plain values only for ``.safetensors``.
 
     Raises:
         ValueError: an extra or a model_spec override is not a plain value (it could not be loaded with
-            ``weights_only=True``), or an extra uses a reserved name.
+            ``weights_only=True``), an extra uses a reserved name, or a ``.safetensors`` extra holds tensors.
 
     Examples:
         >>> import tempfile, os
@@ -77,41 +204,131 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **extra: Any
         >>> model_from_checkpoint(path).model_spec["preset"]
         'tiny'
     """
-    reserved = {"format", "version", "model_spec", "state_dict"} & set(extra)
+    reserved = set(_RESERVED) & set(extra)
     if reserved:
         raise ValueError(f"save_checkpoint: {sorted(reserved)} are reserved names")
     spec = model_spec(model)
     _check_plain(spec, "model_spec")
     _check_plain(extra, "extra")
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        metadata = _safetensors_metadata(spec, extra)
+        # clones: safetensors refuses tensors that share memory
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        _write_atomically(path, lambda tmp: safetensors.torch.save_file(state, tmp, metadata=metadata))
+        return
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "model_spec": spec, "state_dict": state, **extra}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-    os.close(handle)
+    _write_atomically(path, lambda tmp: torch.save(payload, tmp))
+
+
+def save_release(model: nn.Module, folder: str | os.PathLike[str]) -> Path:
+    """Write the shareable release of ``model`` into ``folder``: ``model.safetensors`` (weights, spec in its
+    metadata) and ``config.json`` (the model spec, readable by people and by
+    ``create_model(name, preset, pretrained=folder)``).
+
+    Returns:
+        The folder.
+
+    Raises:
+        ValueError: the model has no ``model_spec`` (it did not come from ``create_model``); a release must
+            rebuild its model.
+    """
+    spec = model_spec(model)
+    if not spec:
+        raise ValueError("save_release: the model has no model_spec; build it with create_model so the release rebuilds it")
+    folder = Path(folder)
+    save_checkpoint(model, folder / RELEASE_WEIGHTS)
+    config = {"format": FORMAT, "version": VERSION, "model_spec": spec, "weights": RELEASE_WEIGHTS}
+    text = json.dumps(config, indent=2) + "\n"
+    _write_atomically(folder / RELEASE_CONFIG, lambda tmp: Path(tmp).write_text(text))
+    return folder
+
+
+def _check_spec(spec: Any, where: str) -> None:
+    if spec is None:
+        return
+    if not isinstance(spec, Mapping):
+        raise CheckpointError(f"{where}: model_spec is a {type(spec).__name__}, not a dict with name and preset")
+    for key in ("name", "preset"):
+        if not isinstance(spec.get(key), str):
+            raise CheckpointError(f"{where}: model_spec has no {key} (a string)")
+    if not isinstance(spec.get("overrides") or {}, Mapping):
+        raise CheckpointError(f"{where}: model_spec overrides is a {type(spec['overrides']).__name__}, not a dict")
+
+
+def _ours(obj: Any, where: str) -> dict[str, Any]:
+    """Validate the dict of one of our checkpoints."""
+    version = obj.get("version", VERSION)
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{where} has checkpoint version {version!r}; this code reads {VERSION}")
+    _check_spec(obj.get("model_spec"), where)
+    return {**obj, "state_dict": unwrap_state_dict(obj["state_dict"], where, ())}
+
+
+def _not_ours(path: str | os.PathLike[str]) -> CheckpointError:
+    return CheckpointError(
+        f"'{os.fspath(path)}' is not a reference_models checkpoint (no model_spec); "
+        "name the model to load plain or official weights into it"
+    )
+
+
+def _ours_from_safetensors(tensors: dict[str, torch.Tensor], metadata: Mapping[str, str], where: str) -> dict[str, Any]:
     try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        spec = json.loads(metadata.get("model_spec", "null"))
+        extra = json.loads(metadata.get("extra", "{}"))
+        version = int(metadata.get("version", VERSION))
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: unreadable metadata ({exc})") from None
+    if not isinstance(extra, Mapping):
+        raise CheckpointError(f"{where}: metadata 'extra' is a {type(extra).__name__}, not a dict")
+    extra = {k: v for k, v in extra.items() if k not in _RESERVED}
+    return _ours({"format": FORMAT, "version": version, "model_spec": spec, "state_dict": tensors, **extra}, where)
+
+
+def _read_release(folder: Path) -> dict[str, Any]:
+    where = f"release folder '{folder}'"
+    try:
+        config = json.loads((folder / RELEASE_CONFIG).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{where}: unreadable {RELEASE_CONFIG} ({type(exc).__name__})") from None
+    if not isinstance(config, Mapping) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{where}: {RELEASE_CONFIG} is not a reference_models release config")
+    weights = folder / str(config.get("weights", RELEASE_WEIGHTS))
+    tensors = load_safetensors(weights)[0]
+    return _ours({"format": FORMAT, "version": config.get("version", VERSION), "model_spec": config.get("model_spec"),
+                  "state_dict": tensors}, where)
+
+
+def _read_any(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None]:
+    """Read ``path`` once: ``(our checkpoint dict, None)`` for our files, ``(None, state_dict)`` for any other
+    file holding a state_dict (wrappers and MMagic generator prefixes removed)."""
+    where = f"'{os.fspath(path)}'"
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, RELEASE_CONFIG)):
+        return _read_release(Path(path)), None
+    if os.path.isfile(path) and is_safetensors(path):
+        tensors, metadata = load_safetensors(path)
+        if metadata.get("format") == FORMAT:
+            return _ours_from_safetensors(tensors, metadata, where), None
+        return None, select_generator(tensors)
+    obj = load_file(path)
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT and "state_dict" in obj:
+        return _ours(dict(obj), where), None
+    return None, select_generator(unwrap_state_dict(obj, f"checkpoint {where}"))
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The dict of one of our checkpoints, read with ``weights_only=True``.
+    """The dict of one of our checkpoints: a ``.pt`` file (read with ``weights_only=True``), a
+    ``.safetensors`` file written by :func:`save_checkpoint`, or a release folder (:func:`save_release`).
 
     Raises:
-        CheckpointError: missing or unreadable file, or a file that is not one of our checkpoints.
+        CheckpointError: missing or unreadable file, a file that is not one of our checkpoints, or a
+            malformed one (a model_spec that is not a dict with ``name`` and ``preset``, a non-tensor weight).
     """
-    obj = load_file(path)
-    if not (isinstance(obj, Mapping) and obj.get("format") == FORMAT and isinstance(obj.get("state_dict"), Mapping)):
-        raise CheckpointError(
-            f"'{os.fspath(path)}' is not a reference_models checkpoint (no model_spec); "
-            "name the model to load plain or official weights into it"
-        )
-    if obj.get("version", VERSION) > VERSION:
-        raise CheckpointError(f"'{os.fspath(path)}' has checkpoint version {obj['version']}; this code reads {VERSION}")
-    return dict(obj)
+    ours, _ = _read_any(path)
+    if ours is None:
+        raise _not_ours(path)
+    return ours
 
 
 def _describe(spec: Mapping[str, Any] | None) -> str:
@@ -141,37 +358,16 @@ def _official_converted(model: nn.Module, state_dict: Mapping[str, torch.Tensor]
     return None
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load the weights in ``path`` into ``model`` (strictly: every key, every shape).
-
-    Accepts our checkpoints (whose ``model_spec`` must name the model's architecture) and bare or wrapped
-    state_dicts in our or the official key names.
-
-    Returns:
-        The extras stored beside the weights (``{}`` for files that are not ours).
+def fit_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """``state_dict`` as ``model`` loads it: unchanged when it fits, else converted from the official key names
+    by the model's module. Strict: every key, every shape.
 
     Raises:
-        CheckpointError: missing or corrupt file, a checkpoint of another model, or weights that do not fit
-            (the message names the missing, unexpected and mismatched keys).
+        CheckpointError: neither fits (the message names the keys of the direct attempt).
     """
     try:
-        ours = read_checkpoint(path)
-    except CheckpointError as exc:
-        if "not a reference_models checkpoint" not in str(exc):
-            raise
-        ours = None
-    if ours is not None:
-        spec, own = ours.get("model_spec"), model_spec(model)
-        if spec and own and spec.get("name") != own.get("name"):
-            raise CheckpointError(f"'{os.fspath(path)}' holds {_describe(spec)}, not {_describe(own)}")
-        what = f"checkpoint '{os.fspath(path)}' ({_describe(spec)})"
-        load_state_dict_checked(model, ours["state_dict"], what=what)
-        return {k: v for k, v in ours.items() if k not in ("format", "version", "model_spec", "state_dict")}
-
-    state_dict = read_state_dict(path)
-    what = f"checkpoint '{os.fspath(path)}'"
-    try:
         load_state_dict_checked(model, state_dict, what=what)
+        return dict(state_dict)
     except CheckpointError as direct:
         converted = _official_converted(model, state_dict)
         if converted is None:
@@ -180,19 +376,89 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str,
             load_state_dict_checked(model, converted, what=f"{what} (official key names)")
         except CheckpointError:
             raise direct from None
-    return {}
+        return converted
 
 
-def model_from_checkpoint(path: str | os.PathLike[str], **overrides: Any) -> nn.Module:
-    """Rebuild the model saved in one of our checkpoints (``create_model`` with its name, preset and
-    overrides) and load its weights. Extra ``overrides`` change constructor arguments that do not affect
-    the weights (e.g. ``tile_size``).
+def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load the weights in ``path`` into ``model`` (strictly: every key, every shape).
+
+    Accepts our checkpoints (``.pt``, ``.safetensors`` or a release folder, whose ``model_spec`` must name
+    the model's architecture) and bare or wrapped state_dicts in our or the official key names.
+
+    Returns:
+        The extras stored beside the weights (``{}`` for files that are not ours).
 
     Raises:
-        CheckpointError: missing/corrupt file, a file without ``model_spec``, or weights that do not fit.
+        CheckpointError: missing or corrupt file, a checkpoint of another model, or weights that do not fit
+            (the message names the missing, unexpected and mismatched keys).
     """
-    ckpt = read_checkpoint(path)
-    spec = ckpt.get("model_spec")
+    ours, state_dict = _read_any(path)
+    if ours is None:
+        fit_state_dict(model, state_dict, what=f"checkpoint '{os.fspath(path)}'")
+        return {}
+    spec, own = ours.get("model_spec"), model_spec(model)
+    if spec and own and spec.get("name") != own.get("name"):
+        raise CheckpointError(f"'{os.fspath(path)}' holds {_describe(spec)}, not {_describe(own)}")
+    load_state_dict_checked(model, ours["state_dict"], what=f"checkpoint '{os.fspath(path)}' ({_describe(spec)})")
+    return {k: v for k, v in ours.items() if k not in _RESERVED}
+
+
+def _official_modules() -> dict[str, Any]:
+    """The model modules that can read an official state_dict's architecture off its weights."""
+    modules = {name: importlib.import_module(f"reference_models.{name}") for name in list_models()}
+    return {name: m for name, m in modules.items() if hasattr(m, "official_config_from_state_dict")}
+
+
+def _official_model(
+    state_dict: dict[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    report: Callable[[str], None],
+    name: str | None = None,
+    **overrides: Any,
+) -> nn.Module | None:
+    """Recognise an official MANA / VSR-Transformer state_dict (of model ``name`` if given), infer its config
+    and build the model; ``None`` when no module recognises it."""
+    modules = _official_modules()
+    for found, module in modules.items():
+        if name not in (None, found):
+            continue
+        try:
+            config, assumed = module.official_config_from_state_dict(state_dict)
+        except ValueError:
+            continue
+        unknown = sorted(set(overrides) - set(config))
+        if unknown:
+            raise CheckpointError(
+                f"'{os.fspath(path)}' is an official {found} state_dict; {unknown} are not among its settings "
+                f"({', '.join(config)})"
+            )
+        config.update(overrides)
+        inferred = ", ".join(f"{k}={v}" for k, v in config.items() if k not in assumed and k not in overrides)
+        chosen = ", ".join(f"{k}={config[k]}" for k in overrides)
+        defaults = ", ".join(f"{k}={config[k]}" for k in assumed if k not in overrides)
+        report(
+            f"'{os.fspath(path)}': official {found} weights; from the weights: {inferred}"
+            + (f"; paper values (not in the weights, override with KEY=VALUE): {defaults}" if defaults else "")
+            + (f"; given: {chosen}" if chosen else "")
+        )
+        try:
+            return module.from_official(state_dict, **config).eval()
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"'{os.fspath(path)}' (official {found} weights) does not build: {exc}") from None
+    return None
+
+
+def _unrecognised(path: str | os.PathLike[str]) -> CheckpointError:
+    return CheckpointError(
+        f"'{os.fspath(path)}' is neither a reference_models checkpoint (a 'format' entry with a model_spec) nor an "
+        f"official {' or '.join(sorted(_official_modules()))} state_dict (bare or under params/params_ema/state_dict, "
+        "optionally generator./module. prefixed); name the model to load plain weights into it"
+    )
+
+
+def _rebuild(ours: dict[str, Any], path: str | os.PathLike[str], **overrides: Any) -> nn.Module:
+    """The model one of our checkpoints describes, with its weights."""
+    spec = ours.get("model_spec")
     if not spec:
         raise CheckpointError(f"checkpoint '{os.fspath(path)}' has no model_spec; name the model to load it into")
     try:
@@ -201,5 +467,77 @@ def model_from_checkpoint(path: str | os.PathLike[str], **overrides: Any) -> nn.
         raise CheckpointError(
             f"checkpoint '{os.fspath(path)}' names {_describe(spec)}, which cannot be built: {exc}"
         ) from exc
-    load_state_dict_checked(model, ckpt["state_dict"], what=f"checkpoint '{os.fspath(path)}' ({_describe(spec)})")
+    load_state_dict_checked(model, ours["state_dict"], what=f"checkpoint '{os.fspath(path)}' ({_describe(spec)})")
+    return model
+
+
+def model_from_checkpoint(
+    path: str | os.PathLike[str], *, report: Callable[[str], None] | None = None, **overrides: Any
+) -> nn.Module:
+    """Rebuild the model a checkpoint holds and load its weights.
+
+    - Our checkpoints (``.pt``, ``.safetensors``, release folder): ``create_model`` with the saved name,
+      preset and overrides; extra ``overrides`` change constructor arguments that do not affect the weights
+      (e.g. ``tile_size``).
+    - An official MANA or VSR-Transformer state_dict (bare, or in BasicSR ``params``/``params_ema``, MMagic
+      ``state_dict`` with ``generator.`` keys, ``module.`` prefixes): the architecture and every size the weights
+      determine are read off them (``official_config_from_state_dict`` of the model's module); what they do not
+      determine takes the paper's value, and ``overrides`` in the official keyword names replace either (e.g.
+      ``num_frame=7, heads=2`` for VSR-Transformer). What was inferred is passed to ``report`` (default: the
+      ``reference_models.checkpoint`` logger at INFO level).
+
+    Raises:
+        CheckpointError: missing/corrupt file, one that is neither ours nor a recognised official state_dict
+            (the message says what was looked for), or weights that do not fit.
+    """
+    ours, state_dict = _read_any(path)
+    if ours is not None:
+        return _rebuild(ours, path, **overrides)
+    model = _official_model(state_dict, path, report or _logger.info, **overrides)
+    if model is None:
+        raise _unrecognised(path)
+    return model
+
+
+def build_from_checkpoint(
+    path: str | os.PathLike[str],
+    name: str | None = None,
+    preset: str | None = None,
+    *,
+    report: Callable[[str], None] | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """The model for ``run --checkpoint FILE [MODEL] [--preset P] [--model-arg KEY=VALUE ...]``.
+
+    Without ``name`` the file alone decides (:func:`model_from_checkpoint`: ours or a recognised official
+    state_dict). With ``name`` our checkpoints must hold that model (and ``preset``, if given); an official
+    state_dict of that model is recognised as without it (unless a ``preset`` is named); other files are
+    loaded into ``create_model(name, preset or "paper", **overrides)``. The file is read once.
+
+    Raises:
+        CheckpointError: as :func:`model_from_checkpoint` / :func:`load_checkpoint`, or a checkpoint that holds
+            another model or preset than the one named.
+    """
+    ours, state_dict = _read_any(path)
+    if ours is not None:
+        spec = ours.get("model_spec") or {}
+        if name and spec and name != spec["name"]:
+            raise CheckpointError(f"checkpoint '{os.fspath(path)}' holds a {spec['name']} model, not {name}")
+        if preset and spec and preset != spec["preset"]:
+            raise CheckpointError(f"checkpoint '{os.fspath(path)}' holds preset {spec['preset']!r}, not {preset!r}")
+        if spec or not name:
+            return _rebuild(ours, path, **overrides)
+        model = create_model(name, preset or "paper", **overrides)
+        load_state_dict_checked(model, ours["state_dict"], what=f"checkpoint '{os.fspath(path)}'")
+        return model
+    if preset is None:
+        model = _official_model(state_dict, path, report or _logger.info, name, **overrides)
+        if model is not None:
+            return model
+        if name is None:
+            raise _unrecognised(path)
+    if name is None:
+        raise CheckpointError(f"checkpoint '{os.fspath(path)}' holds plain weights; name the model to load them into")
+    model = create_model(name, preset or "paper", **overrides)
+    fit_state_dict(model, state_dict, what=f"checkpoint '{os.fspath(path)}'")
     return model

@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from vsrblocks.attention.memory import MANAAttention
-from vsrblocks.checkpoint import load_state_dict_checked
+from vsrblocks.checkpoint import count_blocks, load_state_dict_checked
 from vsrblocks.residual import ResidualBlockNoBN, make_layer
 from vsrblocks.shapes import check_shape
 
-__all__ = ["MANA", "MODEL", "PRESETS", "from_official", "official_key_map"]
+__all__ = ["MANA", "MODEL", "PRESETS", "from_official", "official_config_from_state_dict", "official_key_map"]
 
 
 class MANA(nn.Module):
@@ -223,14 +223,56 @@ def from_official(
         ours = official_key_map(key)
         if ours is not None:
             converted[ours] = value
-    model = MANA(
-        channels=in_channels,
-        encoder_blocks=encoder_nblocks,
-        decoder_blocks=decoder_nblocks,
-        memory_size=int(state_dict["nonloc_spatial.mb"].shape[1]),
-        num_frames=7,
-        num_groups=32,
-        zero_init=False,
-    )
+    kwargs = {
+        "channels": in_channels,
+        "encoder_blocks": encoder_nblocks,
+        "decoder_blocks": decoder_nblocks,
+        "memory_size": int(state_dict["nonloc_spatial.mb"].shape[1]),
+        "num_frames": 7,
+        "num_groups": 32,
+        "zero_init": False,
+    }
+    model = MANA(**kwargs)
     load_state_dict_checked(model, converted, what="official MANA state_dict")
+    # a checkpoint saved from this model rebuilds it with create_model("mana", "paper", **kwargs)
+    model.model_spec = {"name": "mana", "preset": "paper", "overrides": kwargs}
     return model.eval()
+
+
+#: The official training size (``width`` x ``height``) of the paper's checkpoints, for a file without ``D``.
+_OFFICIAL_TRAINING_SIZE = {"width": 112, "height": 64}
+
+
+def official_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, int], tuple[str, ...]]:
+    """The official ``mana`` config dict an official state_dict was made with, read from its weights.
+
+    ``in_channels`` from ``conv_first``, ``encoder_nblocks`` / ``decoder_nblocks`` by counting blocks, the
+    training size ``width`` x ``height`` from the distance matrix ``nonloc_spatial.D`` (its first row holds
+    the squared distances from pixel (0, 0): ``1, 4, 9, ...`` along the first row of the frame, then ``1``
+    at the start of the second). The memory slots are read by :func:`from_official` itself.
+
+    Returns:
+        ``(config, assumed)``: keyword arguments for :func:`from_official`, and the names of those the
+        weights do not determine (the training size of a file without ``D``: the paper's 112 x 64).
+
+    Raises:
+        ValueError: the state_dict is not an official MANA one (no ``nonloc_spatial.mb`` or ``conv_first``).
+    """
+    for key in ("conv_first.weight", "nonloc_spatial.mb"):
+        if key not in state_dict:
+            raise ValueError(f"not an official MANA state_dict: no {key!r}")
+    config = {
+        "in_channels": int(state_dict["conv_first.weight"].shape[0]),
+        "encoder_nblocks": count_blocks(state_dict, "encoder"),
+        "decoder_nblocks": count_blocks(state_dict, "decoder"),
+    }
+    dist = state_dict.get("nonloc_spatial.D")
+    if dist is None or dist.ndim != 2 or dist.shape[0] != dist.shape[1]:
+        return {**config, **_OFFICIAL_TRAINING_SIZE}, tuple(_OFFICIAL_TRAINING_SIZE)
+    first_row = dist[0].detach().to("cpu", torch.float64)
+    n = first_row.numel()
+    squares = torch.arange(n, dtype=torch.float64) ** 2
+    off_row = (first_row != squares).nonzero()
+    width = int(off_row[0]) if len(off_row) else n
+    return {**config, "width": width, "height": n // width}, ()
+

@@ -14,7 +14,9 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import os
 import sys
+from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +24,7 @@ if TYPE_CHECKING:  # torch is imported by the model modules, on first use: `list
     import torch
     from torch import nn
 
-__all__ = ["list_models", "list_presets", "create_model", "from_official", "model_spec"]
+__all__ = ["list_models", "list_presets", "create_model", "from_official", "model_spec", "parse_model_args"]
 
 _MODULES = {
     "dasaa": "reference_models.dasaa",
@@ -77,21 +79,59 @@ def _literal_preset_names(module_name: str) -> list[str] | None:
     return None
 
 
-def create_model(name: str, preset: str = "paper", **overrides: Any) -> nn.Module:
+def create_model(
+    name: str, preset: str = "paper", pretrained: str | os.PathLike[str] | None = None, **overrides: Any
+) -> nn.Module:
     """Build reference model ``name`` from ``preset``, with constructor arguments overridden.
 
     The returned model carries ``model_spec`` (name, preset, overrides) so that a checkpoint saved
     with it can rebuild the same network.
 
+    Args:
+        name: one of :func:`list_models`.
+        preset: one of :func:`list_presets`.
+        pretrained: a local checkpoint to load (strictly) into the model: our ``.pt`` / ``.safetensors`` file, a
+            release folder (``model.safetensors`` + ``config.json``, see
+            :func:`~reference_models.checkpoint.save_release`), or a plain or official state_dict.
+        **overrides: constructor arguments.
+
     Raises:
-        ValueError: unknown model or preset (the message lists the valid ones).
+        ValueError: unknown model or preset (the message lists the valid ones);
+            :class:`~vsrblocks.checkpoint.CheckpointError` (a ValueError) for weights that do not fit.
     """
     module = _module(name)
     if preset not in module.PRESETS:
         raise ValueError(f"unknown preset {preset!r} for model {name!r}; available: {', '.join(module.PRESETS)}")
     model = module.MODEL(**{**module.PRESETS[preset], **overrides})
     model.model_spec = {"name": name, "preset": preset, "overrides": dict(overrides)}
+    if pretrained is not None:
+        from reference_models.checkpoint import load_checkpoint  # imports this module
+
+        load_checkpoint(model, pretrained)
     return model
+
+
+def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
+    """``["num_frame=7", "norm=official"]`` -> ``{"num_frame": 7, "norm": "official"}``: values are Python
+    literals (numbers, ``True``, ``None``, tuples ...) where they parse as one, else strings.
+
+    Raises:
+        ValueError: an item without ``=`` or with an empty key.
+
+    Examples:
+        >>> parse_model_args(["heads=2", "norm=official", "spynet_channels=(8, 16, 8, 4)"])
+        {'heads': 2, 'norm': 'official', 'spynet_channels': (8, 16, 8, 4)}
+    """
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"model argument {item!r} is not KEY=VALUE")
+        try:
+            parsed[key.strip()] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            parsed[key.strip()] = text.strip()
+    return parsed
 
 
 def from_official(name: str, state_dict: dict[str, torch.Tensor], **official_kwargs: Any) -> nn.Module:

@@ -19,13 +19,13 @@ from torch import nn
 from vsrblocks.align.boff import BOFF
 from vsrblocks.align.spynet import IMAGENET_MEAN, IMAGENET_STD, SPyNet, bidirectional_flows
 from vsrblocks.attention.stcsa import STCSA
-from vsrblocks.checkpoint import CheckpointError, load_state_dict_checked
+from vsrblocks.checkpoint import CheckpointError, count_blocks, load_state_dict_checked
 from vsrblocks.position import OfficialPositionEncoding3D, SinCosPositionEncoding3D
 from vsrblocks.residual import ResidualBlockNoBN, make_layer
 from vsrblocks.shapes import check_shape
 from vsrblocks.upsample import PixelShuffleUpsampler
 
-__all__ = ["VSRT", "VSRTLayer", "MODEL", "PRESETS", "from_official", "convert_official_state_dict"]
+__all__ = ["VSRT", "VSRTLayer", "MODEL", "PRESETS", "from_official", "convert_official_state_dict", "official_config_from_state_dict"]
 
 NormKind = Literal["layer", "official"]
 PosEncodingKind = Literal["paper", "official"]
@@ -384,21 +384,24 @@ def from_official(
         raise ValueError(f"image_ch must be 3 (SPyNet and the bilinear base are RGB), got {image_ch}")
     if feat_size != 64:
         raise ValueError(f"feat_size must be 64: the official attention hard-codes 64x64 LR frames, got {feat_size}")
-    model = VSRT(
-        num_frames=num_frame,
-        channels=num_feat,
-        num_extract_blocks=num_extract_block,
-        num_reconstruct_blocks=num_reconstruct_block,
-        depth=depth,
-        num_heads=heads,
-        patch_size=patch_size,
-        boff_blocks=30,
-        norm="official",
-        feat_size=feat_size,
-        pos_encoding="official",
-        tile_size=feat_size,
-        tile_overlap=16,
-    )
+    kwargs: dict[str, Any] = {
+        "num_frames": num_frame,
+        "channels": num_feat,
+        "num_extract_blocks": num_extract_block,
+        "num_reconstruct_blocks": num_reconstruct_block,
+        "depth": depth,
+        "num_heads": heads,
+        "patch_size": patch_size,
+        "boff_blocks": 30,
+        "norm": "official",
+        "feat_size": feat_size,
+        "pos_encoding": "official",
+        "tile_size": feat_size,
+        "tile_overlap": 16,
+    }
+    model = VSRT(**kwargs)
+    # a checkpoint saved from this model rebuilds it with create_model("vsrt", "paper", **kwargs)
+    model.model_spec = {"name": "vsrt", "preset": "paper", "overrides": kwargs}
     for wrapper in ("params_ema", "params", "state_dict"):
         if isinstance(state_dict.get(wrapper), Mapping):
             state_dict = state_dict[wrapper]
@@ -410,3 +413,51 @@ def from_official(
         converted.update({f"spynet.{k}": v for k, v in spynet.state_dict().items()})
     load_state_dict_checked(model, converted, what="official vsrTransformer state_dict")
     return model.eval()
+
+
+#: What an official state_dict cannot tell: the paper's values (REDS model: 5 frames, one head, 8x8 patches).
+_OFFICIAL_ASSUMED = {"heads": 1, "patch_size": 8}
+#: ``inv_freq`` has ``ceil(T / 6)`` entries; each length stands for a range of frame counts, of which the
+#: paper trained 5 (REDS) and 7 (Vimeo-90K).
+_PAPER_FRAMES_BY_INV_FREQ = {1: 5, 2: 7}
+
+
+def official_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The official ``vsrTransformer`` keyword arguments an official state_dict was made with, read from its
+    weights.
+
+    Determined by the weights: ``num_feat`` and ``image_ch`` (``conv_first``), ``num_extract_block``,
+    ``num_reconstruct_block`` and ``depth`` (counted), ``feat_size`` (the ``(C, 64, 64)`` LayerNorm: the
+    official norm). Not determined: ``heads`` and ``patch_size`` (no weight depends on them) take the paper's
+    1 and 8; ``num_frame`` is only known up to ``ceil(T / 6)`` (the length of ``inv_freq``) and takes the
+    paper's 5 (one entry) or 7 (two entries).
+
+    Returns:
+        ``(config, assumed)``: keyword arguments for :func:`from_official`, and the names of those taken
+        from the paper rather than the weights.
+
+    Raises:
+        ValueError: the state_dict is not an official VSR-Transformer one.
+    """
+    for key in ("conv_first.weight", _POS_KEY):
+        if key not in state_dict:
+            raise ValueError(f"not an official VSR-Transformer state_dict: no {key!r}")
+    if not any(key.startswith("spynet.spynet.") for key in state_dict):
+        # our own VSRT (norm="official") shares the position key but names its flow network "spynet."
+        raise ValueError("not an official VSR-Transformer state_dict: no 'spynet.spynet.' weights")
+    conv_first = state_dict["conv_first.weight"]
+    layer_keys = [k for k in state_dict if re.fullmatch(r"transformer\.layers\.\d+\.0\.fn\.norm\.weight", k)]
+    feat_size = int(state_dict[layer_keys[0]].shape[-1]) if layer_keys else 64
+    frames = _PAPER_FRAMES_BY_INV_FREQ.get(int(state_dict[_POS_KEY].numel()), 6 * int(state_dict[_POS_KEY].numel()) - 5)
+    config = {
+        "image_ch": int(conv_first.shape[1]),
+        "num_feat": int(conv_first.shape[0]),
+        "feat_size": feat_size,
+        "num_frame": frames,
+        "num_extract_block": count_blocks(state_dict, "feature_extraction"),
+        "num_reconstruct_block": count_blocks(state_dict, "reconstruction"),
+        "depth": len(layer_keys),
+        **_OFFICIAL_ASSUMED,
+    }
+    return config, ("num_frame", *_OFFICIAL_ASSUMED)
+

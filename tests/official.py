@@ -1,25 +1,29 @@
-"""Where the recorded outputs of the official MANA and VSR-Transformer code live (``shared/fixtures/official``).
+"""The recorded outputs of the official MANA and VSR-Transformer code, kept in the repository.
 
-``VSRBLOCKS_FIXTURES`` wins; otherwise the ``shared/`` folder beside the checkout, wherever it was cloned.
+``tests/fixtures/official/`` holds the two recorded runs (``README.md`` there documents every tensor). They
+are never regenerated from this package's code. A missing file is a test failure, not a skip: the parity
+tests are the reason the official converters can be trusted.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-_REPO = Path(__file__).resolve().parents[1]
+import torch
 
+__all__ = ["OFFICIAL", "MANA_FIXTURE", "VSRT_FIXTURE", "load_official"]
 
-def _official_dir() -> Path:
-    if os.environ.get("VSRBLOCKS_FIXTURES"):
-        return Path(os.environ["VSRBLOCKS_FIXTURES"])
-    for candidate in (_REPO.parent / "shared" / "fixtures" / "official", Path("/work/shared/fixtures/official")):
-        if candidate.is_dir():
-            return candidate
-    return _REPO.parent / "shared" / "fixtures" / "official"
-
-
-OFFICIAL = _official_dir()
+OFFICIAL = Path(__file__).resolve().parent / "fixtures" / "official"
 MANA_FIXTURE = OFFICIAL / "mana_case1.pt"
 VSRT_FIXTURE = OFFICIAL / "vsrt_case1.pt"
+
+
+def load_official(path: Path) -> dict:
+    """The fixture dict (``config``, ``state_dict``, ``inputs``, ``outputs``, ``intermediates``, ...).
+
+    Raises:
+        FileNotFoundError: the fixture is missing from the checkout (a failure, never a skip).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"official fixture {path} is missing from the checkout (tests/fixtures/official)")
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.checks import assert_compiles
-from tests.official import VSRT_FIXTURE as FIXTURE
+from tests.official import VSRT_FIXTURE as FIXTURE, load_official
 from tests.strategies import batches, frames, sizes
 from vsrblocks import OfficialPositionEncoding3D, SinCosPositionEncoding3D, sincos_position_encoding_3d
 
@@ -88,9 +87,8 @@ def test_compiles():
     assert_compiles(lambda x: x + official(x), torch.rand(1, 5, 6, 4, 5))
 
 
-@pytest.mark.skipif(not os.path.isfile(FIXTURE), reason="official VSRT fixture not available")
 def test_official_fixture_parity():
-    official = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    official = load_official(FIXTURE)
     features = official["intermediates"]["features"]
     pe = OfficialPositionEncoding3D(official["config"]["num_frame"])
     pe.load_state_dict({"penc.inv_freq": official["state_dict"]["pos_embedding.penc.inv_freq"]})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
-from tests.official import VSRT_FIXTURE as FIXTURE
+from tests.official import VSRT_FIXTURE as FIXTURE, load_official
 from tests.strategies import batches, frames, seeded_rand, seeded_randn, seeds, sizes
 from vsrblocks.align import BOFF
 from vsrblocks.align.flow_warp import flow_warp
@@ -36,9 +35,8 @@ def _inputs(batch, frames_, channels, height, width, seed, flow_scale=2.0):
     return x, lrs, (flows_forward, flows_backward)
 
 
-@pytest.mark.skipif(not os.path.isfile(FIXTURE), reason="official VSRT fixture not available")
 def test_fixture_parity():
-    official = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    official = load_official(FIXTURE)
     inter = official["intermediates"]
     boff = BOFF(16)
     # The official FeedForward's keys load unchanged once the layer prefix is removed.

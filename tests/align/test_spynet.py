@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -10,13 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
-from tests.official import VSRT_FIXTURE as FIXTURE
+from tests.official import VSRT_FIXTURE as FIXTURE, load_official
 from tests.strategies import seeded_rand, seeds
 from vsrblocks.align import SPyNet, bidirectional_flows
 from vsrblocks.align.flow_warp import flow_warp
 from vsrblocks.checkpoint import CheckpointError
-
-needs_fixture = pytest.mark.skipif(not os.path.isfile(FIXTURE), reason="official VSRT fixture not available")
 
 
 def _spynet(seed: int = 0) -> SPyNet:
@@ -35,7 +32,7 @@ def _to_basicsr(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def official():
-    return torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    return load_official(FIXTURE)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +61,6 @@ def test_odd_size_matches_resize_rescale_definition(spynet_module):
         torch.testing.assert_close(spynet_module(ref, supp), expected, atol=1e-6, rtol=0)
 
 
-@needs_fixture
 def test_identical_pair_is_not_short_circuited(official):
     """An untrained SPyNet gives a non-zero self-flow, and the official code uses that value."""
     spynet = SPyNet()
@@ -93,7 +89,6 @@ def test_flow_direction_convention():
     torch.testing.assert_close(flow_warp(supp, flow, padding_mode="border")[..., 2:], ref[..., 2:])
 
 
-@needs_fixture
 def test_fixture_flow_parity(official):
     spynet = SPyNet()
     spynet.load_state_dict(SPyNet.convert_state_dict(official["state_dict"], prefix=SPyNet.find_prefix(official["state_dict"])))

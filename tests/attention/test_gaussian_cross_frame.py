@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
-from tests.official import MANA_FIXTURE as FIXTURE
+from tests.official import MANA_FIXTURE as FIXTURE, load_official
 from tests.strategies import batches, seeded_randn, seeds, sizes
 from vsrblocks.attention.gaussian_cross_frame import (
     DEFAULT_CHUNK_BYTES,
@@ -21,7 +21,6 @@ from vsrblocks.attention.gaussian_cross_frame import (
     gaussian_cross_frame_attention,
 )
 
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_file(), reason=f"official fixture {FIXTURE} not available")
 CROSS_KEYS = ("norm", "g", "theta", "phi", "W_z", "std")
 
 
@@ -44,7 +43,7 @@ def dense_reference(query, keys, values, sigma) -> torch.Tensor:
 
 
 def official_block(chunk_size=None, **kwargs) -> tuple[GaussianCrossFrameAttention, dict]:
-    data = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    data = load_official(FIXTURE)
     block = GaussianCrossFrameAttention(data["config"]["in_channels"], 7, chunk_size=chunk_size, **kwargs)
     prefix = "nonloc_spatial."
     own = {
@@ -67,7 +66,6 @@ def _qkv(b, t, c, cv, h, w, seed, dtype=torch.float32):
 # ----------------------------------------------------------------------------------------------- official parity
 
 
-@needs_fixture
 @pytest.mark.parametrize("chunk_size", [None, 1, 7, 64, 192])
 def test_official_parity_readout_and_W_y(chunk_size):
     block, data = official_block(chunk_size)
@@ -79,9 +77,8 @@ def test_official_parity_readout_and_W_y(chunk_size):
     torch.testing.assert_close(w_y, inter["nonloc_W_y"], atol=1e-5, rtol=0)
 
 
-@needs_fixture
 def test_official_D_is_the_coordinate_gaussian_geometry():
-    data = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    data = load_official(FIXTURE)
     h, w = data["config"]["height"], data["config"]["width"]
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     pos = torch.stack((xs.flatten(), ys.flatten()), 1).float()
@@ -273,7 +270,6 @@ def test_window_error_shrinks_as_window_grows():
     assert errors[-1] < 1e-6 < errors[0]
 
 
-@needs_fixture
 def test_module_windowed_mode_official_weights():
     block, data = official_block(chunk_size=20, window_sigmas=6.0)
     with torch.no_grad():

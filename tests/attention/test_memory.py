@@ -8,8 +8,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.attention.test_gaussian_cross_frame import FIXTURE, dense_reference, needs_fixture
+from tests.attention.test_gaussian_cross_frame import FIXTURE, dense_reference
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
+from tests.official import load_official
 from tests.strategies import batches, seeded_randn, seeds, sizes
 from vsrblocks.attention.memory import MANAAttention, MemoryAugmentedAttention, memory_read
 
@@ -23,7 +24,7 @@ def reference_read(query: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tenso
 
 
 def official_mana_block(**kwargs) -> tuple[MANAAttention, dict]:
-    data = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    data = load_official(FIXTURE)
     sd = data["state_dict"]
     block = MANAAttention(data["config"]["in_channels"], 7, memory_size=sd["nonloc_spatial.mb"].shape[1], **kwargs)
     own = {}
@@ -46,7 +47,6 @@ def _hook_all(block: MANAAttention) -> dict:
 # ----------------------------------------------------------------------------------------------- official parity
 
 
-@needs_fixture
 @pytest.mark.parametrize("chunk_size", [None, 13])
 def test_mana_block_official_parity_every_intermediate(chunk_size):
     block, data = official_mana_block(chunk_size=chunk_size)
@@ -62,10 +62,9 @@ def test_mana_block_official_parity_every_intermediate(chunk_size):
     torch.testing.assert_close(z, inter["nonloc_W_y"] + inter["nonloc_in"][:, 3] + inter["nonloc_W_y1"], atol=1e-5, rtol=0)
 
 
-@needs_fixture
 def test_standalone_memory_block_official_parity():
     """The memory block alone on the centre frame (own GroupNorm + phi, loaded from the shared official ones)."""
-    data = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    data = load_official(FIXTURE)
     sd, inter = data["state_dict"], data["intermediates"]
     block = MemoryAugmentedAttention(32, memory_size=sd["nonloc_spatial.mb"].shape[1])
     prefix = "nonloc_spatial."

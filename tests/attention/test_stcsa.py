@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
-from tests.official import VSRT_FIXTURE as FIXTURE
+from tests.official import VSRT_FIXTURE as FIXTURE, load_official
 from tests.strategies import batches, frames, seeded_randn, seeds, sizes
 from vsrblocks.attention.stcsa import STCSA
 
@@ -156,9 +156,7 @@ def test_invalid_arguments_and_shapes():
 
 
 def test_official_parity():
-    if not FIXTURE.is_file():
-        pytest.skip(f"official fixture {FIXTURE} not found (set VSRBLOCKS_FIXTURES to its folder)")
-    fixture = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    fixture = load_official(FIXTURE)
     prefix = "transformer.layers.0.0.fn.fn."
     state = {k[len(prefix):]: v for k, v in fixture["state_dict"].items() if k.startswith(prefix)}
     config = fixture["config"]
@@ -172,9 +170,7 @@ def test_official_parity():
 def test_official_parity_with_pre_norm():
     """The VSRT layer's pre-norm quirk: ``STCSA(LN1(features + pos_enc))`` with the official LayerNorm over
     ``(C, 64, 64)`` reproduces the recorded ``stcsa_in`` and ``stcsa_out`` (the block adds the normalised input)."""
-    if not FIXTURE.is_file():
-        pytest.skip(f"official fixture {FIXTURE} not found (set VSRBLOCKS_FIXTURES to its folder)")
-    fixture = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    fixture = load_official(FIXTURE)
     sd, inter = fixture["state_dict"], fixture["intermediates"]
     prefix = "transformer.layers.0.0.fn."
     block = STCSA(fixture["config"]["num_feat"], patch_size=fixture["config"]["patch_size"])

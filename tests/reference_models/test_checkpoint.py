@@ -1,19 +1,26 @@
 import copy
+import json
 import os
+import random
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 import reference_models
 from reference_models.checkpoint import (
     CheckpointError,
     load_checkpoint,
     model_from_checkpoint,
+    partial_prefix,
     read_checkpoint,
+    remove_stale_partials,
     save_checkpoint,
+    save_release,
 )
-from tests.official import MANA_FIXTURE
+from tests.official import MANA_FIXTURE, load_official
 from tests.reference_models.helpers import LocalVSR
 
 
@@ -110,7 +117,7 @@ def test_missing_and_corrupt_files(tmp_path):
 def test_files_that_need_unsafe_unpickling_are_refused(tmp_path):
     path = tmp_path / "pickled.pt"
     torch.save({"state_dict": LocalVSR().state_dict(), "evil": Path("x")}, path)
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*holds a pathlib.PosixPath object"):
         load_checkpoint(LocalVSR(), path)
 
 
@@ -126,10 +133,7 @@ def test_plain_and_wrapped_state_dicts_load(tmp_path, wrap):
 
 
 def test_official_mana_checkpoint_loads_through_the_key_map(tmp_path):
-    fixture = MANA_FIXTURE
-    if not fixture.exists():
-        pytest.skip("official MANA fixture not available")
-    data = torch.load(fixture, map_location="cpu", weights_only=True)
+    data = load_official(MANA_FIXTURE)
     try:
         reference = reference_models.from_official("mana", data["state_dict"], **data["config"])
     except ImportError:
@@ -181,3 +185,129 @@ def test_a_folder_is_named_as_a_folder(tmp_path):
         read_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="is a folder"):
         load_checkpoint(LocalVSR(), tmp_path)
+
+
+# ------------------------------------------------------------------------------------ malformed files (issue 14)
+
+
+def _ours(tmp_path, **changes):
+    payload = {"format": "reference_models.checkpoint", "version": 1,
+               "model_spec": {"name": "mana", "preset": "tiny", "overrides": {}}, "state_dict": LocalVSR().state_dict()}
+    path = tmp_path / "bad.pt"
+    torch.save({**payload, **changes}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model_spec": {"preset": "tiny"}}, "model_spec has no name"),
+        ({"model_spec": "mana"}, "model_spec is a str, not a dict"),
+        ({"model_spec": {"name": "mana", "preset": "tiny", "overrides": [1]}}, "overrides is a list"),
+        ({"state_dict": {"conv.weight": [1.0, 2.0]}}, "state_dict entry 'conv.weight' is a list, not a tensor"),
+        ({"version": "1"}, "checkpoint version '1'"),
+    ],
+)
+def test_malformed_checkpoints_are_one_short_error(tmp_path, changes, message):
+    path = _ours(tmp_path, **changes)
+    for call in (read_checkpoint, model_from_checkpoint, lambda p: load_checkpoint(LocalVSR(), p)):
+        with pytest.raises(CheckpointError, match=message) as info:
+            call(path)
+        assert "\n" not in str(info.value) and len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize("head", [b"", b"PK\x03\x04", b"\x80\x02"], ids=["noise", "zip-header", "pickle-header"])
+def test_random_bytes_say_what_the_file_is_not_and_never_advise_unsafe_loading(tmp_path, head):
+    path = tmp_path / "random.pt"
+    path.write_bytes(head + random.Random(0).randbytes(1000))
+    with pytest.raises(CheckpointError, match="cannot read checkpoint") as info:
+        load_checkpoint(LocalVSR(), path)
+    text = str(info.value).replace(str(path), "")
+    assert "weights_only" not in text and "\n" not in text and len(text) < 100, text
+    assert "not a PyTorch file" in text or "damaged PyTorch file" in text
+
+
+def test_saved_files_get_the_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        for name in ("a.pt", "a.safetensors"):
+            save_checkpoint(tiny("mana"), tmp_path / name)
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        save_checkpoint(tiny("mana"), tmp_path / "private.pt")
+        assert (tmp_path / "private.pt").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_long_names_keep_temporary_names_within_name_max(tmp_path, monkeypatch):
+    name = "c" * 240 + ".pt"
+    prefix = partial_prefix(tmp_path / name)
+    assert len(prefix) + 8 <= 255 and prefix.startswith(".ccc") and prefix.endswith(".partial-")
+    assert partial_prefix(tmp_path / ("c" * 240 + ".pth")) != prefix  # a long shared beginning stays apart
+    seen = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (seen.append(Path(f).name), real_save(obj, f, *a, **k)))
+    save_checkpoint(LocalVSR(), tmp_path / name)
+    assert seen[0].startswith(prefix) and len(seen[0]) <= 255
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_a_later_save_removes_stale_partials_of_its_own_target_only(tmp_path):
+    target = tmp_path / "last.pt"
+    stale = [tmp_path / f"{partial_prefix(target)}{suffix}" for suffix in ("abcd1234", "zz_9yy0x")]
+    other = tmp_path / f"{partial_prefix(tmp_path / 'best.pt')}abcd1234"
+    for path in (*stale, other):
+        path.write_bytes(b"half")
+    save_checkpoint(LocalVSR(), target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.pt", other.name])
+    assert remove_stale_partials(tmp_path / "best.pt") == [other]
+
+
+# ----------------------------------------------------------------------------- safetensors and release folders
+
+
+def test_safetensors_round_trip_needs_no_pickle(tmp_path, monkeypatch):
+    torch.manual_seed(1)
+    model = tiny("mana", num_frames=5)
+    path = tmp_path / "mana.safetensors"
+    save_checkpoint(model, path, step=12, note="best")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a .safetensors file was unpickled"))
+    with safe_open(str(path), framework="pt") as f:
+        assert json.loads(f.metadata()["model_spec"]) == model.model_spec
+    rebuilt = model_from_checkpoint(path)
+    assert rebuilt.num_frames == 5 and rebuilt.model_spec == model.model_spec
+    assert_same_weights(rebuilt, model)
+    fresh = tiny("mana", num_frames=5)
+    assert load_checkpoint(fresh, path) == {"step": 12, "note": "best"}
+    assert_same_weights(fresh, model)
+
+
+def test_safetensors_refuses_tensor_extras(tmp_path):
+    with pytest.raises(ValueError, match="optimizer.*hold tensors"):
+        save_checkpoint(LocalVSR(), tmp_path / "x.safetensors", optimizer={"state": {0: torch.zeros(2)}})
+    assert not list(tmp_path.iterdir())
+
+
+def test_foreign_safetensors_state_dict_loads_into_a_named_model(tmp_path):
+    model = LocalVSR(seed=5)
+    save_file(model.state_dict(), str(tmp_path / "plain.safetensors"))
+    fresh = LocalVSR(seed=6)
+    assert load_checkpoint(fresh, tmp_path / "plain.safetensors") == {}
+    assert_same_weights(fresh, model)
+
+
+def test_release_folder_and_create_model_pretrained(tmp_path):
+    torch.manual_seed(2)
+    model = tiny("mana")
+    folder = save_release(model, tmp_path / "release")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_spec"] == model.model_spec
+    for source in (folder, folder / "model.safetensors"):
+        assert_same_weights(model_from_checkpoint(source), model)
+        assert_same_weights(reference_models.create_model("mana", "tiny", pretrained=source), model)
+    with pytest.raises(CheckpointError, match="holds mana"):
+        reference_models.create_model("dasaa", "tiny", pretrained=folder)
+    with pytest.raises(ValueError, match="no model_spec"):
+        save_release(LocalVSR(), tmp_path / "nospec")

@@ -11,14 +11,12 @@ from hypothesis import strategies as st
 import reference_models
 from reference_models.mana import MANA, MODEL, PRESETS, from_official, official_key_map
 from tests.checks import assert_base_path_flip_consistent, assert_batch_independent, assert_compiles, assert_half_precision_finite
-from tests.official import MANA_FIXTURE as FIXTURE
+from tests.official import MANA_FIXTURE as FIXTURE, load_official
 from tests.strategies import seeded_rand, seeds
-
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_file(), reason=f"official fixture {FIXTURE} not available")
 
 
 def _fixture() -> dict:
-    return torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    return load_official(FIXTURE)
 
 
 def _tiny(seed=0, **overrides) -> MANA:
@@ -29,7 +27,6 @@ def _tiny(seed=0, **overrides) -> MANA:
 # ----------------------------------------------------------------------------------------------- official parity
 
 
-@needs_fixture
 @pytest.mark.parametrize("chunk_size", [None, 10])
 def test_official_parity_output_qloss_and_intermediates(chunk_size):
     data = _fixture()
@@ -49,7 +46,6 @@ def test_official_parity_output_qloss_and_intermediates(chunk_size):
         torch.testing.assert_close(caught[name], ref, atol=1e-5, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
 
 
-@needs_fixture
 def test_registry_from_official_and_model_attributes():
     data = _fixture()
     model = reference_models.from_official("mana", data["state_dict"], **data["config"])
@@ -61,7 +57,6 @@ def test_registry_from_official_and_model_attributes():
         torch.testing.assert_close(model(data["inputs"]["x"]), data["outputs"]["out"], atol=1e-5, rtol=0)
 
 
-@needs_fixture
 def test_official_weights_run_at_other_sizes():
     """The official model only runs at its config size; ours runs the same weights at any size."""
     data = _fixture()
@@ -72,7 +67,6 @@ def test_official_weights_run_at_other_sizes():
             assert out.shape == (1, 3, 4 * h, 4 * w) and torch.isfinite(out).all()
 
 
-@needs_fixture
 def test_from_official_validates_D_and_keys():
     data = _fixture()
     sd, cfg = dict(data["state_dict"]), data["config"]

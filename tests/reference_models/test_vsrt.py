@@ -12,7 +12,7 @@ from reference_models import create_model, list_presets
 from reference_models import from_official as registry_from_official
 from reference_models.vsrt import VSRT, PRESETS, _tile_spans, convert_official_state_dict, from_official
 from tests.checks import assert_base_path_flip_consistent
-from tests.official import VSRT_FIXTURE as FIXTURE
+from tests.official import VSRT_FIXTURE as FIXTURE, load_official
 from tests.strategies import seeded_rand
 from vsrblocks.align.spynet import SPyNet, bidirectional_flows
 from vsrblocks.checkpoint import CheckpointError
@@ -22,9 +22,7 @@ ATOL = 1e-5
 
 @pytest.fixture(scope="module")
 def fixture():
-    if not FIXTURE.is_file():
-        pytest.skip(f"official fixture {FIXTURE} not found (set VSRBLOCKS_FIXTURES to its folder)")
-    return torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    return load_official(FIXTURE)
 
 
 @pytest.fixture(scope="module")
