@@ -161,6 +161,13 @@ def _check_options(args: argparse.Namespace) -> None:
         raise _UserError(f"--tile-overlap must be in [0, --tile/2 = {args.tile // 2}], got {args.tile_overlap}")
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise _UserError("--output must differ from --input")
+    from reference_models.video_io import VIDEO_EXTENSIONS
+
+    if Path(args.output).suffix.lower() not in VIDEO_EXTENSIONS:
+        options = (("--codec", args.codec), ("--crf", args.crf), ("--pix-fmt", args.pix_fmt))
+        given = [flag for flag, value in options if value is not None]
+        if given:
+            raise _UserError(f"{', '.join(given)}: for a video output ({', '.join(sorted(VIDEO_EXTENSIONS))})")
 
 
 def _check_tile(args: argparse.Namespace, model) -> None:

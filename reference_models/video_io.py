@@ -442,7 +442,7 @@ class VideoWriter(FrameWriter):
     def _check_options(self, crf: int | None, pix_fmt: str | None) -> None:
         try:
             codec = self.av.Codec(self.codec, "w")
-        except Exception as exc:  # PyAV raises its own error types for unknown names
+        except ValueError as exc:  # PyAV's UnknownCodecError
             raise VideoIOError(f"--codec {self.codec}: no such video encoder in this FFmpeg build") from exc
         if codec.type != "video":
             raise VideoIOError(f"--codec {self.codec}: a {codec.type} encoder, not a video encoder")

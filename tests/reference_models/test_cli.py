@@ -214,6 +214,7 @@ def _bad_inputs(tmp_path, checkpoint):
         (["--checkpoint", checkpoint, "--pix-fmt", "nv99", "-i", good, "-o", tmp_path / "o.mp4"], "--pix-fmt nv99"),
         (["--checkpoint", checkpoint, "--crf", "99", "-i", good, "-o", tmp_path / "o.mp4"], "--crf for libx264"),
         (["--checkpoint", checkpoint, "--resume", "-i", good, "-o", tmp_path / "o.mp4"], "--resume needs a folder"),
+        (["--checkpoint", checkpoint, "--crf", "20", "-i", good, "-o", out], "--crf: for a video output"),
         (["--checkpoint", good, "-i", good, "-o", out], "is a folder"),
         (["mana", "--preset", "tiny", "-i", good, "-o", good], "must differ"),
     ]
