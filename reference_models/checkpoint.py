@@ -141,11 +141,19 @@ def _official_converted(model: nn.Module, state_dict: Mapping[str, torch.Tensor]
     return None
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
+def _weights(ckpt: Mapping[str, Any], ema: bool) -> Mapping[str, Any]:
+    """The weights of one of our checkpoints: the moving average (``params_ema``, written by ``train --ema``)
+    when there is one and ``ema``, else ``state_dict``."""
+    averaged = ckpt.get("params_ema")
+    return averaged if ema and isinstance(averaged, Mapping) else ckpt["state_dict"]
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], *, ema: bool = True) -> dict[str, Any]:
     """Load the weights in ``path`` into ``model`` (strictly: every key, every shape).
 
     Accepts our checkpoints (whose ``model_spec`` must name the model's architecture) and bare or wrapped
-    state_dicts in our or the official key names.
+    state_dicts in our or the official key names. ``ema``: of our checkpoints with a moving average of the
+    weights (``params_ema``), load that (what validation scored); ``False``: the trained weights (resuming).
 
     Returns:
         The extras stored beside the weights (``{}`` for files that are not ours).
@@ -165,7 +173,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str,
         if spec and own and spec.get("name") != own.get("name"):
             raise CheckpointError(f"'{os.fspath(path)}' holds {_describe(spec)}, not {_describe(own)}")
         what = f"checkpoint '{os.fspath(path)}' ({_describe(spec)})"
-        load_state_dict_checked(model, ours["state_dict"], what=what)
+        load_state_dict_checked(model, _weights(ours, ema), what=what)
         return {k: v for k, v in ours.items() if k not in ("format", "version", "model_spec", "state_dict")}
 
     state_dict = read_state_dict(path)
@@ -185,7 +193,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str,
 
 def model_from_checkpoint(path: str | os.PathLike[str], **overrides: Any) -> nn.Module:
     """Rebuild the model saved in one of our checkpoints (``create_model`` with its name, preset and
-    overrides) and load its weights. Extra ``overrides`` change constructor arguments that do not affect
+    overrides) and load its weights (the moving average ``params_ema`` when the file has one). Extra ``overrides`` change constructor arguments that do not affect
     the weights (e.g. ``tile_size``).
 
     Raises:
@@ -201,5 +209,5 @@ def model_from_checkpoint(path: str | os.PathLike[str], **overrides: Any) -> nn.
         raise CheckpointError(
             f"checkpoint '{os.fspath(path)}' names {_describe(spec)}, which cannot be built: {exc}"
         ) from exc
-    load_state_dict_checked(model, ckpt["state_dict"], what=f"checkpoint '{os.fspath(path)}' ({_describe(spec)})")
+    load_state_dict_checked(model, _weights(ckpt, True), what=f"checkpoint '{os.fspath(path)}' ({_describe(spec)})")
     return model
