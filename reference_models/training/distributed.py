@@ -14,7 +14,7 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "shutdown", "rank", "world_size", "is_main", "all_reduce_sum", "all_true", "local_device"]
+__all__ = ["init_from_env", "shutdown", "rank", "world_size", "is_main", "all_reduce_sum", "mean_and_all_true", "local_device"]
 
 
 def world_size() -> int:
@@ -71,10 +71,11 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def all_true(flag: torch.Tensor) -> bool:
-    """``True`` only if ``flag`` (a 0-d bool tensor) is true on every process: all ranks take the same branch."""
-    if world_size() > 1:
-        value = flag.to(torch.int32)
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
-        return bool(value)
-    return bool(flag)
+def mean_and_all_true(value: torch.Tensor, flag: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The mean of the 0-d ``value`` over all processes, and whether the 0-d bool ``flag`` is true on every
+    one (so all ranks take the same branch), in one all-reduce."""
+    if world_size() == 1:
+        return value, bool(flag)
+    both = torch.stack([value.detach().float(), flag.float()])
+    dist.all_reduce(both, op=dist.ReduceOp.SUM)
+    return both[0] / world_size(), bool(both[1] == world_size())

@@ -351,7 +351,10 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self._train_forward = DistributedDataParallel(self._objective, device_ids=device_ids, find_unused_parameters=True)
+            # Only MANA's memory stage leaves trainable parameters out of the loss (the memory's output
+            # projection); the unused-parameter search costs a graph traversal per step, so only there.
+            unused = stage.loss == "memory"
+            self._train_forward = DistributedDataParallel(self._objective, device_ids=device_ids, find_unused_parameters=unused)
         self._active_stage = index
 
     def trainable_parameter_names(self, step: int | None = None) -> set[str]:
@@ -369,8 +372,8 @@ class Trainer:
         return hr[:, hr.shape[1] // 2] if self.output_mode == "center" else hr
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One optimiser step on ``batch`` (this rank's share of the global batch); returns the loss (a 0-d
-        tensor on the device).
+        """One optimiser step on ``batch`` (this rank's share of the global batch); returns the loss of the
+        global batch (a 0-d tensor on the device).
 
         Raises:
             NonFiniteLossError: the loss or gradient is not finite and ``on_nonfinite`` is ``"stop"`` (no
@@ -402,16 +405,17 @@ class Trainer:
         if norm is not None and not self.scaler.is_enabled():
             # float16's scaler skips steps with inf gradients by design; only a bad loss is an error there.
             finite = finite & torch.isfinite(norm)
-        skip = not distributed.all_true(finite)
+        mean_loss, all_finite = distributed.mean_and_all_true(loss.detach(), finite)
+        skip = not all_finite
         if skip:
             if self.config.on_nonfinite == "stop":
                 self.optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLossError(self._nonfinite_message(float(loss)))
+                raise NonFiniteLossError(self._nonfinite_message(float(mean_loss)))
             self.skipped_steps += 1
             if not self.scaler.is_enabled():
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                return loss.detach()
+                return mean_loss
         # With float16's scaler a skipped step still goes through it: its own inf check skips the update.
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -419,7 +423,7 @@ class Trainer:
         if self.ema is not None and not skip:
             self.ema.update(self.model)
         self.step += 1
-        return loss.detach()
+        return mean_loss
 
     def _nonfinite_message(self, loss: float) -> str:
         kept = f"{self.config.output_dir}/last.pt (step {self._last_saved_step}) is the last good checkpoint" if self._last_saved_step is not None else "no checkpoint was written yet"
