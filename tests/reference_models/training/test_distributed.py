@@ -4,6 +4,7 @@ same global batch; each rank's share of the samples and of the validation clips.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import torch
@@ -65,3 +66,22 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     for key in ("psnr_y", "ssim_y", "bicubic_psnr_y"):
         assert abs(logs["one"]["val"][-1][key] - logs["two"]["val"][-1][key]) < 1e-3, key
     assert result.stdout.count("training mana") == 1  # only rank 0 prints
+
+
+def test_a_one_process_run_resumes_on_two_processes(tmp_path):
+    """1 step on one process, then resumed with --steps 3 on two (torchrun, gloo) equals the same resume on
+    one process: the training state does not depend on the number of processes."""
+    data = clip_folder(tmp_path / "data", clips=2, t=3, size=24)
+    args = ["mana", "--data", str(data), "--batch-size", "2", "--patch-size", "4", "--lr", "1e-3", "--quiet", "--device", "cpu"]
+    assert train_main([*args, "--steps", "1", "--output", str(tmp_path / "one")]) == 0
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    resume = ["--steps", "3"]
+    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "reference_models", "train"]
+    result = run_python([*launch, "mana", "--data", str(data), "--resume", str(tmp_path / "two" / "last.pt"), *resume], timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert train_main(["mana", "--data", str(data), "--resume", str(tmp_path / "one" / "last.pt"), *resume]) == 0
+    one, two = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("one", "two"))
+    assert one["training"]["step"] == two["training"]["step"] == 3 and two["training"]["world_size"] == 2
+    diff = max(float((one["state_dict"][k] - two["state_dict"][k]).abs().max()) for k in one["state_dict"])
+    assert diff < 1e-5
+    assert [r["lr"] for r in one["training"]["log"]] == [r["lr"] for r in two["training"]["log"]]
