@@ -193,8 +193,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], *, ema: bool
 
 def model_from_checkpoint(path: str | os.PathLike[str], **overrides: Any) -> nn.Module:
     """Rebuild the model saved in one of our checkpoints (``create_model`` with its name, preset and
-    overrides) and load its weights (the moving average ``params_ema`` when the file has one). Extra ``overrides`` change constructor arguments that do not affect
-    the weights (e.g. ``tile_size``).
+    overrides) and load its weights (the moving average ``params_ema`` when the file has one). Extra
+    ``overrides`` change constructor arguments that do not affect the weights (e.g. ``tile_size``).
 
     Raises:
         CheckpointError: missing/corrupt file, a file without ``model_spec``, or weights that do not fit.
