@@ -77,7 +77,8 @@ def test_a_one_process_run_resumes_on_two_processes(tmp_path):
     shutil.copytree(tmp_path / "one", tmp_path / "two")
     resume = ["--steps", "3"]
     launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "reference_models", "train"]
-    result = run_python([*launch, "mana", "--data", str(data), "--resume", str(tmp_path / "two" / "last.pt"), *resume], timeout=300)
+    two_args = ["mana", "--data", str(data), "--resume", str(tmp_path / "two" / "last.pt"), "--output", str(tmp_path / "two"), *resume]
+    result = run_python([*launch, *two_args], timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert train_main(["mana", "--data", str(data), "--resume", str(tmp_path / "one" / "last.pt"), *resume]) == 0
     one, two = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("one", "two"))
