@@ -379,11 +379,20 @@ def fit_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], wha
         return converted
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
+def _weights(ckpt: Mapping[str, Any], ema: bool = True) -> Mapping[str, Any]:
+    """The weights of one of our checkpoints: the moving average (``params_ema``, written by ``train --ema``)
+    when there is one and ``ema``, else ``state_dict``."""
+    averaged = ckpt.get("params_ema")
+    return averaged if ema and isinstance(averaged, Mapping) else ckpt["state_dict"]
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], *, ema: bool = True) -> dict[str, Any]:
     """Load the weights in ``path`` into ``model`` (strictly: every key, every shape).
 
     Accepts our checkpoints (``.pt``, ``.safetensors`` or a release folder, whose ``model_spec`` must name
-    the model's architecture) and bare or wrapped state_dicts in our or the official key names.
+    the model's architecture) and bare or wrapped state_dicts in our or the official key names. ``ema``: of
+    our checkpoints with a moving average of the weights (``params_ema``), load that (what validation
+    scored); ``False``: the trained weights (resuming).
 
     Returns:
         The extras stored beside the weights (``{}`` for files that are not ours).
@@ -399,7 +408,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str,
     spec, own = ours.get("model_spec"), model_spec(model)
     if spec and own and spec.get("name") != own.get("name"):
         raise CheckpointError(f"'{os.fspath(path)}' holds {_describe(spec)}, not {_describe(own)}")
-    load_state_dict_checked(model, ours["state_dict"], what=f"checkpoint '{os.fspath(path)}' ({_describe(spec)})")
+    load_state_dict_checked(model, _weights(ours, ema), what=f"checkpoint '{os.fspath(path)}' ({_describe(spec)})")
     return {k: v for k, v in ours.items() if k not in _RESERVED}
 
 
@@ -467,7 +476,7 @@ def _rebuild(ours: dict[str, Any], path: str | os.PathLike[str], **overrides: An
         raise CheckpointError(
             f"checkpoint '{os.fspath(path)}' names {_describe(spec)}, which cannot be built: {exc}"
         ) from exc
-    load_state_dict_checked(model, ours["state_dict"], what=f"checkpoint '{os.fspath(path)}' ({_describe(spec)})")
+    load_state_dict_checked(model, _weights(ours), what=f"checkpoint '{os.fspath(path)}' ({_describe(spec)})")
     return model
 
 
@@ -528,7 +537,7 @@ def build_from_checkpoint(
         if spec or not name:
             return _rebuild(ours, path, **overrides)
         model = create_model(name, preset or "paper", **overrides)
-        load_state_dict_checked(model, ours["state_dict"], what=f"checkpoint '{os.fspath(path)}'")
+        load_state_dict_checked(model, _weights(ours), what=f"checkpoint '{os.fspath(path)}'")
         return model
     if preset is None:
         model = _official_model(state_dict, path, report or _logger.info, name, **overrides)

@@ -1,46 +1,56 @@
 """Training the reference models: data, degradations, schedules and the training loop.
 
 >>> from reference_models.training import TrainClips, TrainConfig, Trainer, load_clips
+
+The names are imported on first use (PEP 562), so ``reference_models.training.cli`` can parse its
+arguments (and answer ``--help``) before torch is imported.
 """
 
-from reference_models.data.dataset import Clip, FrameFolderClip, TensorClip, TrainClips, ValClips, VideoFileClip, load_clips
-from reference_models.data.degradation import bicubic_downsample, bicubic_upsample, blur_downsample, degrade, gaussian_blur
-from reference_models.training.plot import plot_curves
-from reference_models.training.schedule import (
-    ConstantSchedule,
-    CosineRestartSchedule,
-    ManaThreeStageSchedule,
-    Schedule,
-    Stage,
-    make_schedule,
-    memory_parameter_names,
-)
-from reference_models.training.trainer import PAPER_RECIPES, TrainConfig, Trainer, add_aux_losses, frame_scores
+from __future__ import annotations
 
-__all__ = [
-    "Clip",
-    "ConstantSchedule",
-    "CosineRestartSchedule",
-    "FrameFolderClip",
-    "ManaThreeStageSchedule",
-    "PAPER_RECIPES",
-    "Schedule",
-    "Stage",
-    "TensorClip",
-    "TrainClips",
-    "TrainConfig",
-    "Trainer",
-    "ValClips",
-    "VideoFileClip",
-    "add_aux_losses",
-    "bicubic_downsample",
-    "bicubic_upsample",
-    "blur_downsample",
-    "degrade",
-    "frame_scores",
-    "gaussian_blur",
-    "load_clips",
-    "make_schedule",
-    "memory_parameter_names",
-    "plot_curves",
-]
+import importlib
+from typing import Any
+
+_SOURCES = {
+    "reference_models.data.dataset": ("Clip", "FrameFolderClip", "TensorClip", "TrainClips", "ValClips", "VideoFileClip", "load_clips"),
+    "reference_models.data.degradation": ("bicubic_downsample", "bicubic_upsample", "blur_downsample", "degrade", "gaussian_blur"),
+    "reference_models.training.plot": ("plot_curves",),
+    "reference_models.training.schedule": (
+        "ConstantSchedule",
+        "CosineRestartSchedule",
+        "ExtendedSchedule",
+        "ManaThreeStageSchedule",
+        "Schedule",
+        "Stage",
+        "extend_schedule",
+        "make_schedule",
+        "memory_parameter_names",
+    ),
+    "reference_models.training.trainer": (
+        "NonFiniteLossError",
+        "PAPER_RECIPES",
+        "TrainConfig",
+        "Trainer",
+        "add_aux_losses",
+        "frame_scores",
+        "remove_stale_partials",
+        "seed_everything",
+    ),
+    "reference_models.training.ema": ("WeightEMA",),
+    "reference_models.training.tensorboard_log": ("TensorBoardLog",),
+}
+_WHERE = {name: module for module, names in _SOURCES.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

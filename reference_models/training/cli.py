@@ -1,21 +1,26 @@
 """``python -m reference_models train MODEL --data DIR ...``: the command line of the training loop.
 
 Every option left out takes its default, or, with ``--resume``, the value the checkpoint's run used, so
-``train mana --data clips --resume runs/mana/last.pt`` continues exactly (give ``--steps`` to extend it).
+``train mana --data clips --resume runs/mana/last.pt`` continues exactly (give ``--steps`` to extend it:
+a cosine schedule then anneals smoothly from the step's learning rate to the new end).
+
+Under ``torchrun --nproc-per-node N -m reference_models train ...`` the run is data-parallel over N
+processes (``--batch-size`` stays the global batch). SIGINT and SIGTERM stop a run with status 130 and
+143, leaving no half-written checkpoint. torch is imported only once the arguments are parsed, so
+``--help`` is immediate.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reference_models.data.dataset import TrainClips, ValClips, load_clips
-from reference_models.data.degradation import DEGRADATIONS
+from reference_models.training.recipes import LOSSES, NONFINITE_POLICIES, PAPER_RECIPES
 from reference_models.training.schedule import SCHEDULES
-from reference_models.training.trainer import LOSSES, PAPER_RECIPES, TrainConfig, Trainer
 
 __all__ = ["build_parser", "main"]
 
@@ -52,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("data")
     g.add_argument("--patch-size", type=int, help="LR crop size; the HR crop is 4x (default: 32)")
-    g.add_argument("--degradation", choices=DEGRADATIONS, help="bicubic: MATLAB-style x4 bicubic (default); blur: Gaussian blur + subsample")
+    g.add_argument("--degradation", help="bicubic: MATLAB-style x4 bicubic (default); blur: Gaussian blur + subsample")
     g.add_argument("--blur-sigma", type=float, nargs="+", help="Gaussian sigma of --degradation blur, or a LOW HIGH range (default: 1.6)")
     g.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no random flips/rotations")
     g.add_argument("--val-data", help="folder of validation clips")
@@ -79,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     amp.add_argument("--no-amp", dest="amp", action="store_false", help="full precision")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    g.add_argument("--seed", type=int, help="seed of the data stream and the model's randomness (default: 0)")
+    g.add_argument("--seed", type=int, help="seed of the initial weights, the data stream and the model's randomness: the same seed gives the same run on CPU (default: 0)")
+    g.add_argument("--ema", type=float, metavar="DECAY", help="keep a moving average of the weights (BasicSR: 0.999), validated and saved as params_ema (default: off)")
+    g.add_argument("--on-nonfinite", choices=NONFINITE_POLICIES, help="a NaN/inf loss or gradient: stop the run (default), or skip that step's update")
 
     g = p.add_argument_group("monitoring")
     g.add_argument("--val-every", type=int, help="validate every N steps (default: 1000)")
@@ -87,11 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", type=int, help="save last.pt every N steps (default: 1000)")
     g.add_argument("--log-every", type=int, help="refresh the progress bar every N steps (default: 10)")
     g.add_argument("--quiet", dest="progress", action="store_false", default=None, help="no progress bar")
+    g.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard events to OUTPUT/tensorboard (needs the tensorboard extra)")
     return p
 
 
 def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
     """Explicit options, else the resumed run's, else the defaults."""
+    from reference_models.training.trainer import TrainConfig
+
     defaults = {**TrainConfig().to_dict(), **_DATA_DEFAULTS, "output_dir": f"runs/{args.model}"}
     base = {**defaults, **(saved or {})}
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("model", "data", "resume")}
@@ -104,21 +114,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     A failure the user can cause (missing or unreadable data, checkpoint or weights of another model, bad
     option value) ends with one line ``error: ...`` on stderr and status 1, without a traceback.
     """
-    from reference_models.video_io import VideoIOError
-    from vsrblocks.checkpoint import CheckpointError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
         argv = argv[1:]
     args = build_parser().parse_args(argv)
+
+    from reference_models.training import distributed
+    from reference_models.training.trainer import NonFiniteLossError
+    from reference_models.video_io import VideoIOError
+    from vsrblocks.checkpoint import CheckpointError
+
+    previous = _on_sigterm_raise()
     try:
         return _train(args)
-    except (CheckpointError, VideoIOError, ValueError, OSError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+    except (CheckpointError, VideoIOError, ValueError, OSError, NonFiniteLossError) as exc:
+        _error(" ".join(str(exc).split()))
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted; --resume from the last saved last.pt continues the run", file=sys.stderr)
+        _error("interrupted; --resume from the last saved last.pt continues the run")
         return 130
+    except _Terminated:
+        _error("terminated; --resume from the last saved last.pt continues the run")
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        distributed.shutdown()
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so every ``finally`` (a checkpoint's temporary file) runs."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+def _on_sigterm_raise() -> Any:
+    """Turn SIGTERM into :class:`_Terminated` (main thread only); returns the previous handler or ``None``."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _error(message: str) -> None:
+    from reference_models.training import distributed
+
+    where = f"[rank {distributed.rank()}] " if distributed.world_size() > 1 else ""
+    print(f"error: {where}{message}", file=sys.stderr)
+
+
+def _check_options(opts: dict[str, Any]) -> None:
+    """Values argparse cannot check by type alone."""
+    if opts["patch_size"] < 1:
+        raise ValueError(f"--patch-size must be >= 1 (LR pixels), got {opts['patch_size']}")
+    for key, flag in (("val_holdout", "--val-holdout"), ("val_frames", "--val-frames"), ("val_crop", "--val-crop"), ("num_workers", "--workers")):
+        if opts[key] is not None and opts[key] < 0:
+            raise ValueError(f"{flag} must be >= 0, got {opts[key]}")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -126,6 +180,9 @@ def _train(args: argparse.Namespace) -> int:
 
     from reference_models import create_model
     from reference_models.checkpoint import load_checkpoint
+    from reference_models.data.dataset import TrainClips, ValClips, load_clips
+    from reference_models.training import distributed
+    from reference_models.training.trainer import TrainConfig, Trainer, seed_everything
 
     saved = None
     if args.resume:
@@ -137,11 +194,18 @@ def _train(args: argparse.Namespace) -> int:
         if saved is None:
             raise ValueError(f"{args.resume} holds no training state to resume from")
     opts = _resolve(args, saved)
+    _check_options(opts)
     if str(opts["device"] or "").startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {opts['device']}: CUDA is not available on this machine")
     overrides = {"aux_losses": True} if opts["aux_losses"] else {}
     if overrides and args.model != "dasaa":
         raise ValueError(f"--aux-losses: only dasaa has auxiliary losses, not {args.model}")
+    distributed.init_from_env(distributed.local_device(opts["device"]))
+    main_rank = distributed.is_main()
+    if not main_rank:
+        opts["progress"] = False
+    # Seeded before the model is built: its initial weights are part of the run the seed names.
+    seed_everything(opts["seed"])
     model = create_model(args.model, opts["preset"], **overrides)
     if opts["weights"] and not args.resume:
         load_checkpoint(model, opts["weights"])
@@ -177,20 +241,27 @@ def _train(args: argparse.Namespace) -> int:
         )
     config = TrainConfig.from_dict(opts)
     trainer = Trainer(model, train_data, config, val_data, metadata={"options": opts})
+    say = print if main_rank else (lambda *_: None)
     if args.resume:
         trainer.load_checkpoint(args.resume)
-        print(f"resumed {args.resume} at step {trainer.step} of {config.steps}")
+        say(f"resumed {args.resume} at step {trainer.step} of {config.steps}")
+        if trainer.schedule.name == "extended":
+            say(f"--steps {config.steps}: the schedule anneals from lr {trainer.schedule.lr(trainer.step):.3g} at step {trainer.step} to {config.eta_min:g} at step {config.steps}")
     if val_data is None:
-        print("no validation data (--val-data or --val-holdout): training without PSNR/SSIM checks")
+        say("no validation data (--val-data or --val-holdout): training without PSNR/SSIM checks")
     out = Path(config.output_dir)
-    print(
+    world = f" on {trainer.world_size} processes" if trainer.world_size > 1 else ""
+    say(
         f"training {args.model} ({opts['preset']}, {sum(p.numel() for p in model.parameters()):,} parameters) on {len(clips)} clip(s), "
         f"{config.steps} steps of batch {config.batch_size}, lr {trainer.lr:g}, betas {trainer.betas}, {config.schedule} schedule, "
-        f"device {trainer.device}; writing {out}/"
+        f"device {trainer.device}{world}; writing {out}/"
     )
     trainer.fit()
     if trainer.val_results:
         last = trainer.val_results[-1]
-        print(f"final: PSNR-Y {last['psnr_y']:.2f} dB (bicubic {last['bicubic_psnr_y']:.2f} dB), SSIM-Y {last['ssim_y']:.4f}")
-    print(f"checkpoints: {out / 'last.pt'}" + (f", {out / 'best.pt'}" if (out / "best.pt").exists() else "") + f"; log: {out / 'log.csv'}, {out / 'curve.png'}")
+        say(f"final: PSNR-Y {last['psnr_y']:.2f} dB (bicubic {last['bicubic_psnr_y']:.2f} dB), SSIM-Y {last['ssim_y']:.4f}")
+    if trainer.skipped_steps:
+        say(f"warning: {trainer.skipped_steps} step(s) skipped for a non-finite loss or gradient (log.json: skipped_steps)")
+    say(f"checkpoints: {out / 'last.pt'}" + (f", {out / 'best.pt'}" if (out / "best.pt").exists() else "") + f"; log: {out / 'log.csv'}, {out / 'curve.png'}")
     return 0
+

@@ -12,6 +12,11 @@ run would, and the checkpoint only needs the step and :meth:`Schedule.state_dict
   module on the pixel loss (90k iterations at 1e-4), stage 2 only the memory module on the memory loss
   (30k at 1e-4), stage 3 everything on the pixel loss (30k at 1e-5). ``fractions`` split the run in the
   paper's 3 : 1 : 1 proportion by default.
+
+Resuming with another ``--steps`` (:func:`extend_schedule`): a cosine schedule keeps its learning rates up
+to the resume step and then anneals smoothly from the rate it had reached down to ``eta_min`` at the new
+last step (no restart, no jump); a constant schedule stays constant; MANA's stages cannot be moved under a
+running stage, so that is refused.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "Stage",
@@ -30,6 +36,8 @@ __all__ = [
     "ConstantSchedule",
     "CosineRestartSchedule",
     "ManaThreeStageSchedule",
+    "ExtendedSchedule",
+    "extend_schedule",
     "make_schedule",
     "memory_parameter_names",
     "SCHEDULES",
@@ -162,6 +170,58 @@ class ManaThreeStageSchedule(Schedule):
         return {"name": self.name, "total_steps": self.total_steps, "lrs": list(self.lrs), "fractions": list(self.fractions)}
 
 
+class ExtendedSchedule(Schedule):
+    """``head`` up to ``switch_step``, then a cosine from ``head.lr(switch_step)`` to ``eta_min`` at ``total_steps``.
+
+    What a cosine run resumed at ``switch_step`` with a new ``--steps`` follows: the learning rate is
+    continuous at the switch (the issue this fixes: a fresh cosine over the new total jumped 35x there).
+
+    Examples:
+        >>> s = ExtendedSchedule(CosineRestartSchedule(100, lr=2e-4, eta_min=0.0), switch_step=90, total_steps=200, eta_min=0.0)
+        >>> round(s.lr(89), 9) == round(CosineRestartSchedule(100, lr=2e-4, eta_min=0.0).lr(89), 9), s.lr(90) == s.head.lr(90), s.lr(200)
+        (True, True, 0.0)
+    """
+
+    name = "extended"
+
+    def __init__(self, head: Schedule, switch_step: int, total_steps: int, eta_min: float = 1e-7) -> None:
+        if not 0 <= switch_step < total_steps:
+            raise ValueError(f"the run is at step {switch_step}: --steps must be larger than that, got {total_steps}")
+        self.head, self.switch_step, self.total_steps, self.eta_min = head, switch_step, total_steps, eta_min
+        self.start_lr = head.lr(switch_step)
+
+    def lr(self, step: int) -> float:
+        if step < self.switch_step:
+            return self.head.lr(step)
+        t = (step - self.switch_step) / (self.total_steps - self.switch_step)
+        return self.eta_min + 0.5 * (self.start_lr - self.eta_min) * (1 + math.cos(math.pi * t))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "total_steps": self.total_steps, "head": self.head.state_dict(), "switch_step": self.switch_step, "eta_min": self.eta_min}
+
+
+def extend_schedule(schedule: Schedule, step: int, total_steps: int) -> Schedule:
+    """The schedule a run at ``step`` follows when resumed with ``total_steps`` instead of ``schedule.total_steps``.
+
+    Raises:
+        ValueError: ``total_steps <= step``, or a ``mana-3stage`` schedule (its stage boundaries are fractions of
+            the original ``--steps``).
+    """
+    if total_steps == schedule.total_steps:
+        return schedule
+    if total_steps <= step:
+        raise ValueError(f"the checkpoint is at step {step}: --steps must be larger than that, got {total_steps}")
+    if isinstance(schedule, ConstantSchedule):
+        return ConstantSchedule(total_steps, schedule.base_lr)
+    if isinstance(schedule, ManaThreeStageSchedule):
+        raise ValueError(
+            f"mana-3stage cannot change --steps on resume ({schedule.total_steps} -> {total_steps}): its stage boundaries "
+            f"are fractions of the run; resume with --steps {schedule.total_steps}, or start a new run with --weights"
+        )
+    eta_min = getattr(schedule, "eta_min", 1e-7)
+    return ExtendedSchedule(schedule, step, total_steps, eta_min)
+
+
 def make_schedule(name: str, total_steps: int, lr: float | None = None, **options: Any) -> Schedule:
     """Build schedule ``name`` (one of :data:`SCHEDULES`) for a run of ``total_steps``.
 
@@ -176,6 +236,9 @@ def make_schedule(name: str, total_steps: int, lr: float | None = None, **option
         return ConstantSchedule(total_steps, 1e-4 if lr is None else lr)
     if name == "cosine":
         return CosineRestartSchedule(total_steps, 2e-4 if lr is None else lr, **options)
+    if name == "extended":
+        head = options.pop("head")
+        return ExtendedSchedule(make_schedule(**head), total_steps=total_steps, **options)
     if name == "mana-3stage":
         if lr is not None and "lrs" not in options:
             options["lrs"] = (lr, lr, lr / 10)

@@ -6,9 +6,22 @@ function of the state saved in a checkpoint: the model, Adam's moments, the AMP 
 ``k`` itself (the learning rate and stage come from the schedule, the batch from the dataset indices
 ``k * batch_size ...``), so :meth:`Trainer.load_checkpoint` continues a run exactly where it stopped.
 
+Under ``torchrun`` (a process group initialised, see :mod:`~reference_models.training.distributed`) the
+model is wrapped in ``DistributedDataParallel``; ``batch_size`` stays the global batch and rank ``r`` of
+``W`` takes samples ``k * batch_size + r * batch_size / W ...`` of step ``k``, so the weights do not depend
+on the number of processes (up to float summation order) and a run resumes exactly on any number of them.
+Validation is split by clip over the ranks and the scores summed over them; only rank 0 writes files.
+
+A non-finite loss or gradient stops the run (``on_nonfinite="stop"``, :class:`NonFiniteLossError`; the
+last checkpoint written is the last good one) or skips that step's update (``"skip"``, counted in the log).
+Checking it reads one flag back from the device per step.
+
 Files written to ``config.output_dir``: ``last.pt`` and ``best.pt`` (best validation Y-PSNR) checkpoints,
 ``log.csv`` (one row per step; validation columns filled on validation steps), ``log.json`` (configuration,
-the same rows, validation results) and ``curve.png`` (training loss and validation PSNR against steps).
+the same rows, validation results, ``world_size``), ``curve.png`` (training loss and validation PSNR against
+steps; needs matplotlib) and with ``tensorboard`` the event files in ``tensorboard/``. With ``ema`` the
+checkpoints hold the moving average of the weights under ``params_ema`` (BasicSR's key), which validation
+scores and ``run``/export load.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ import csv
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -30,21 +44,21 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from reference_models.data.degradation import bicubic_upsample
-from reference_models.training.schedule import SCHEDULES, Schedule, make_schedule, memory_parameter_names
+from reference_models.training import distributed
+from reference_models.training.ema import WeightEMA
+from reference_models.training.recipes import DEFAULT_RECIPE, LOSSES, NONFINITE_POLICIES, PAPER_RECIPES
+from reference_models.training.schedule import SCHEDULES, ExtendedSchedule, Schedule, extend_schedule, make_schedule, memory_parameter_names
 from vsrblocks.losses import CharbonnierLoss, L1Loss
 from vsrblocks.metrics import psnr, ssim
 
-__all__ = ["TrainConfig", "Trainer", "PAPER_RECIPES", "frame_scores", "add_aux_losses"]
+__all__ = ["TrainConfig", "Trainer", "PAPER_RECIPES", "NonFiniteLossError", "frame_scores", "add_aux_losses", "seed_everything", "remove_stale_partials"]
 
-#: Learning rate and Adam betas of each paper (DASAA and MAFnet: assumptions, see ``specs/dasaa_mafnet.md``).
-PAPER_RECIPES: dict[str, dict[str, Any]] = {
-    "mana": {"lr": 1e-4, "betas": (0.5, 0.99)},
-    "vsrt": {"lr": 2e-4, "betas": (0.9, 0.99)},
-    "dasaa": {"lr": 2e-4, "betas": (0.9, 0.999)},
-    "mafnet": {"lr": 2e-4, "betas": (0.9, 0.999)},
-}
-_DEFAULT_RECIPE = {"lr": 2e-4, "betas": (0.9, 0.99)}
-LOSSES = ("charbonnier", "l1")
+#: The files a run writes with :func:`reference_models.checkpoint.save_checkpoint` (temporary ``.NAME.partial-*``).
+CHECKPOINT_NAMES = ("last.pt", "best.pt")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient of a step is NaN or infinite (``on_nonfinite="stop"``)."""
 
 
 @dataclass
@@ -71,7 +85,13 @@ class TrainConfig:
         crop_border: pixels ignored on each side by PSNR/SSIM.
         checkpoint_every: write ``last.pt`` every this many steps (and at the end); 0: only at the end.
         log_every: refresh the progress bar and read losses back from the device every this many steps.
-        seed: seeds the model's randomness (torch, numpy, python) at the start of a run.
+        seed: seeds the model's randomness (torch, numpy, python) at the start of a run (the command line
+            also seeds before building the model, so its initial weights follow the seed).
+        ema: decay of an exponential moving average of the weights (BasicSR: 0.999), validated and saved as
+            ``params_ema``; ``None``: no average.
+        on_nonfinite: ``"stop"`` (default): a NaN/inf loss or gradient raises :class:`NonFiniteLossError`;
+            ``"skip"``: that step changes no weight and is counted in ``skipped_steps``.
+        tensorboard: also write TensorBoard events to ``output_dir/tensorboard``.
         num_workers: ``DataLoader`` worker processes.
         device: ``"cpu"``, ``"cuda"``...; ``None``: CUDA when available.
         output_dir: where checkpoints and logs go.
@@ -96,6 +116,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 10
     seed: int = 0
+    ema: float | None = None
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    tensorboard: bool = False
     num_workers: int = 0
     device: str | None = None
     output_dir: str = "runs/train"
@@ -108,6 +131,10 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; available: {', '.join(SCHEDULES)}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"unknown on_nonfinite {self.on_nonfinite!r}; available: {', '.join(NONFINITE_POLICIES)}")
+        if self.ema is not None and not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"--ema: the decay must be in [0, 1), got {self.ema}")
         if self.betas is not None:
             self.betas = (float(self.betas[0]), float(self.betas[1]))
         self.stage_fractions = tuple(float(f) for f in self.stage_fractions)  # type: ignore[assignment]
@@ -123,17 +150,44 @@ class TrainConfig:
 
 
 class _StepSampler(Sampler[int]):
-    """Dataset indices ``start, start + 1, ...`` (wrapped at ``len(dataset)``): sample ``j`` of step ``k``
-    is index ``k * batch_size + j``, so resuming at step ``k`` continues the same stream."""
+    """This rank's dataset indices of steps ``start_step ... stop_step - 1``: sample ``j`` of step ``k`` is
+    index ``k * batch_size + j`` (wrapped at ``length``), and rank ``r`` of ``world`` takes the ``j`` in
+    ``[r * b, (r + 1) * b)`` with ``b = batch_size // world``; resuming at step ``k`` continues the same stream."""
 
-    def __init__(self, start: int, stop: int, length: int) -> None:
-        self.start, self.stop, self.length = start, stop, length
+    def __init__(self, start_step: int, stop_step: int, batch_size: int, length: int, rank: int = 0, world: int = 1) -> None:
+        self.start_step, self.stop_step, self.batch_size, self.length = start_step, stop_step, batch_size, length
+        self.local = batch_size // world
+        self.offset = rank * self.local
 
     def __iter__(self) -> Iterator[int]:
-        return (i % self.length for i in range(self.start, self.stop))
+        for k in range(self.start_step, self.stop_step):
+            first = k * self.batch_size + self.offset
+            yield from (i % self.length for i in range(first, first + self.local))
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return (self.stop_step - self.start_step) * self.local
+
+
+class _Objective(nn.Module):
+    """What one training forward pass produces for the loss: the model output and, when asked, the model's
+    memory loss and auxiliary losses. ``DistributedDataParallel`` wraps this module, so every tensor a loss
+    is taken from is among its outputs (DDP finds the parameters a stage does not use from them)."""
+
+    def __init__(self, model: nn.Module, forward: Any) -> None:
+        super().__init__()
+        self.model = model
+        # The compiled forward shares the model's parameters; kept out of the module tree so they appear once.
+        self.__dict__["_forward"] = forward
+
+    def forward(self, clip: torch.Tensor, memory: bool = False) -> dict[str, Any]:
+        out = self._forward(clip)
+        result: dict[str, Any] = {"out": out}
+        if memory:
+            result["memory"] = self.model.last_memory_loss
+        aux = getattr(self.model, "last_aux_losses", None)
+        if aux is not None:
+            result["aux"] = aux
+        return result
 
 
 def _rng_state() -> dict[str, Any]:
@@ -160,10 +214,23 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators (torch's seeds CUDA too)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def remove_stale_partials(folder: str | Path, names: tuple[str, ...] = CHECKPOINT_NAMES) -> list[Path]:
+    """Delete the temporary files (``.NAME.partial-*``) an interrupted save of ``names`` left in ``folder``;
+    returns them. Another run writing into the same folder at the same time is not supported."""
+    removed = []
+    for name in names:
+        for stale in Path(folder).glob(f".{name}.partial-*"):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+                removed.append(stale)
+    return removed
 
 
 @dataclass
@@ -218,11 +285,15 @@ class Trainer:
     ) -> None:
         self.config = config
         self.metadata = dict(metadata or {})
-        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.world_size, self.rank = distributed.world_size(), distributed.rank()
+        if config.batch_size % self.world_size:
+            raise ValueError(f"--batch-size {config.batch_size} (the global batch) must be a multiple of the {self.world_size} processes")
+        device = distributed.local_device(config.device) if self.world_size > 1 else config.device
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device)
         self.train_data, self.val_data = train_data, val_data
         spec = getattr(model, "model_spec", None) or {}
-        recipe = PAPER_RECIPES.get(spec.get("name", ""), _DEFAULT_RECIPE)
+        recipe = PAPER_RECIPES.get(spec.get("name", ""), DEFAULT_RECIPE)
         self.lr = recipe["lr"] if config.lr is None else config.lr
         self.betas = tuple(recipe["betas"] if config.betas is None else config.betas)
         self.output_mode = getattr(model, "output_mode", "center")
@@ -248,8 +319,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         backend = config.compile if isinstance(config.compile, str) else "inductor"
         self.forward_model = torch.compile(self.model, backend=backend) if config.compile else self.model
+        self._objective = _Objective(self.model, self.forward_model)
+        self._train_forward: nn.Module = self._objective
+        self.ema = WeightEMA(self.model, config.ema) if config.ema is not None else None
 
         self.step = 0
+        self.skipped_steps = 0
+        self._last_saved_step: int | None = None
         self.rows: list[_Row] = []
         self.val_results: list[dict[str, float]] = []
         self.best_psnr = -math.inf
@@ -270,6 +346,15 @@ class Trainer:
             p.requires_grad_(stage.trainable == "all" or (stage.trainable == "memory") == is_memory)
         if step > 0 and self.schedule.stage_index(step - 1) != index:
             self.optimizer.state.clear()
+        if self.world_size > 1:
+            # DDP fixes its set of trainable parameters when built: a stage that changes it needs a new one.
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            # Only MANA's memory stage leaves trainable parameters out of the loss (the memory's output
+            # projection); the unused-parameter search costs a graph traversal per step, so only there.
+            unused = stage.loss == "memory"
+            self._train_forward = DistributedDataParallel(self._objective, device_ids=device_ids, find_unused_parameters=unused)
         self._active_stage = index
 
     def trainable_parameter_names(self, step: int | None = None) -> set[str]:
@@ -287,7 +372,13 @@ class Trainer:
         return hr[:, hr.shape[1] // 2] if self.output_mode == "center" else hr
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One optimiser step on ``batch``; returns the loss (a 0-d tensor on the device, not synchronised)."""
+        """One optimiser step on ``batch`` (this rank's share of the global batch); returns the loss of the
+        global batch (a 0-d tensor on the device).
+
+        Raises:
+            NonFiniteLossError: the loss or gradient is not finite and ``on_nonfinite`` is ``"stop"`` (no
+                weight changed).
+        """
         self._apply_stage(self.step)
         stage = self.schedule.stage(self.step)
         lr = self.schedule.lr(self.step)
@@ -297,108 +388,191 @@ class Trainer:
         lr_clip = batch["lr"].to(self.device, non_blocking=True)
         hr = batch["hr"].to(self.device, non_blocking=True)
         with self._autocast():
-            out = self.forward_model(lr_clip)
+            outputs = self._train_forward(lr_clip, memory=stage.loss == "memory")
         if stage.loss == "memory":
-            loss = self.model.last_memory_loss.float()
+            loss = outputs["memory"].float()
         else:
-            loss = self.criterion(out.float(), self._target(hr))
-            loss = add_aux_losses(loss, getattr(self.model, "last_aux_losses", None), self.config.aux_weight)
+            loss = self.criterion(outputs["out"].float(), self._target(hr))
+            loss = add_aux_losses(loss, outputs.get("aux"), self.config.aux_weight)
         self.scaler.scale(loss).backward()
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        finite = torch.isfinite(loss.detach())
         if self.config.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], self.config.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(grads, self.config.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm(grads) if grads and not self.scaler.is_enabled() else None
+        if norm is not None and not self.scaler.is_enabled():
+            # float16's scaler skips steps with inf gradients by design; only a bad loss is an error there.
+            finite = finite & torch.isfinite(norm)
+        mean_loss, all_finite = distributed.mean_and_all_true(loss.detach(), finite)
+        skip = not all_finite
+        if skip:
+            if self.config.on_nonfinite == "stop":
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLossError(self._nonfinite_message(float(mean_loss)))
+            self.skipped_steps += 1
+            if not self.scaler.is_enabled():
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                return mean_loss
+        # With float16's scaler a skipped step still goes through it: its own inf check skips the update.
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None and not skip:
+            self.ema.update(self.model)
         self.step += 1
-        return loss.detach()
+        return mean_loss
+
+    def _nonfinite_message(self, loss: float) -> str:
+        kept = f"{self.config.output_dir}/last.pt (step {self._last_saved_step}) is the last good checkpoint" if self._last_saved_step is not None else "no checkpoint was written yet"
+        what = f"the loss is {loss}" if not math.isfinite(loss) else "the gradient is not finite"
+        return (
+            f"step {self.step}: {what}; training stopped and {kept}. Lower --lr, set --grad-clip, "
+            "or pass --on-nonfinite skip to skip such steps"
+        )
+
+    def _val_indices(self) -> list[int]:
+        """This rank's items of ``val_data``: whole clips (item ``(clip, centre)`` goes to rank ``clip % W``),
+        so every clip is scored once over the group."""
+        items = getattr(self.val_data, "items", None)
+        if items is None:
+            return list(range(self.rank, len(self.val_data), self.world_size))
+        return [i for i, (clip, _) in enumerate(items) if clip % self.world_size == self.rank]
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Mean PSNR/SSIM (RGB and Y, ``crop_border``) of the centre frames of ``val_data``, plus the
-        bicubic baseline's Y-PSNR/SSIM (``bicubic_psnr_y``...)."""
+        bicubic baseline's Y-PSNR/SSIM (``bicubic_psnr_y``...). With ``ema``, the averaged weights are scored.
+        Under a process group each rank scores its clips and the sums are added over the ranks."""
         if self.val_data is None:
             return {}
-        self.model.eval()
-        scores: dict[str, list[float]] = {}
-        baseline: dict[str, list[float]] = {}
+        model = self.ema.module if self.ema is not None else self.forward_model
+        model.eval()
+        keys = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
+        # Sums of the per-frame scores, the baseline's, and the frame count: one all-reduce for all.
+        sums = torch.zeros(2 * len(keys) + 1, dtype=torch.float64, device=self.device)
         cb = self.config.crop_border
-        for item in DataLoader(self.val_data, batch_size=1, num_workers=self.config.num_workers):
+        shard = torch.utils.data.Subset(self.val_data, self._val_indices())
+        for item in DataLoader(shard, batch_size=1, num_workers=self.config.num_workers):
             lr_clip, hr = item["lr"].to(self.device), item["hr"].to(self.device)
             with self._autocast():
-                out = self.forward_model(lr_clip)
+                out = model(lr_clip)
             pred = out[:, out.shape[1] // 2] if self.output_mode == "all" else out
             pred = pred.float().clamp(0, 1)
             target = hr[:, hr.shape[1] // 2]
-            for key, value in frame_scores(pred, target, cb).items():
-                scores.setdefault(key, []).append(value)
+            scores = frame_scores(pred, target, cb)
+            row = [scores[k] for k in keys]
             if self._baseline is None:
                 bic = bicubic_upsample(lr_clip[:, lr_clip.shape[1] // 2], self.scale).clamp(0, 1)
-                for key, value in frame_scores(bic, target, cb).items():
-                    baseline.setdefault(f"bicubic_{key}", []).append(value)
+                bicubic = frame_scores(bic, target, cb)
+                row += [bicubic[k] for k in keys]
+            else:
+                row += [0.0] * len(keys)
+            sums += torch.tensor([*row, 1.0], dtype=torch.float64, device=self.device)
+        sums = distributed.all_reduce_sum(sums).tolist()
+        count = max(sums[-1], 1.0)
+        result = {k: sums[i] / count for i, k in enumerate(keys)}
         if self._baseline is None:
-            self._baseline = {k: float(np.mean(v)) for k, v in baseline.items()}
-        result = {k: float(np.mean(v)) for k, v in scores.items()}
+            self._baseline = {f"bicubic_{k}": sums[len(keys) + i] / count for i, k in enumerate(keys)}
         return {**result, **self._baseline}
 
     # ------------------------------------------------------------------ loop
     def fit(self, until: int | None = None) -> list[_Row]:
         """Train from the current step up to ``until`` (default: ``config.steps``), validating, logging and
-        checkpointing on the way; returns the rows of the steps run so far (all of them, resumed ones included)."""
+        checkpointing on the way; returns the rows of the steps run so far (all of them, resumed ones included).
+
+        Raises:
+            NonFiniteLossError: a non-finite loss with ``on_nonfinite="stop"`` (the logs are written first).
+        """
         cfg = self.config
         stop = min(cfg.steps, cfg.steps if until is None else until)
         out_dir = Path(cfg.output_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        main = self.rank == 0
+        if main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_partials(out_dir)
         if not self._seeded and self.step == 0:
-            _seed_everything(cfg.seed)
+            seed_everything(cfg.seed)
         self._seeded = True
         if self.step >= stop:
             return self.rows
         loader = DataLoader(
             self.train_data,
-            batch_size=cfg.batch_size,
-            sampler=_StepSampler(self.step * cfg.batch_size, stop * cfg.batch_size, len(self.train_data)),
+            batch_size=cfg.batch_size // self.world_size,
+            sampler=_StepSampler(self.step, stop, cfg.batch_size, len(self.train_data), self.rank, self.world_size),
             num_workers=cfg.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
-        bar = None
-        if cfg.progress:
+        bar = board = None
+        if cfg.progress and main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="it", dynamic_ncols=True)
+        if cfg.tensorboard and main:
+            from reference_models.training.tensorboard_log import TensorBoardLog
+
+            board = TensorBoardLog(out_dir / "tensorboard", start_step=self.step)
         pending: list[tuple[int, str, float, torch.Tensor]] = []
         start_time = time.perf_counter() - (self.rows[-1].time if self.rows else 0.0)
-        for batch in loader:
-            step, stage, lr = self.step, self.schedule.stage(self.step).name, self.schedule.lr(self.step)
-            pending.append((step, stage, lr, self.train_step(batch)))
-            done = self.step
-            last = done == stop
-            validate = self.val_data is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps)
-            checkpoint = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or last
-            if len(pending) >= cfg.log_every or last or validate or checkpoint:
-                now = time.perf_counter() - start_time
-                for s, name, rate, loss in pending:
-                    self.rows.append(_Row(s, name, rate, float(loss), now))
-                pending.clear()
-                if bar is not None:
-                    bar.update(done - bar.n)
-                    bar.set_postfix(loss=f"{self.rows[-1].loss:.4g}", lr=f"{lr:.2e}", stage=stage, refresh=False)
-            if validate:
-                result = self.validate()
-                self.rows[-1].val = result
-                self.val_results.append({"step": done, **result})
-                if bar is not None:
-                    bar.write(_format_val(done, result))
-                if result.get("psnr_y", -math.inf) > self.best_psnr:
-                    self.best_psnr = result["psnr_y"]
-                    self.save_checkpoint(out_dir / "best.pt")
-            if checkpoint:
-                self.save_checkpoint(out_dir / "last.pt")
-                self.write_logs()
-        if bar is not None:
-            bar.close()
-        self.write_logs()
+
+        def flush() -> None:
+            now = time.perf_counter() - start_time
+            for s, name, rate, loss in pending:
+                self.rows.append(_Row(s, name, rate, float(loss), now))
+                if board is not None:
+                    board.step(s, self.rows[-1].loss, rate)
+            pending.clear()
+
+        try:
+            for batch in loader:
+                step, stage, lr = self.step, self.schedule.stage(self.step).name, self.schedule.lr(self.step)
+                skipped_before = self.skipped_steps
+                try:
+                    pending.append((step, stage, lr, self.train_step(batch)))
+                except NonFiniteLossError:
+                    pending.append((step, stage, lr, torch.tensor(math.nan)))
+                    flush()
+                    if main:
+                        self.write_logs()
+                    raise
+                if self.skipped_steps > skipped_before and main:
+                    message = f"warning: step {step}: non-finite loss or gradient; step skipped ({self.skipped_steps} so far)"
+                    _print_line(bar, message)
+                done = self.step
+                last = done == stop
+                validate = self.val_data is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps)
+                checkpoint = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or last
+                if len(pending) >= cfg.log_every or last or validate or checkpoint:
+                    flush()
+                    if bar is not None:
+                        bar.update(done - bar.n)
+                        bar.set_postfix(loss=f"{self.rows[-1].loss:.4g}", lr=f"{lr:.2e}", stage=stage, refresh=False)
+                if validate:
+                    result = self.validate()
+                    self.rows[-1].val = result
+                    self.val_results.append({"step": done, **result})
+                    if bar is not None:
+                        bar.write(_format_val(done, result))
+                    if board is not None:
+                        board.validation(done, result)
+                    if result.get("psnr_y", -math.inf) > self.best_psnr:
+                        self.best_psnr = result["psnr_y"]
+                        if main:
+                            self.save_checkpoint(out_dir / "best.pt")
+                if checkpoint and main:
+                    self.save_checkpoint(out_dir / "last.pt")
+                    self._last_saved_step = done
+                    self.write_logs()
+        finally:
+            if bar is not None:
+                bar.close()
+            if board is not None:
+                board.close()
+        if main:
+            self.write_logs()
         return self.rows
 
     # ------------------------------------------------------------------ state
@@ -415,11 +589,23 @@ class Trainer:
             "log": [asdict(r) for r in self.rows],
             "val": self.val_results,
             "best_psnr": self.best_psnr,
+            "skipped_steps": self.skipped_steps,
+            "world_size": self.world_size,
+            "ema": self.ema.training_state() if self.ema is not None else None,
             "metadata": self.metadata,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the run ``state`` (:meth:`state_dict`) describes. A ``config.steps`` other than the saved
+        run's extends or shortens its schedule from this step on (:func:`~reference_models.training.schedule.extend_schedule`).
+
+        Raises:
+            ValueError: the data seed differs, or the schedule cannot change its length (``mana-3stage``).
+        """
         self.step = int(state["step"])
+        saved = state.get("scheduler")
+        if saved and (saved.get("name") == ExtendedSchedule.name or saved.get("total_steps") != self.config.steps):
+            self.schedule = extend_schedule(make_schedule(**saved), self.step, self.config.steps)
         # The next train_step freezes/unfreezes for its stage (and starts a fresh Adam state if a stage begins there).
         self._active_stage = None
         self.optimizer.load_state_dict(state["optimizer"])
@@ -433,21 +619,30 @@ class Trainer:
         self.rows = [_Row(**r) for r in state.get("log", [])]
         self.val_results = list(state.get("val", []))
         self.best_psnr = float(state.get("best_psnr", -math.inf))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
 
     def save_checkpoint(self, path: str | Path) -> None:
         """Write the model and the training state (``weights_only``-loadable) to ``path``."""
         from reference_models.checkpoint import save_checkpoint
 
-        save_checkpoint(self.model, path, training=self.state_dict())
+        extra = {"params_ema": self.ema.state_dict()} if self.ema is not None else {}
+        save_checkpoint(self.model, path, training=self.state_dict(), **extra)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore the model weights and the training state from a :meth:`save_checkpoint` file."""
+        """Restore the model weights, the moving average (when both the file and the run have one; else the
+        average restarts from the weights) and the training state from a :meth:`save_checkpoint` file."""
         from reference_models.checkpoint import load_checkpoint
 
-        extras = load_checkpoint(self.model, path)
+        extras = load_checkpoint(self.model, path, ema=False)
         if "training" not in extras:
             raise ValueError(f"checkpoint '{path}' holds weights only, no training state to resume from")
         self.load_state_dict(extras["training"])
+        if self.ema is not None:
+            saved = extras.get("params_ema")
+            if saved is not None and extras["training"].get("ema"):
+                self.ema.load(saved, extras["training"]["ema"])
+            else:
+                self.ema = WeightEMA(self.model, self.ema.decay)
 
     # ------------------------------------------------------------------ logs
     def write_logs(self) -> None:
@@ -462,7 +657,15 @@ class Trainer:
             writer.writerow(["step", "stage", "lr", "loss", "time_s", *val_keys])
             for r in self.rows:
                 writer.writerow([r.step, r.stage, f"{r.lr:.6g}", f"{r.loss:.6g}", f"{r.time:.3f}", *(f"{r.val[k]:.4f}" if k in r.val else "" for k in val_keys)])
-        payload = {"config": self.config.to_dict(), "lr": self.lr, "betas": list(self.betas), "rows": [asdict(r) for r in self.rows], "val": self.val_results}
+        payload = {
+            "config": self.config.to_dict(),
+            "lr": self.lr,
+            "betas": list(self.betas),
+            "world_size": self.world_size,
+            "skipped_steps": self.skipped_steps,
+            "rows": [asdict(r) for r in self.rows],
+            "val": self.val_results,
+        }
         (out_dir / "log.json").write_text(json.dumps(payload, indent=1))
         plot_curves(
             [(r.step, r.loss) for r in self.rows],
@@ -496,6 +699,14 @@ def frame_scores(pred: torch.Tensor, target: torch.Tensor, crop_border: int = 0)
         "psnr_y": float(psnr(pred, target, crop_border=cb, test_y_channel=True).mean()),
         "ssim_y": float(ssim(pred, target, crop_border=cb, test_y_channel=True).mean()),
     }
+
+
+def _print_line(bar: Any, message: str) -> None:
+    """A line on stderr that does not break the progress bar."""
+    if bar is not None:
+        bar.write(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr)
 
 
 def _format_val(step: int, r: dict[str, float]) -> str:
