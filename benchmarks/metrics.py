@@ -1,0 +1,72 @@
+"""Speed of :func:`vsrblocks.psnr` / :func:`vsrblocks.ssim` on frame pairs, against scikit-image's SSIM.
+
+    python benchmarks/metrics.py                       # 576x720 (Vid4's largest frames), 5 reps
+    python benchmarks/metrics.py --sizes 144x180 576x720 --reps 9
+
+Each row scores one ``(1, 3, H, W)`` float32 pair of 8-bit values (a frame and a noisy copy), as an
+evaluation does: RGB and the BT.601 Y channel. ``skimage`` is ``structural_similarity(gaussian_weights=True,
+sigma=1.5, use_sample_covariance=False, data_range=255)`` in float64, the value BasicSR's SSIM equals; the
+last column is the largest difference to it. Times are medians of ``--reps`` runs after one warm-up, with the
+threads torch uses by default; on a shared machine take them as ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from skimage.metrics import structural_similarity
+
+from vsrblocks import psnr, ssim
+from vsrblocks.metrics import rgb_to_y
+
+
+def _time_ms(fn: Callable[[], object], reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _skimage_ssim(x: torch.Tensor, y: torch.Tensor) -> float:
+    a, b = (t[0].double().permute(1, 2, 0).numpy() * 255 for t in (x, y))
+    options = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False, "data_range": 255}
+    return float(structural_similarity(a, b, channel_axis=2, **options))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["576x720"], help="HxW frame sizes")
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| size | psnr RGB ms | psnr Y ms | ssim RGB ms | ssim Y ms | skimage ssim RGB ms | max abs diff to skimage |")
+    print("|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        h, w = (int(v) for v in size.split("x"))
+        g = torch.Generator().manual_seed(0)
+        x = (torch.rand(1, 3, h, w, generator=g) * 255).round() / 255
+        y = ((x + 0.05 * torch.randn(1, 3, h, w, generator=g)).clamp(0, 1) * 255).round() / 255
+        times = [
+            _time_ms(lambda: psnr(x, y), args.reps),
+            _time_ms(lambda: psnr(x, y, test_y_channel=True), args.reps),
+            _time_ms(lambda: ssim(x, y), args.reps),
+            _time_ms(lambda: ssim(x, y, test_y_channel=True), args.reps),
+            _time_ms(lambda: _skimage_ssim(x, y), args.reps),
+        ]
+        luma = [rgb_to_y(t.double()) for t in (x, y)]
+        diff = max(
+            abs(ssim(x, y).item() - _skimage_ssim(x, y)),
+            abs(ssim(x, y, test_y_channel=True).item() - _skimage_ssim(*luma)),
+        )
+        print(f"| {h}x{w} | " + " | ".join(f"{t:.1f}" for t in times) + f" | {diff:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
