@@ -27,7 +27,7 @@ from reference_models.registry import list_models, list_presets
 
 __all__ = ["main"]
 
-_DELEGATED = {"demo": "reference_models.demo", "train": "reference_models.training.cli"}
+_DELEGATED = {"demo": "reference_models.demo", "train": "reference_models.training.cli", "evaluate": "reference_models.evaluation.cli"}
 
 
 def _models_epilog() -> str:
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_models_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="{run,list,demo,train}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,list,demo,train,evaluate}")
     run = sub.add_parser(
         "run",
         help="super-resolve a folder of frames or a video file",
@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the models and their presets")
     sub.add_parser("demo", help="train a tiny model on a textured clip and show its results", add_help=False)
     sub.add_parser("train", help="train a reference model", add_help=False)
+    sub.add_parser("evaluate", help="score a model or bicubic on Vid4, REDS4, Vimeo-90K-T (PSNR/SSIM)", add_help=False)
     return parser
 
 
