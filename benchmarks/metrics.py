@@ -2,22 +2,32 @@
 
     python benchmarks/metrics.py                       # 576x720 (Vid4's largest frames), 5 reps
     python benchmarks/metrics.py --sizes 144x180 576x720 --reps 9
+    python benchmarks/metrics.py --evaluate          # also: evaluate bicubic on a synthetic Vid4-sized set
 
 Each row scores one ``(1, 3, H, W)`` float32 pair of 8-bit values (a frame and a noisy copy), as an
 evaluation does: RGB and the BT.601 Y channel. ``skimage`` is ``structural_similarity(gaussian_weights=True,
 sigma=1.5, use_sample_covariance=False, data_range=255)`` in float64, the value BasicSR's SSIM equals; the
 last column is the largest difference to it. Times are medians of ``--reps`` runs after one warm-up, with the
 threads torch uses by default; on a shared machine take them as ratios.
+
+``--evaluate`` writes a synthetic tree with Vid4's layout and sizes (GT/ and BIx4/ of calendar 41 frames of
+576x720, city 34 of 576x704, foliage 49 and walk 47 of 480x720: 171 frames) and times
+``python -m reference_models evaluate bicubic --dataset vid4`` on it, in this process (the frames are smooth
+random textures; the time does not depend on the content).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from skimage.metrics import structural_similarity
 
 from vsrblocks import psnr, ssim
@@ -40,10 +50,35 @@ def _skimage_ssim(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(structural_similarity(a, b, channel_axis=2, **options))
 
 
+_VID4 = {"calendar": (41, 576, 720), "city": (34, 576, 704), "foliage": (49, 480, 720), "walk": (47, 480, 720)}
+
+
+def _time_evaluate() -> None:
+    from reference_models.__main__ import main as cli_main
+    from reference_models.data import bicubic_downsample
+
+    with tempfile.TemporaryDirectory() as tmp:
+        g = torch.Generator().manual_seed(0)
+        for clip, (frames, h, w) in _VID4.items():
+            for folder in ("GT", "BIx4"):
+                (Path(tmp) / folder / clip).mkdir(parents=True)
+            for i in range(frames):
+                coarse = torch.rand(1, 3, h // 16, w // 16, generator=g)
+                hr = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic").clamp(0, 1)
+                lr = bicubic_downsample(hr).clamp(0, 1)
+                for folder, image in (("GT", hr), ("BIx4", lr)):
+                    array = (image[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+                    Image.fromarray(np.ascontiguousarray(array)).save(Path(tmp) / folder / clip / f"{i:08d}.png", compress_level=1)
+        start = time.perf_counter()
+        cli_main(["evaluate", "bicubic", "--dataset", "vid4", "--root", tmp, "--quiet"])
+        print(f"evaluate bicubic, 171 frames (Vid4 sizes, provided BIx4): {time.perf_counter() - start:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["576x720"], help="HxW frame sizes")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--evaluate", action="store_true", help="also time evaluate bicubic on a synthetic Vid4-sized set")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| size | psnr RGB ms | psnr Y ms | ssim RGB ms | ssim Y ms | skimage ssim RGB ms | max abs diff to skimage |")
@@ -66,6 +101,8 @@ def main() -> None:
             abs(ssim(x, y, test_y_channel=True).item() - _skimage_ssim(*luma)),
         )
         print(f"| {h}x{w} | " + " | ".join(f"{t:.1f}" for t in times) + f" | {diff:.1e} |")
+    if args.evaluate:
+        _time_evaluate()
 
 
 if __name__ == "__main__":
