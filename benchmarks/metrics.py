@@ -13,7 +13,8 @@ threads torch uses by default; on a shared machine take them as ratios.
 ``--evaluate`` writes a synthetic tree with Vid4's layout and sizes (GT/ and BIx4/ of calendar 41 frames of
 576x720, city 34 of 576x704, foliage 49 and walk 47 of 480x720: 171 frames) and times
 ``python -m reference_models evaluate bicubic --dataset vid4`` on it, in this process (the frames are smooth
-random textures; the time does not depend on the content).
+random textures; the time does not depend on the content). ``--evaluate-frames N`` makes a smaller set with
+the same sizes, for a quick per-frame figure.
 """
 
 from __future__ import annotations
@@ -53,13 +54,14 @@ def _skimage_ssim(x: torch.Tensor, y: torch.Tensor) -> float:
 _VID4 = {"calendar": (41, 576, 720), "city": (34, 576, 704), "foliage": (49, 480, 720), "walk": (47, 480, 720)}
 
 
-def _time_evaluate() -> None:
+def _time_evaluate(total: int) -> None:
     from reference_models.__main__ import main as cli_main
     from reference_models.data import bicubic_downsample
 
     with tempfile.TemporaryDirectory() as tmp:
         g = torch.Generator().manual_seed(0)
         for clip, (frames, h, w) in _VID4.items():
+            frames = max(1, round(frames * total / 171))
             for folder in ("GT", "BIx4"):
                 (Path(tmp) / folder / clip).mkdir(parents=True)
             for i in range(frames):
@@ -69,9 +71,11 @@ def _time_evaluate() -> None:
                 for folder, image in (("GT", hr), ("BIx4", lr)):
                     array = (image[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
                     Image.fromarray(np.ascontiguousarray(array)).save(Path(tmp) / folder / clip / f"{i:08d}.png", compress_level=1)
+        count = sum(max(1, round(frames * total / 171)) for frames, _, _ in _VID4.values())
         start = time.perf_counter()
         cli_main(["evaluate", "bicubic", "--dataset", "vid4", "--root", tmp, "--quiet"])
-        print(f"evaluate bicubic, 171 frames (Vid4 sizes, provided BIx4): {time.perf_counter() - start:.1f} s")
+        seconds = time.perf_counter() - start
+        print(f"evaluate bicubic, {count} frames (Vid4 sizes, provided BIx4): {seconds:.1f} s, {seconds / count:.2f} s per frame")
 
 
 def main() -> None:
@@ -79,6 +83,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["576x720"], help="HxW frame sizes")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--evaluate", action="store_true", help="also time evaluate bicubic on a synthetic Vid4-sized set")
+    parser.add_argument("--evaluate-frames", type=int, default=171, help="frames of that set, spread over the four clips as in Vid4 (default 171)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| size | psnr RGB ms | psnr Y ms | ssim RGB ms | ssim Y ms | skimage ssim RGB ms | max abs diff to skimage |")
@@ -102,7 +107,7 @@ def main() -> None:
         )
         print(f"| {h}x{w} | " + " | ".join(f"{t:.1f}" for t in times) + f" | {diff:.1e} |")
     if args.evaluate:
-        _time_evaluate()
+        _time_evaluate(args.evaluate_frames)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ class VideoSet:
         """One line for the log: which LR frames are used, provided or generated with ``degradation`` (bi|bd)."""
         if self.lr is not None:
             return f"LR frames: provided, {self.lr_root}"
-        how = "MATLAB bicubic" if degradation == "bi" else "Gaussian blur sigma 1.6, every 4th pixel"
+        how = "MATLAB bicubic" if degradation == "bi" else f"Gaussian blur sigma 1.6, every {self.scale}th pixel"
         return f"LR frames: generated from the HR frames with {degradation.upper()} ({how}, x{self.scale})"
 
 

@@ -86,6 +86,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.crop_border < 0:
         raise ValueError(f"--crop-border must be >= 0, got {args.crop_border}")
+    if args.tile is not None and args.tile < 1:
+        raise ValueError(f"--tile must be >= 1, got {args.tile}")
     if args.tile is not None and not 0 <= args.tile_overlap < args.tile:
         raise ValueError(f"--tile-overlap must be in [0, --tile={args.tile}), got {args.tile_overlap}")
     if args.batch < 1:
