@@ -6,8 +6,7 @@ this package) does not pay for importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from reference_models.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "create_model": "reference_models.registry",
@@ -25,13 +24,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'reference_models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -36,7 +36,11 @@ from reference_models.registry import list_models, list_presets
 
 __all__ = ["main"]
 
-_DELEGATED = {"demo": "reference_models.demo", "train": "reference_models.training.cli"}
+_DELEGATED = {
+    "demo": "reference_models.demo",
+    "train": "reference_models.training.cli",
+    "evaluate": "reference_models.evaluation.cli",
+}
 # Below 16 LR pixels a tile costs a whole forward pass for a few pixels (--tile 1 ran for hours).
 MIN_TILE = 16
 MIN_FPS, MAX_FPS = 0.01, 1000.0
@@ -45,7 +49,7 @@ MIN_FPS, MAX_FPS = 0.01, 1000.0
 def _models_epilog() -> str:
     return (
         f"models: {', '.join(list_models())} (presets: python -m reference_models list)\n"
-        "subcommands demo and train take their own options: python -m reference_models demo --help"
+        "subcommands demo, train and evaluate take their own options: python -m reference_models evaluate --help"
     )
 
 
@@ -56,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_models_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="{run,list,demo,train}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,list,demo,train,evaluate}")
     run = sub.add_parser(
         "run",
         help="super-resolve a folder of frames or a video file",
@@ -105,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the models and their presets")
     sub.add_parser("demo", help="train a tiny model on a textured clip and show its results", add_help=False)
     sub.add_parser("train", help="train a reference model", add_help=False)
+    sub.add_parser("evaluate", help="score a model or bicubic on Vid4, REDS4, Vimeo-90K-T (PSNR/SSIM)", add_help=False)
     return parser
 
 

@@ -21,13 +21,11 @@ VSR-Transformer state_dicts from their weights alone.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from reference_models.partial_output import create_partial_file, remove_stale_partials
 from reference_models.registry import create_model, list_models, model_spec
 from vsrblocks.checkpoint import (
     CheckpointError,
@@ -53,9 +52,7 @@ __all__ = [
     "fit_state_dict",
     "load_checkpoint",
     "model_from_checkpoint",
-    "partial_prefix",
     "read_checkpoint",
-    "remove_stale_partials",
     "save_checkpoint",
     "save_release",
 ]
@@ -66,7 +63,6 @@ RELEASE_WEIGHTS = "model.safetensors"
 RELEASE_CONFIG = "config.json"
 _RESERVED = ("format", "version", "model_spec", "state_dict")
 _PLAIN = (str, int, float, bool, type(None))
-_RANDOM_SUFFIX = 8  # what tempfile.mkstemp appends
 _logger = logging.getLogger(__name__)
 
 
@@ -88,70 +84,17 @@ def _check_plain(value: Any, where: str) -> None:
     raise ValueError(f"{where} is a {type(value).__name__}; a checkpoint holds only plain values and tensors")
 
 
-def partial_prefix(path: str | os.PathLike[str]) -> str:
-    """The name prefix of the temporary files a save to ``path`` writes (``.NAME.partial-``) in its folder.
-
-    A name too long for the file system's limit (NAME_MAX) with the prefix and the random suffix is cut, and a
-    hash of the full name keeps targets that share a long beginning apart.
-    """
-    path = Path(path)
-    try:
-        name_max = os.pathconf(path.parent if path.parent.is_dir() else ".", "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):
-        name_max = 255
-    prefix = f".{path.name}.partial-"
-    room = name_max - _RANDOM_SUFFIX
-    if len(prefix.encode()) <= room:
-        return prefix
-    digest = hashlib.sha1(path.name.encode()).hexdigest()[:8]
-    keep = path.name.encode()[: room - len(".~.partial-") - len(digest)].decode(errors="ignore")
-    return f".{keep}~{digest}.partial-"
-
-
-def remove_stale_partials(path: str | os.PathLike[str]) -> list[Path]:
-    """Delete temporary files a killed save to ``path`` left behind; returns what was removed.
-
-    Only names made by :func:`partial_prefix` for this very target (plus mkstemp's random suffix) are touched.
-    One writer per target is assumed: a save running at the same time into the same path loses its file.
-    """
-    path = Path(path)
-    prefix = partial_prefix(path)
-    if not path.parent.is_dir():
-        return []
-    removed = []
-    for entry in path.parent.iterdir():
-        if entry.name.startswith(prefix) and len(entry.name) == len(prefix) + _RANDOM_SUFFIX and entry.is_file():
-            entry.unlink(missing_ok=True)
-            removed.append(entry)
-    return removed
-
-
-def _umask() -> int:
-    try:  # Linux reports it without changing it (setting it to read it back races with other threads)
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` a file in ``path``'s folder, give it the umask's permissions and rename it onto
-    ``path``; nothing is left behind on failure, and earlier saves' leftovers are removed on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=partial_prefix(path), dir=path.parent)
-    os.close(handle)
+    """``write(tmp)`` a file beside ``path`` and rename it onto ``path``; nothing is left behind on failure,
+    and leftovers of earlier, killed saves to ``path`` are removed on success. The temporary name
+    (``.NAME.partial-<pid>-<token>``, :mod:`reference_models.partial_output`) stays within NAME_MAX and the
+    file gets the umask's permissions, not tempfile's 0600."""
+    tmp = create_partial_file(path, suffix="")
     try:
-        write(tmp)
-        # mkstemp creates 0600; a checkpoint gets what any new file gets (0644 under the usual umask)
-        os.chmod(tmp, 0o666 & ~_umask())
+        write(str(tmp))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     remove_stale_partials(path)
 
@@ -181,7 +124,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **extra: Any
 
     A path ending in ``.safetensors`` writes a safetensors file (weights as tensors, model spec and extras as
     JSON metadata: the format to share, readable without pickle); any other name a ``torch.save`` file. The
-    file is written under a temporary name in the same folder (:func:`partial_prefix`) and renamed, so an
+    file is written under a temporary name in the same folder (:mod:`reference_models.partial_output`) and renamed, so an
     interrupted save never leaves a truncated checkpoint; it gets the umask's permissions, and temporary
     files of earlier, killed saves to the same path are removed.
 

@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import signal
 import threading
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ __all__ = [
     "create_partial_dir",
     "create_partial_file",
     "stale_partials",
+    "remove_stale_partials",
+    "remove_partial",
     "signals_deferred",
 ]
 
@@ -77,11 +80,12 @@ def create_partial_dir(final: Path) -> Path:
             continue
 
 
-def create_partial_file(final: Path) -> Path:
-    """A new empty partial file beside ``final`` with its suffix (so that formats are still guessed from it)."""
+def create_partial_file(final: Path, suffix: str | None = None) -> Path:
+    """A new empty partial file beside ``final`` ending in ``suffix`` (default: ``final``'s, so that formats
+    are still guessed from the name; ``""`` gives ``.NAME.partial-*`` for writers that need no suffix)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        path = _new_name(final, final.suffix)
+        path = _new_name(final, final.suffix if suffix is None else suffix)
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             _OWN.add(path)
@@ -117,6 +121,22 @@ def stale_partials(final: Path, suffix: str = "") -> list[Path]:
         if match and not (match.group(1) and _running(int(match.group(1)), path)):
             found.append(path)
     return sorted(found, key=lambda p: p.lstat().st_mtime, reverse=True)
+
+
+def remove_partial(path: Path) -> None:
+    """Delete a partial folder (with its contents) or file; one already gone is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_partials(final: Path, suffix: str = "") -> list[Path]:
+    """Delete the partials of ``final`` that :func:`stale_partials` finds; returns them."""
+    stale = stale_partials(final, suffix)
+    for path in stale:
+        remove_partial(path)
+    return stale
 
 
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)

@@ -28,7 +28,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from reference_models.partial_output import create_partial_dir, create_partial_file, signals_deferred, stale_partials
+from reference_models.partial_output import (
+    create_partial_dir,
+    create_partial_file,
+    remove_partial,
+    remove_stale_partials,
+    signals_deferred,
+    stale_partials,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -281,13 +288,6 @@ class FrameWriter(ABC):
             raise
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
 def _complete_png(path: Path, size: tuple[int, int]) -> bool:
     """Whether ``path`` is a PNG of ``(height, width)`` whose pixel data decodes to the end."""
     try:
@@ -337,7 +337,7 @@ class FolderWriter(FrameWriter):
         adopted = next((p for p in stale if p.is_dir()), None) if resume_size is not None else None
         for path in stale:
             if path != adopted:
-                _remove(path)
+                remove_partial(path)
         try:
             self.tmp = create_partial_dir(self.folder)
         except OSError as exc:
@@ -428,8 +428,7 @@ class VideoWriter(FrameWriter):
         self.time_base = time_base if timed else None
         self.pts = pts if timed else None
         self.copy_from = copy_from
-        for path_ in stale_partials(self.path, self.path.suffix):
-            _remove(path_)
+        remove_stale_partials(self.path, self.path.suffix)
         try:
             self.tmp = create_partial_file(self.path)
         except OSError as exc:

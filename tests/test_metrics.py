@@ -141,3 +141,39 @@ def test_psnr_rejects_bad_input(img, ref, kwargs, error, message):
 def test_ssim_rejects_images_smaller_than_window():
     with pytest.raises(ValueError, match="at least 11x11"):
         ssim(torch.zeros(1, 3, 14, 14), torch.zeros(1, 3, 14, 14), crop_border=2)
+
+
+def _reference_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The former implementation (BasicSR's ``calculate_ssim_pt``): a 2-D 11x11 float64 convolution."""
+    x, y = x.double() * 255, y.double() * 255
+    coords = torch.arange(11, dtype=torch.float64) - 5
+    k = torch.exp(-coords**2 / (2 * 1.5**2))
+    k = k / k.sum()
+    channels = x.shape[1]
+    window = torch.outer(k, k).expand(channels, 1, 11, 11)
+
+    def blur(t):
+        return torch.nn.functional.conv2d(t, window, groups=channels)
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y, cov = blur(x * x) - mu_x**2, blur(y * y) - mu_y**2, blur(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(dim=(1, 2, 3))
+
+
+@pytest.mark.parametrize("y_channel", [False, True])
+@pytest.mark.parametrize("noise", [0.01, 0.3])
+def test_separable_ssim_equals_the_2d_float64_reference(y_channel, noise):
+    """8-bit frames, as an evaluation scores them: within 1e-7 of the 2-D convolution (in fact ~1e-15)."""
+    x = (seeded_rand((2, 3, 72, 96), 10, torch.float64) * 255).round() / 255
+    y = ((x + noise * (seeded_rand((2, 3, 72, 96), 11, torch.float64) - 0.5)).clamp(0, 1) * 255).round() / 255
+    expected = _reference_ssim(rgb_to_y(x), rgb_to_y(y)) if y_channel else _reference_ssim(x, y)
+    torch.testing.assert_close(ssim(x, y, test_y_channel=y_channel), expected, atol=1e-7, rtol=0)
+    torch.testing.assert_close(ssim(x, y, test_y_channel=y_channel), expected, atol=1e-12, rtol=0)
+
+
+def test_ssim_is_differentiable():
+    x = seeded_rand((1, 1, 12, 13), 12, torch.float64).requires_grad_()
+    y = seeded_rand((1, 1, 12, 13), 13, torch.float64)
+    assert torch.autograd.gradcheck(lambda a: ssim(a, y), (x,))

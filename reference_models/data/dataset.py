@@ -28,10 +28,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from reference_models.data.dataset_error import DatasetError
 from reference_models.data.degradation import DEGRADATIONS, degradation_margin, degrade
 from reference_models.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FolderSource, VideoIOError, VideoSource, _to_rgb8, natural_key
 
-__all__ = ["Clip", "FrameFolderClip", "VideoFileClip", "TensorClip", "load_clips", "TrainClips", "ValClips"]
+__all__ = ["check_lr_pairs", "Clip", "FrameCache", "FrameListClip", "FrameFolderClip", "VideoFileClip", "TensorClip", "load_clips", "TrainClips", "ValClips"]
 
 
 class Clip(ABC):
@@ -58,7 +59,7 @@ class Clip(ABC):
         return torch.stack([self[i] for i in indices]).float().div_(255)
 
 
-class _LRU:
+class FrameCache:
     """A byte-bounded cache of decoded frames (decoding a PNG costs more than a training step of a tiny model)."""
 
     def __init__(self, max_bytes: int) -> None:
@@ -97,18 +98,30 @@ def _read_frame(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.array(_to_rgb8(array, f"'{path.parent}'", set()))).permute(2, 0, 1).contiguous()
 
 
-class FrameFolderClip(Clip):
-    """A folder of frame images (natural order, one size), read on demand and kept in a shared byte-bounded cache."""
+class FrameListClip(Clip):
+    """Listed frame images, read on demand and kept in a shared byte-bounded cache; the frame size is read
+    from the first file's header when asked (datasets of many short clips, such as Vimeo-90K's septuplets,
+    are listed without opening every file)."""
 
-    def __init__(self, folder: str | Path, cache: _LRU | None = None) -> None:
-        source = FolderSource(folder)  # lists the frames and checks that they share one size
-        self.paths = source.paths
-        self._frame_size = (source.height, source.width)
-        self.name = Path(folder).name
+    def __init__(self, paths: Sequence[str | Path], name: str, cache: FrameCache | None = None) -> None:
+        if not paths:
+            raise VideoIOError(f"clip {name!r} has no frames")
+        self.paths = [Path(p) for p in paths]
+        self.name = name
         self.cache = cache
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        if self.__dict__.get("_frame_size") is None:
+            try:
+                with Image.open(self.paths[0]) as img:
+                    self._frame_size = (img.height, img.width)
+            except (OSError, UnidentifiedImageError) as exc:
+                raise VideoIOError(f"cannot read frame '{self.paths[0]}': {exc}") from exc
+        return self._frame_size
 
     def __getitem__(self, index: int) -> torch.Tensor:
         path = self.paths[index]
@@ -118,6 +131,15 @@ class FrameFolderClip(Clip):
             if self.cache is not None:
                 self.cache.put(path, frame)
         return frame
+
+
+class FrameFolderClip(FrameListClip):
+    """A folder of frame images (natural order, one size, checked from the headers up front)."""
+
+    def __init__(self, folder: str | Path, cache: FrameCache | None = None) -> None:
+        source = FolderSource(folder)  # lists the frames and checks that they share one size
+        super().__init__(source.paths, Path(folder).name, cache)
+        self._frame_size = (source.height, source.width)
 
 
 class VideoFileClip(Clip):
@@ -178,7 +200,7 @@ def load_clips(root: str | Path, cache_bytes: int = 2 << 30) -> list[Clip]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder '{root}' does not exist")
-    cache = _LRU(cache_bytes)
+    cache = FrameCache(cache_bytes)
     clips: list[Clip] = []
     if any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in root.iterdir()):
         clips.append(FrameFolderClip(root, cache=cache))
@@ -216,12 +238,38 @@ def _check_degradation(scale: int, degradation: str) -> None:
         raise ValueError(f"scale must be a positive integer, got {scale}")
 
 
+def check_lr_pairs(clips: Sequence[Clip], lr_clips: Sequence[Clip], scale: int) -> None:
+    """Check that ``lr_clips`` pair with ``clips``: one each, as many frames, ``1 / scale`` of the size.
+
+    Raises:
+        DatasetError: naming the first clip that does not pair.
+    """
+    if len(lr_clips) != len(clips):
+        raise DatasetError(f"{len(lr_clips)} LR clips for {len(clips)} HR clips")
+    for hr, lr in zip(clips, lr_clips):
+        if len(hr) != len(lr):
+            raise DatasetError(f"clip {hr.name!r}: {len(hr)} HR frames but {len(lr)} LR frames")
+        (h, w), (lh, lw) = hr.frame_size, lr.frame_size
+        if (h // scale, w // scale) != (lh, lw):
+            raise DatasetError(f"clip {hr.name!r}: LR frames are {lw}x{lh}, but HR {w}x{h} at x{scale} needs {w // scale}x{h // scale}")
+
+
+def _checked_lr(clips: list[Clip], lr_clips: Sequence[Clip] | None, scale: int) -> list[Clip] | None:
+    if lr_clips is None:
+        return None
+    check_lr_pairs(clips, lr_clips, scale)
+    return list(lr_clips)
+
+
 class TrainClips(Dataset):
     """Random training samples: ``{"lr": (T, 3, p, p), "hr": (T, 3, s*p, s*p)}`` float in ``[0, 1]``.
 
     Args:
         clips: the HR clips (see :func:`load_clips`, :class:`TensorClip`).
         num_frames: frames per window ``T``; a clip shorter than that gives reflected windows.
+        lr_clips: provided LR clips, one per HR clip with as many frames, ``1 / scale`` of its size (a dataset's
+            LR tree, :class:`reference_models.data.VideoSet`): LR and HR patches are aligned crops of them, and
+            ``degradation`` is not used. ``None``: LR patches are made from the HR crops on the fly.
         patch_size: LR crop size ``p`` (the HR crop is ``scale * p``).
         scale: the super-resolution factor ``s``.
         augment: random horizontal flip, vertical flip and transpose, the same for every frame of a sample.
@@ -248,11 +296,13 @@ class TrainClips(Dataset):
         blur_sigma: float | tuple[float, float] = 1.6,
         seed: int = 0,
         length: int = 1 << 30,
+        lr_clips: Sequence[Clip] | None = None,
     ) -> None:
         _check_degradation(scale, degradation)
         if not clips:
             raise ValueError("TrainClips needs at least one clip")
         self.clips = list(clips)
+        self.lr_clips = _checked_lr(self.clips, lr_clips, scale)
         self.num_frames = num_frames
         self.patch_size = patch_size
         self.scale = scale
@@ -306,16 +356,12 @@ class TrainClips(Dataset):
             sigma = float(sigma[0] + (sigma[1] - sigma[0]) * torch.rand((), generator=g, dtype=torch.float64))
         flips = torch.rand(3, generator=g) < 0.5
 
-        # Degrade the crop with a margin (clipped at the frame border), then trim: the LR pixels equal those
-        # of the degraded whole frame, at a fraction of the cost.
-        m = degradation_margin(s, self.degradation, float(sigma))
-        y0, y1 = max(0, y - m), min(height, y + hp + m)
-        x0, x1 = max(0, x - m), min(width, x + hp + m)
-        region = clip.frames(indices)[..., y0:y1, x0:x1]
-        lr = degrade(region, s, self.degradation, float(sigma))
-        p, oy, ox = self.patch_size, (y - y0) // s, (x - x0) // s
-        lr = lr[..., oy : oy + p, ox : ox + p]
-        hr = region[..., y - y0 : y - y0 + hp, x - x0 : x - x0 + hp]
+        if self.lr_clips is not None:
+            p, ly, lx = self.patch_size, y // s, x // s
+            lr = self.lr_clips[k].frames(indices)[..., ly : ly + p, lx : lx + p]
+            hr = clip.frames(indices)[..., y : y + hp, x : x + hp]
+        else:
+            lr, hr = self._degraded_crops(k, indices, y, x, float(sigma))
         if self.augment:
             if flips[0]:
                 lr, hr = lr.flip(-1), hr.flip(-1)
@@ -324,6 +370,22 @@ class TrainClips(Dataset):
             if flips[2]:
                 lr, hr = lr.transpose(-1, -2), hr.transpose(-1, -2)
         return {"lr": lr.contiguous(), "hr": hr.contiguous()}
+
+    def _degraded_crops(self, k: int, indices: list[int], y: int, x: int, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The HR crop at ``(y, x)`` of clip ``k`` and its LR patch, made by ``degradation``."""
+        # Degrade the crop with a margin (clipped at the frame border), then trim: the LR pixels equal those
+        # of the degraded whole frame, at a fraction of the cost.
+        s, hp = self.scale, self.patch_size * self.scale
+        height, width = self._size(k)
+        m = degradation_margin(s, self.degradation, sigma)
+        y0, y1 = max(0, y - m), min(height, y + hp + m)
+        x0, x1 = max(0, x - m), min(width, x + hp + m)
+        region = self.clips[k].frames(indices)[..., y0:y1, x0:x1]
+        lr = degrade(region, s, self.degradation, sigma)
+        p, oy, ox = self.patch_size, (y - y0) // s, (x - x0) // s
+        lr = lr[..., oy : oy + p, ox : ox + p]
+        hr = region[..., y - y0 : y - y0 + hp, x - x0 : x - x0 + hp]
+        return lr, hr
 
 
 class ValClips(Dataset):
@@ -340,6 +402,7 @@ class ValClips(Dataset):
         crop: keep a centred ``crop x crop`` HR region of every frame (``None``: whole frames), to bound the
             cost of validating on large footage.
         full_windows: score only frames whose whole window lies inside the clip (no reflected neighbours).
+        lr_clips: provided LR clips paired with ``clips`` (as in :class:`TrainClips`); ``None``: degrade.
     """
 
     def __init__(
@@ -352,9 +415,11 @@ class ValClips(Dataset):
         frames_per_clip: int | None = None,
         crop: int | None = None,
         full_windows: bool = False,
+        lr_clips: Sequence[Clip] | None = None,
     ) -> None:
         _check_degradation(scale, degradation)
         self.clips = list(clips)
+        self.lr_clips = _checked_lr(self.clips, lr_clips, scale)
         self.num_frames = num_frames
         self.scale = scale
         self.degradation = degradation
@@ -378,13 +443,20 @@ class ValClips(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         k, centre = self.items[index]
         clip = self.clips[k]
-        hr = clip.frames(_window(centre, self.num_frames, len(clip)))
+        window = _window(centre, self.num_frames, len(clip))
+        hr = clip.frames(window)
+        s = self.scale
         h, w = hr.shape[-2:]
+        h, w = h - h % s, w - w % s
+        top = left = 0
         if self.crop is not None:
-            ch, cw = min(h, self.crop), min(w, self.crop)
-            top, left = (h - ch) // 2, (w - cw) // 2
-            hr = hr[..., top : top + ch, left : left + cw]
+            # On the scale grid, so that a provided LR frame crops to the same region.
+            ch, cw = min(h, self.crop) // s * s, min(w, self.crop) // s * s
+            top, left = (h - ch) // 2 // s * s, (w - cw) // 2 // s * s
             h, w = ch, cw
-        hr = hr[..., : h - h % self.scale, : w - w % self.scale]
-        lr = degrade(hr, self.scale, self.degradation, self.blur_sigma)
+        hr = hr[..., top : top + h, left : left + w]
+        if self.lr_clips is None:
+            lr = degrade(hr, s, self.degradation, self.blur_sigma)
+        else:
+            lr = self.lr_clips[k].frames(window)[..., top // s : (top + h) // s, left // s : (left + w) // s]
         return {"lr": lr, "hr": hr}

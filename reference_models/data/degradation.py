@@ -10,7 +10,12 @@ Two degradations, the two the VSR literature trains and tests with:
   ``imresize`` in ``tests/reference_models/test_training.py``: max absolute difference < 1e-6 on every pixel
   (float64 on CPU; float32 on GPU adds ~1e-6 rounding).
 - ``"blur"`` (BD): a Gaussian blur of standard deviation ``blur_sigma`` (1.6 in DUF, TDAN, BasicVSR's BD
-  setting), then keep every ``scale``-th pixel.
+  setting), then keep every ``scale``-th pixel, starting with pixel 0. This is DUF's ``DUF_downsample`` as
+  BasicSR (``duf_downsample``) and BasicVSR/MMagic use it: a 13x13 kernel (scipy's ``gaussian_filter`` of a
+  dirac, i.e. the Gaussian truncated at 4 sigma, radius ``int(4 sigma + 0.5)`` = 6 for sigma 1.6), reflect
+  padding, a stride-``scale`` convolution whose kept outputs are centred on HR pixels ``0, scale, 2 scale, ...``
+  (DUF pads ``6 + 2 scale`` and trims 2 LR pixels per side, which lands on offset 0 for scale 4). Checked
+  against that recipe in ``tests/reference_models/data/test_degradation.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bicubic_downsample", "bicubic_upsample", "gaussian_kernel1d", "gaussian_blur", "blur_downsample", "degrade", "degradation_margin", "DEGRADATIONS"]
+__all__ = ["blur_radius", "bicubic_downsample", "bicubic_upsample", "gaussian_kernel1d", "gaussian_blur", "blur_downsample", "degrade", "degradation_margin", "DEGRADATIONS"]
 
 DEGRADATIONS = ("bicubic", "blur")
 
@@ -98,12 +103,18 @@ def bicubic_upsample(lr: torch.Tensor, scale: int = 4) -> torch.Tensor:
     return up.to(dtype).reshape(*lead, c, h * scale, w * scale)
 
 
-def gaussian_kernel1d(sigma: float, radius: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A normalised 1-D Gaussian of standard deviation ``sigma`` over ``2 * radius + 1`` taps
-    (``radius`` defaults to ``ceil(3 * sigma)``)."""
+def blur_radius(sigma: float) -> int:
+    """Taps on each side of a Gaussian of standard deviation ``sigma`` truncated at 4 sigma, as scipy's
+    ``gaussian_filter`` rounds it (``int(4 sigma + 0.5)``: 6 for DUF's 13-tap sigma 1.6 kernel)."""
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
-    radius = math.ceil(3 * sigma) if radius is None else radius
+    return int(4 * sigma + 0.5)
+
+
+def gaussian_kernel1d(sigma: float, radius: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A normalised 1-D Gaussian of standard deviation ``sigma`` over ``2 * radius + 1`` taps
+    (``radius`` defaults to :func:`blur_radius`, scipy's and DUF's truncation)."""
+    radius = blur_radius(sigma) if radius is None else radius
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.exp(-(x**2) / (2 * sigma**2))
     return (k / k.sum()).to(dtype)
@@ -150,6 +161,6 @@ def degradation_margin(scale: int = 4, kind: str = "bicubic", blur_sigma: float 
 
     Degrading a crop padded by this margin and trimming gives the same LR as degrading the whole frame.
     """
-    support = 2 * scale if kind == "bicubic" else math.ceil(3 * blur_sigma)
+    support = 2 * scale if kind == "bicubic" else blur_radius(blur_sigma)
     return scale * math.ceil(support / scale)
 

@@ -8,8 +8,7 @@ arguments (and answer ``--help``) before torch is imported.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from reference_models.lazy_exports import lazy_exports
 
 _SOURCES = {
     "reference_models.data.dataset": ("Clip", "FrameFolderClip", "TensorClip", "TrainClips", "ValClips", "VideoFileClip", "load_clips"),
@@ -44,13 +43,4 @@ _WHERE = {name: module for module, names in _SOURCES.items() for name in names}
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

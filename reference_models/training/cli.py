@@ -1,4 +1,5 @@
-"""``python -m reference_models train MODEL --data DIR ...``: the command line of the training loop.
+"""``python -m reference_models train MODEL --data DIR ...`` (or ``--dataset reds --root DIR``): the command line of
+the training loop.
 
 Every option left out takes its default, or, with ``--resume``, the value the checkpoint's run used, so
 ``train mana --data clips --resume runs/mana/last.pt`` continues exactly (give ``--steps`` to extend it:
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reference_models.data.catalog import TRAIN_DATASETS
 from reference_models.training.recipes import LOSSES, NONFINITE_POLICIES, PAPER_RECIPES
 from reference_models.training.schedule import SCHEDULES
 
@@ -49,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Options left out take their defaults, or with --resume the values of the checkpoint's run.",
     )
     p.add_argument("model", choices=list_models(), help="the network to train")
-    p.add_argument("--data", required=True, help="folder of HR clips: one sub-folder of frames per clip, or video files")
+    p.add_argument("--data", help="folder of HR clips: one sub-folder of frames per clip, or video files (= --dataset folder --root DIR)")
+    p.add_argument("--dataset", choices=TRAIN_DATASETS, help="a dataset laid out as distributed under --root: reds (train_sharp without REDS4), vimeo90k (sep_trainlist.txt), vid4, folder; its provided LR frames are used when present")
+    p.add_argument("--root", help="the --dataset's folder")
     p.add_argument("--preset", help="model preset (default: tiny)")
     p.add_argument("--weights", help="start from these weights (a reference_models checkpoint or a state_dict file)")
     p.add_argument("--resume", help="continue the run saved in this checkpoint (last.pt)")
@@ -104,7 +108,7 @@ def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str
 
     defaults = {**TrainConfig().to_dict(), **_DATA_DEFAULTS, "output_dir": f"runs/{args.model}"}
     base = {**defaults, **(saved or {})}
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("model", "data", "resume")}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("model", "data", "dataset", "root", "resume")}
     return {**base, **given}
 
 
@@ -180,6 +184,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from reference_models import create_model
     from reference_models.checkpoint import load_checkpoint
+    from reference_models.data.catalog import open_dataset
     from reference_models.data.dataset import TrainClips, ValClips, load_clips
     from reference_models.training import distributed
     from reference_models.training.trainer import TrainConfig, Trainer, seed_everything
@@ -210,12 +215,22 @@ def _train(args: argparse.Namespace) -> int:
     if opts["weights"] and not args.resume:
         load_checkpoint(model, opts["weights"])
 
-    clips = load_clips(args.data)
+    if (args.data is None) == (args.dataset is None) or (args.dataset is None) != (args.root is None):
+        raise ValueError("give the training data as --data DIR, or as --dataset NAME --root DIR")
+    data_root = args.data or args.root
+    kind = {"bicubic": "bi", "blur": "bd"}[opts["degradation"]]
+    dataset = open_dataset(args.dataset or "folder", data_root, degradation=kind, scale=model.scale)
+    print(dataset.describe_lr(kind))
+    clips, lr_clips = dataset.hr, dataset.lr
     val_clips = load_clips(opts["val_data"]) if opts["val_data"] else []
+    val_lr = None
     if opts["val_holdout"]:
         if opts["val_holdout"] >= len(clips):
-            raise ValueError(f"--val-holdout {opts['val_holdout']} leaves no training clip of the {len(clips)} in {args.data}")
+            raise ValueError(f"--val-holdout {opts['val_holdout']} leaves no training clip of the {len(clips)} in {data_root}")
         clips, val_clips = clips[: -opts["val_holdout"]], val_clips + clips[-opts["val_holdout"] :]
+        if lr_clips is not None:
+            # Provided LR frames validate the held-out clips only when no --val-data clip lacks them.
+            lr_clips, val_lr = lr_clips[: -opts["val_holdout"]], None if opts["val_data"] else lr_clips[-opts["val_holdout"] :]
     sigma = opts["blur_sigma"]
     sigma = float(sigma[0]) if len(sigma) == 1 else (float(sigma[0]), float(sigma[1]))
     train_data = TrainClips(
@@ -227,6 +242,7 @@ def _train(args: argparse.Namespace) -> int:
         degradation=opts["degradation"],
         blur_sigma=sigma,
         seed=opts["seed"],
+        lr_clips=lr_clips,
     )
     val_data = None
     if val_clips:
@@ -238,6 +254,7 @@ def _train(args: argparse.Namespace) -> int:
             blur_sigma=sigma if isinstance(sigma, float) else sum(sigma) / 2,
             frames_per_clip=opts["val_frames"] or None,
             crop=opts["val_crop"] or None,
+            lr_clips=val_lr,
         )
     config = TrainConfig.from_dict(opts)
     trainer = Trainer(model, train_data, config, val_data, metadata={"options": opts})

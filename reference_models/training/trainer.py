@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from reference_models import partial_output
 from reference_models.data.degradation import bicubic_upsample
 from reference_models.training import distributed
 from reference_models.training.ema import WeightEMA
@@ -222,15 +223,9 @@ def seed_everything(seed: int) -> None:
 
 
 def remove_stale_partials(folder: str | Path, names: tuple[str, ...] = CHECKPOINT_NAMES) -> list[Path]:
-    """Delete the temporary files (``.NAME.partial-*``) an interrupted save of ``names`` left in ``folder``;
-    returns them. Another run writing into the same folder at the same time is not supported."""
-    removed = []
-    for name in names:
-        for stale in Path(folder).glob(f".{name}.partial-*"):
-            if stale.is_file():
-                stale.unlink(missing_ok=True)
-                removed.append(stale)
-    return removed
+    """Delete the temporary files (``.NAME.partial-*``) that interrupted saves of ``names`` left in ``folder``
+    (their writing process is gone); returns them."""
+    return [path for name in names for path in partial_output.remove_stale_partials(Path(folder) / name)]
 
 
 @dataclass
