@@ -34,7 +34,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from reference_models.partial_output import create_partial_file, remove_stale_partials
+from reference_models.partial_output import create_partial_file, current_umask, remove_stale_partials
 from reference_models.registry import create_model, list_models, model_spec
 from vsrblocks.checkpoint import (
     CheckpointError,
@@ -92,6 +92,8 @@ def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
     tmp = create_partial_file(path, suffix="")
     try:
         write(str(tmp))
+        # some writers (safetensors) replace the file with a 0600 one of their own
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

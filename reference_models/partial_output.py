@@ -31,6 +31,7 @@ __all__ = [
     "stale_partials",
     "remove_stale_partials",
     "remove_partial",
+    "current_umask",
     "signals_deferred",
 ]
 
@@ -121,6 +122,21 @@ def stale_partials(final: Path, suffix: str = "") -> list[Path]:
         if match and not (match.group(1) and _running(int(match.group(1)), path)):
             found.append(path)
     return sorted(found, key=lambda p: p.lstat().st_mtime, reverse=True)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (setting it to read it back
+    races with other threads)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_partial(path: Path) -> None:

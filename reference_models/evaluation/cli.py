@@ -19,9 +19,10 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from reference_models.data.catalog import EVAL_DATASETS
+
 __all__ = ["build_parser", "main"]
 
-_DATASETS = ("vid4", "reds4", "vimeo90k-t", "folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="a reference model, or 'bicubic'; may be left out with a --checkpoint saved by this package")
     p.add_argument("--preset", help="model preset (default: the checkpoint's, else 'paper')")
     p.add_argument("--checkpoint", help="weights: our checkpoint (rebuilds the model) or a plain/official state_dict")
-    p.add_argument("--dataset", required=True, choices=_DATASETS, help="the test set's layout")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="constructor argument, repeatable; for an official checkpoint an official setting (num_frame=7)")
+    p.add_argument("--random-weights", action="store_true", help="score a model without --checkpoint (smoke tests only)")
+    p.add_argument("--dataset", required=True, choices=EVAL_DATASETS, help="the test set's layout")
     p.add_argument("--root", required=True, help="the dataset's folder")
     p.add_argument("--degradation", choices=["bi", "bd"], default="bi", help="bi: MATLAB bicubic (default); bd: Gaussian blur sigma 1.6, every 4th pixel")
     p.add_argument("--output-json", help="write the scores to this JSON file")

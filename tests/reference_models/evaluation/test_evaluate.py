@@ -96,7 +96,7 @@ def test_evaluate_a_model_and_save_frames(tmp_path, capsys):
     frames_dir = tmp_path / "sr"
     status = cli_main(
         ["evaluate", "mana", "--preset", "tiny", "--dataset", "vid4", "--root", str(root), "--device", "cpu",
-         "--save-frames", str(frames_dir), "--crop-border", "2", "-q"]
+         "--save-frames", str(frames_dir), "--crop-border", "2", "-q", "--random-weights"]
     )
     assert status == 0
     captured = capsys.readouterr()
