@@ -1,7 +1,7 @@
 """Command line of the reference models.
 
     python -m reference_models run MODEL --input PATH --output DIR [--checkpoint FILE] [--preset NAME]
-        [--tile N] [--tile-overlap N] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--batch N]
+        [--tile N] [--tile-overlap N] [--max-memory SIZE] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--batch N]
     python -m reference_models run --checkpoint FILE --input PATH --output out.mp4
     python -m reference_models list
     python -m reference_models demo [...]
@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help="model preset (default: the checkpoint's, else 'paper')")
     run.add_argument("--tile", type=int, help="run spatial tiles of at most N x N LR pixels (bounds memory)")
     run.add_argument("--tile-overlap", type=int, default=16, help="overlap of tiles in LR pixels (default 16)")
+    run.add_argument(
+        "--max-memory",
+        help="memory budget of the forward passes, e.g. 4G or 512M (default: half the available memory); without "
+        "--tile, frames that would exceed it run as tiles",
+    )
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     run.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
@@ -133,6 +138,10 @@ def _run(args: argparse.Namespace) -> int:
         raise _UserError("--output must differ from --input")
     source = open_frames(args.input)
     model = _build_model(args)
+    if args.tile is None:
+        from reference_models.memory_budget import automatic_tile
+
+        args.tile = automatic_tile(model, source.height, source.width, args.batch, args.max_memory, args.tile_overlap)
     fps = source.fps if args.fps is None else Fraction(args.fps).limit_denominator(1001)
     start = time.perf_counter()
     frames = (torch.from_numpy(array).permute(2, 0, 1) for array in source)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ __all__ = [
     "parse_size",
     "format_size",
     "default_budget",
+    "automatic_tile",
     "SAFETY_FACTOR",
 ]
 
@@ -111,6 +113,9 @@ def _probe(model: nn.Module, shape: tuple[int, ...], device: torch.device, dtype
     clip = torch.rand(shape, device=device).to(dtype)
     with torch.no_grad(), LiveTensorBytes() as live:
         model(clip)
+    reset = getattr(model, "reset_state", None)
+    if callable(reset):
+        reset()  # a stateful model must not carry the probe's state into the real frames
     return live.peak
 
 
@@ -227,3 +232,30 @@ def default_budget(device: torch.device | str = "cpu", fraction: float = 0.5) ->
         return int(fraction * free)
     available = _available_cpu_bytes()
     return None if available is None else int(fraction * available)
+
+
+def automatic_tile(
+    model: nn.Module, height: int, width: int, batch: int = 1, max_memory: str | None = None, tile_overlap: int = 16
+) -> int | None:
+    """What ``run`` does without ``--tile``: the tile side that keeps ``batch`` windows of ``height x width``
+    frames within ``max_memory`` (:func:`parse_size`; ``None``: :func:`default_budget`), or ``None`` when whole
+    frames fit. Choosing tiles issues one warning that says so.
+
+    Raises:
+        ValueError: for a malformed size, or a budget too small for the smallest tile.
+    """
+    first = next((t for t in model.parameters() if t.is_floating_point()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    budget = parse_size(max_memory) if max_memory is not None else default_budget(device)
+    if budget is None:
+        return None
+    estimate = estimate_memory(model, batch)
+    own_tile = getattr(model, "tile_size", None) or 1
+    tile = choose_tile(estimate, height, width, budget, tile_overlap, minimum=own_tile)
+    if tile is not None:
+        warnings.warn(
+            f"{width}x{height} frames would need about {format_size(estimate.peak(height, width))}, over the "
+            f"memory budget of {format_size(budget)} (--max-memory): running {tile}x{tile} tiles (--tile)",
+            stacklevel=2,
+        )
+    return tile
