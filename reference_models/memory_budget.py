@@ -119,6 +119,11 @@ def _probe(model: nn.Module, shape: tuple[int, ...], device: torch.device, dtype
     return live.peak
 
 
+def _probe_sizes(model: nn.Module) -> tuple[int, int]:
+    small = max(32, getattr(model, "tile_size", None) or 0)
+    return small, small + small // 2
+
+
 def estimate_memory(
     model: nn.Module, batch: int = 1, probe_sizes: tuple[int, int] | None = None
 ) -> MemoryEstimate:
@@ -137,10 +142,7 @@ def estimate_memory(
     first = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None else torch.float32
-    if probe_sizes is None:
-        small = max(32, getattr(model, "tile_size", None) or 0)
-        probe_sizes = (small, small + small // 2)
-    small, large = probe_sizes
+    small, large = _probe_sizes(model) if probe_sizes is None else probe_sizes
     if not 0 < small < large:
         raise ValueError(f"probe_sizes must be increasing and positive, got {probe_sizes}")
     frames = int(model.num_frames)
@@ -239,7 +241,8 @@ def automatic_tile(
 ) -> int | None:
     """What ``run`` does without ``--tile``: the tile side that keeps ``batch`` windows of ``height x width``
     frames within ``max_memory`` (:func:`parse_size`; ``None``: :func:`default_budget`), or ``None`` when whole
-    frames fit. Choosing tiles issues one warning that says so.
+    frames fit. Choosing tiles issues one warning that says so. Under the default budget, frames no larger
+    than :func:`estimate_memory`'s probes run whole without probing (the probes would cost as much).
 
     Raises:
         ValueError: for a malformed size, or a budget too small for the smallest tile.
@@ -247,7 +250,7 @@ def automatic_tile(
     first = next((t for t in model.parameters() if t.is_floating_point()), None)
     device = first.device if first is not None else torch.device("cpu")
     budget = parse_size(max_memory) if max_memory is not None else default_budget(device)
-    if budget is None:
+    if budget is None or (max_memory is None and height * width <= _probe_sizes(model)[1] ** 2):
         return None
     estimate = estimate_memory(model, batch)
     own_tile = getattr(model, "tile_size", None) or 1
