@@ -1,7 +1,7 @@
 """Command line of the reference models.
 
     python -m reference_models run MODEL --input PATH --output DIR --checkpoint FILE [--preset NAME]
-        [--tile N] [--tile-overlap N] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--batch N]
+        [--tile N] [--tile-overlap N] [--max-memory SIZE] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--batch N]
         [--resume]
     python -m reference_models run --checkpoint FILE --input in.mp4 --output out.mp4 [--codec NAME] [--crf N]
         [--pix-fmt NAME] [--no-audio]
@@ -86,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="constructor argument, repeatable; for an official checkpoint an official setting (num_frame=7)")
+    run.add_argument(
+        "--max-memory",
+        help="memory budget of the forward passes, e.g. 4G or 512M (default: half the available memory); without "
+        "--tile, frames that would exceed it run as tiles",
+    )
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     run.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
@@ -175,12 +180,14 @@ def _check_options(args: argparse.Namespace) -> None:
             raise _UserError(f"{', '.join(given)}: for a video output ({', '.join(sorted(VIDEO_EXTENSIONS))})")
 
 
-def _check_tile(args: argparse.Namespace, model) -> None:
+def _check_tile(args: argparse.Namespace, model) -> int:
+    """The smallest tile ``model`` can run (``--tile`` below it is an error)."""
     from reference_models.inference import minimum_tile
 
     need = minimum_tile(model)
     if args.tile is not None and args.tile < need:
         raise _UserError(f"--tile must be >= {need} for {type(model).__name__} (its patch attention or image pyramid)")
+    return max(MIN_TILE, need)
 
 
 def _open_output(args: argparse.Namespace, source, scale: int):
@@ -225,7 +232,15 @@ def _run(args: argparse.Namespace) -> int:
     _check_options(args)
     source = open_frames(args.input)
     model = _build_model(args)
-    _check_tile(args, model)
+    smallest_tile = _check_tile(args, model)
+    if args.tile is None:
+        from reference_models.memory_budget import automatic_tile
+
+        args.tile = automatic_tile(
+            model, source.height, source.width, args.batch, args.max_memory, minimum=smallest_tile
+        )
+        if args.tile is not None:
+            args.tile_overlap = min(16, args.tile // 2)
     scale = int(model.scale)
     start = time.perf_counter()
     frames = (torch.from_numpy(array).permute(2, 0, 1) for array in source)

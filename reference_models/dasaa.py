@@ -106,12 +106,15 @@ class DASAA(nn.Module):
     Memory: the maps are materialised (:func:`~vsrblocks.attention.attention_map`, for ``"local"`` too),
     ``B (T - 1) (HW)^2`` values each for ``M_fwd``, ``M_rev`` and their product, plus gradients: 16 MiB per map
     per 5-frame clip at 32x32 LR, 256 MiB at 64x64. Fine for training patches, not for whole frames, hence
-    nothing extra in eval mode.
+    nothing extra in eval mode. Without them (and always in eval mode) memory is linear in the pixels: the DAM's
+    PAM and the SAA warp run through the fused attention kernel, the SAA mask's column sums in blocks of 32
+    queries (``(HW)^2`` time, no ``(HW)^2`` tensor); ``python -m reference_models run --max-memory`` tiles
+    frames that would exceed a budget.
 
     FLOPs: the abstract's 6.39 G is read as thop-style conv-only MACs (see
     :func:`reference_models.flops.count_macs`) at an unknown input size. At ``(1, 5, 3, 32, 32)`` the
     spec's default (4 extraction blocks, 0.75 M parameters) counts 5.80 G (plus 1.22 G in attention
-    products); the ``paper`` preset uses 6 blocks (0.90 M parameters), 6.55 G (+2.5 %), the closest block
+    products, 1.52 G executed: the fused kernel runs PAM's query/key products at the value width); the ``paper`` preset uses 6 blocks (0.90 M parameters), 6.55 G (+2.5 %), the closest block
     count (5 blocks: 6.17 G, -3.4 %).
 
     Shape:

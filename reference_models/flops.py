@@ -53,12 +53,19 @@ def _deform_conv_flops(input_shape, weight_shape, *args, out_shape=None, **kwarg
     return 2 * math.prod(out_shape) * weight_shape[1] * weight_shape[2] * weight_shape[3]
 
 
+def _flash_attention_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    # The CPU flash kernel, which FlopCounterMode has no formula for: 2 x (Q K^T and S V MACs).
+    *batch, n, d = query_shape
+    return 2 * math.prod(batch) * n * key_shape[-2] * (d + value_shape[-1])
+
+
 def _custom_mapping() -> dict:
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _flash_attention_cpu_flops}
     try:
         import torchvision.ops  # noqa: F401 (importing registers torch.ops.torchvision)
     except ImportError:
-        return {}
-    return {torch.ops.torchvision.deform_conv2d: _deform_conv_flops}
+        return mapping
+    return {**mapping, torch.ops.torchvision.deform_conv2d: _deform_conv_flops}
 
 
 def count_macs(model: nn.Module, *inputs: torch.Tensor) -> dict[str, int]:

@@ -186,8 +186,9 @@ class MAFnet(nn.Module):
         - Input: ``(B, T, 3, H, W)``, RGB in [0, 1], ``T = num_frames``, any ``H, W``
         - Output: ``(B, T, 3, 4H, 4W)``, or ``(B, 3, 4H, 4W)`` with ``center_only``
 
-    Memory: the self-attention holds an ``(HW)^2`` map per frame and the DLSTM runs at 4x, so tile large
-    frames (``python -m reference_models run --tile``).
+    Memory: linear in the pixels (the self-attention runs through the fused attention kernel, no ``(HW)^2``
+    map, in inference and training); the DLSTM at 4x dominates. ``python -m reference_models run`` tiles frames
+    that would exceed its memory budget (``--max-memory``).
 
     Examples:
         >>> model = MAFnet(**PRESETS["tiny"])

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reference_models.memory_budget import LiveTensorBytes
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
 from tests.strategies import seeded_randn, seeds, sizes
 from vsrblocks.attention import ChannelSelfAttention, DualAttention, PositionAttention
@@ -119,3 +120,12 @@ def test_reset_parameters_restores_the_identity_gates():
     for name, p in dam.named_parameters():
         if "gamma" not in name:
             assert not torch.equal(p, before[name]), f"{name} was not re-drawn"
+
+
+def test_memory_linear_in_pixels_in_inference():
+    """Both branches at 64x48 hold nothing near the HW x HW map (9.4 M values) in inference."""
+    dam = _dam(1)
+    n = 64 * 48
+    with torch.no_grad(), LiveTensorBytes() as live:
+        dam(seeded_randn((1, 16, 64, 48), 1))
+    assert live.largest < n * n * 4 // 8, live.largest

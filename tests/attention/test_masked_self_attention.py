@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reference_models.memory_budget import LiveTensorBytes
 from tests.attention.passrnet_reference import reference_attention
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
 from tests.strategies import seeded_randn, seeds, sizes
@@ -312,3 +313,27 @@ def test_errors():
         saa(torch.randn(1, 8, 5, 5), torch.randn(1, 8, 5, 6))
     with pytest.raises(ValueError, match="key_value"):
         saa(torch.randn(2, 8, 5, 5), torch.randn(1, 3, 8, 5, 5))
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize("mode", ["valid_morph", "soft_morph"])
+def test_inference_memory_is_linear_in_pixels(scope, mode):
+    """Four times the pixels (36x34 -> 72x68) take at most about four times the largest and the peak tensor
+    bytes in inference (a pixel-by-pixel map would take sixteen times)."""
+    saa = _saa(0, channels=8, attn_scope=scope, mask_mode=mode, local_radius=2)
+    measured = []
+    for h, w in ((36, 34), (72, 68)):
+        ref, nbr = seeded_randn((1, 8, h, w), 0), seeded_randn((1, 2, 8, h, w), 1)
+        with torch.no_grad(), LiveTensorBytes() as live:
+            saa.align(ref, nbr)
+        measured.append((live.largest, live.peak))
+    (largest_small, peak_small), (largest_big, peak_big) = measured
+    assert largest_big <= 4.5 * largest_small and peak_big <= 4.5 * peak_small, measured
+
+
+def test_received_attention_blocks_equal_the_whole_map_in_float64():
+    """The default 32-query blocks against the column sums of the whole map it replaced."""
+    q, k = seeded_randn((2, 100, 6), 5).double(), seeded_randn((2, 90, 6), 6).double()
+    torch.testing.assert_close(
+        received_attention(q, k), torch.softmax(q @ k.transpose(1, 2), -1).sum(1), atol=1e-12, rtol=0
+    )

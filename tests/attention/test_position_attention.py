@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
 from tests.strategies import frame_shapes, seeded_randn, seeds
+from reference_models.memory_budget import LiveTensorBytes
 from vsrblocks.attention import PositionAttention, position_attention
 
 
@@ -117,3 +118,36 @@ def test_errors():
     ):
         with pytest.raises(ValueError, match="position_attention"):
             position_attention(*bad)
+
+
+@pytest.mark.parametrize(("query_width", "value_width"), [(2, 16), (16, 2), (8, 8)])
+@pytest.mark.parametrize("lead", [(), (3,), (2, 2)])
+def test_fused_equals_explicit_in_float64_values_and_gradients(query_width, value_width, lead):
+    """The fused form (zero-padded widths, 4-D, contiguous) against the explicit ``N x M`` map it replaced."""
+    gen = torch.Generator().manual_seed(query_width + value_width + len(lead))
+    shapes = ((*lead, 7, query_width), (*lead, 5, query_width), (*lead, 5, value_width))
+    inputs = [torch.randn(s, generator=gen, dtype=torch.float64).requires_grad_() for s in shapes]
+    weight = torch.randn(*lead, 7, value_width, generator=gen, dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        out = position_attention(*inputs, fused=fused)
+        grads = torch.autograd.grad((out * weight).sum(), inputs)
+        results.append((out, *grads))
+    for fused, explicit in zip(*results):
+        torch.testing.assert_close(fused, explicit, atol=1e-12, rtol=0)
+
+
+def test_fused_form_holds_no_position_by_position_map():
+    """PAM at 64x48 (N^2 = 9.4 M values): the largest tensor alive is linear in N, in inference and in the
+    backward pass; the explicit form holds the map."""
+    pam = _pam(16, 3)
+    x = seeded_randn((1, 16, 64, 48), 3)
+    n = 64 * 48
+    for fused, grad in ((True, False), (True, True), (False, False)):
+        pam.fused = fused
+        with torch.set_grad_enabled(grad), LiveTensorBytes() as live:
+            out = pam(x.requires_grad_(grad))
+            if grad:
+                out.sum().backward()
+        holds_map = live.largest >= n * n * 4
+        assert holds_map == (not fused), (fused, grad, live.largest)

@@ -27,6 +27,9 @@ class DualAttention(nn.Module):
     default (DANet uses ``in / 4``), and the outer residual ``F + ...`` so the input always passes through.
     ``use_pam`` / ``use_cam`` drop a branch (DASAA's ablation); with both off the module is the identity.
 
+    Memory is linear in the pixels, in inference and training: PAM runs through the fused attention kernel
+    (no ``HW x HW`` map unless ``fused=False``), CAM's map is ``C x C``.
+
     Args:
         channels: input (= output) channels C.
         inter_channels: channels inside the branches (default: ``channels``).

@@ -35,8 +35,11 @@ MaskMode = Literal["valid_morph", "soft_morph", "none"]
 AttentionScope = Literal["global", "row", "local"]
 _MASK_MODES = ("valid_morph", "soft_morph", "none")
 _SCOPES = ("global", "row", "local")
-# Largest number of elements of one attention (or unfolded key/value) chunk held at a time.
+# Largest number of elements of one unfolded key/value band of the local scope held at a time.
 _CHUNK_ELEMENTS = 2**24
+# Queries per block of the received attention: a block holds QUERY_CHUNK x M logits, so memory grows linearly
+# with the pixels; small blocks stay in cache (32 was the fastest of 32..388 on a 120x90 frame, CPU).
+_QUERY_CHUNK = 32
 
 
 class LeakyResidualBlock(nn.Module):
@@ -100,8 +103,9 @@ def _auto_chunk(per_item: int, chunk_size: int | None) -> int:
 def received_attention(query: torch.Tensor, key: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
     """Column sums of ``softmax_j(Q K^T)``: the attention each key position receives from all queries.
 
-    Computed over chunks of ``chunk_size`` queries, so only a ``chunk_size x M`` block of the map is held
-    (``None``: chunks of about 16M elements).
+    Computed over chunks of ``chunk_size`` queries (``None``: 32), so only a ``chunk_size x M`` block of the
+    map is held: memory linear in ``M`` without autograd. Under autograd every block's softmax is kept for
+    the backward pass (``N x M`` in all).
 
     Args:
         query: ``(..., N, D)``.
@@ -127,8 +131,7 @@ def received_attention(query: torch.Tensor, key: torch.Tensor, chunk_size: int |
             f"and {tuple(key.shape)}"
         )
     n = query.shape[-2]
-    batch = query[..., 0, 0].numel()
-    chunk = _auto_chunk(batch * key.shape[-2], chunk_size)
+    chunk = _QUERY_CHUNK if chunk_size is None else max(1, chunk_size)
     total = None
     for start in range(0, n, chunk):
         block = torch.softmax(query[..., start : start + chunk, :] @ key.transpose(-2, -1), dim=-1).sum(dim=-2)
@@ -279,10 +282,16 @@ class MaskedSelfAttention(nn.Module):
     features and the mask, and with ``return_attention=True`` also the materialised maps ``M_fwd`` and
     ``M_rev`` (:func:`attention_map`; ``O((HW)^2)`` memory, meant for training losses on small patches).
 
-    Attention scope: ``"global"`` (all ``H W`` positions; fused SDPA kernel for the warp, chunked column
-    sums for the mask; ``O((HW)^2)`` time, tile large frames), ``"row"`` (PASSRnet-exact epipolar attention
+    Attention scope: ``"global"`` (all ``H W`` positions; fused SDPA kernel for the warp, column sums for
+    the mask in blocks of ``chunk_size`` queries; ``O((HW)^2)`` time), ``"row"`` (PASSRnet-exact epipolar attention
     along each row; only sensible for horizontal motion) or ``"local"`` (a ``(2 r + 1)^2`` window around
     each pixel, spec interpretation C; never builds the ``HW x HW`` map).
+
+    Memory: no scope holds an ``HW x HW`` map in inference, so memory is linear in the pixels (the fused
+    kernel for the warp, ``chunk_size x HW`` blocks for the column sums, the morphology per pixel). Under
+    autograd the warp stays linear (the fused kernels recompute in the backward pass) but ``"soft_morph"``
+    keeps every column-sum block for its gradient, ``O((HW)^2)``; ``align(..., return_attention=True)``
+    (PASSRnet's auxiliary losses in training) materialises both full maps. Train on patches.
 
     Args:
         channels: feature channels C of both frames and of the output.
@@ -292,8 +301,8 @@ class MaskedSelfAttention(nn.Module):
         local_radius: window radius r of the ``"local"`` scope (spec default 7).
         threshold: tau of the validity test ``r > tau`` (PASSRnet: 0.1).
         negative_slope: LeakyReLU slope of ``rb``.
-        chunk_size: queries (global/row) or rows (local) per chunk; ``None`` bounds each chunk to about
-            16M elements.
+        chunk_size: queries (global/row) or rows (local) per chunk; ``None``: 32 queries, or bands of
+            about 16M unfolded elements (local).
 
     Shape:
         - query: ``(B, C, H, W)``; key_value: ``(B, C, H, W)``, ``None``, or ``(B, K, C, H, W)`` (K neighbours)

@@ -17,6 +17,19 @@ from vsrblocks.shapes import check_shape
 __all__ = ["PositionAttention", "position_attention"]
 
 
+def _fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    # The fused kernels (CPU flash, CUDA flash) only take contiguous (batch, heads, positions, width) inputs
+    # with the same width for queries and values; otherwise PyTorch silently falls back to the explicit
+    # N x M map (5 GB for five 120x90 frames). Zero columns change no dot product and are cut from the output.
+    n, e = query.shape[-2], value.shape[-1]
+    width = max(query.shape[-1], e)
+    q, k, v = (
+        F.pad(t, (0, width - t.shape[-1])).reshape(-1, 1, t.shape[-2], width).contiguous() for t in (query, key, value)
+    )
+    out = F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :e]
+    return out.reshape(*query.shape[:-2], n, e)
+
+
 def position_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, fused: bool = True) -> torch.Tensor:
     """Unscaled softmax attention ``softmax(Q K^T) V`` over all positions, DANet/SAGAN style.
 
@@ -25,8 +38,10 @@ def position_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
         key: ``(..., M, D)``.
         value: ``(..., M, E)``.
         fused: use :func:`torch.nn.functional.scaled_dot_product_attention` with ``scale=1``, which is the
-            same function without materialising the ``N x M`` map on backends with fused kernels.
-            ``False`` computes the map explicitly (the reference the fused path is tested against).
+            same function without materialising the ``N x M`` map: memory linear in ``N + M`` in inference
+            and training (the fused kernels recompute the map blockwise in the backward pass).
+            ``False`` computes the map explicitly (the reference the fused path is tested against;
+            ``O(N M)`` memory).
 
     Returns:
         ``(..., N, E)``.
@@ -56,7 +71,7 @@ def position_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
             f"leading dimensions, got {tuple(query.shape)}, {tuple(key.shape)} and {tuple(value.shape)}"
         )
     if fused:
-        return F.scaled_dot_product_attention(query, key, value, scale=1.0)
+        return _fused_attention(query, key, value)
     return torch.softmax(query @ key.transpose(-2, -1), dim=-1) @ value
 
 
@@ -70,8 +85,8 @@ class PositionAttention(nn.Module):
     initialised to 0, so a fresh module is the identity.
 
     The attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` with ``scale=1``
-    (identical maths; fused kernels avoid the ``N x N`` map on GPU). Memory and time are ``O(N^2)``: tile
-    large frames.
+    (identical maths; the fused CPU and GPU kernels never hold the ``N x N`` map), so memory is linear in
+    ``N`` in inference and training; time stays ``O(N^2)``.
 
     Every operation is either a 1x1 convolution or global attention, so the module commutes with any
     permutation of the pixels (flips, rotations by 90 degrees on square inputs, transposes...).
@@ -79,7 +94,8 @@ class PositionAttention(nn.Module):
     Args:
         channels: input (= output) channels C.
         reduction: query/key channels are ``channels // reduction`` (DANet: 8).
-        fused: use the fused attention kernel (``False``: explicit ``N x N`` map, for debugging).
+        fused: use the fused attention kernel (``False``: explicit ``N x N`` map, ``O(N^2)`` memory, the
+            reference).
 
     Shape:
         - Input: ``(B, C, H, W)``
