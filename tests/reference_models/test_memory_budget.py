@@ -133,7 +133,7 @@ def _frames(folder: Path) -> list[np.ndarray]:
 
 def test_run_max_memory_tiles_once_and_equals_explicit_tiles(tmp_path, capsys):
     src = write_folder(tmp_path / "in", random_frames(3, 40, 48))
-    common = ["run", "dasaa", "--preset", "tiny", "-i", str(src), "-q", "--device", "cpu"]
+    common = ["run", "dasaa", "--preset", "tiny", "-i", str(src), "-q", "--device", "cpu", "--random-weights"]
     torch.manual_seed(0)
     assert main([*common, "-o", str(tmp_path / "auto"), "--max-memory", "4M"]) == 0
     err = capsys.readouterr().err
@@ -152,6 +152,6 @@ def test_run_max_memory_tiles_once_and_equals_explicit_tiles(tmp_path, capsys):
 @pytest.mark.parametrize(("size", "message"), [("4X", "positive size"), ("1K", "too small")])
 def test_run_max_memory_errors_are_one_line(tmp_path, capsys, size, message):
     src = write_folder(tmp_path / "in", random_frames(1, 24, 24))
-    code = main(["run", "dasaa", "--preset", "tiny", "-i", str(src), "-o", str(tmp_path / "o"), "--max-memory", size])
+    code = main(["run", "dasaa", "--preset", "tiny", "-i", str(src), "-o", str(tmp_path / "o"), "--max-memory", size, "--random-weights"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("error: ") and message in err[-1], err
