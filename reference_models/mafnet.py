@@ -308,20 +308,20 @@ class MAFnet(nn.Module):
             outputs.append(x)
         return self.gff(torch.cat(outputs, dim=1)) + shallow
 
-    def _self_attention(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+    def _self_attention(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         if not self.spatiotemporal:
             return self.mab_self_attention(x)
         # 1x1 projections are position-wise, so stacking the frames along H makes PAM attend over T*H*W.
-        stacked = rearrange(x, "(b t) c h w -> b c (t h) w", b=batch)
+        stacked = rearrange(x, "(b t) c h w -> b c (t h) w", t=frames)
         return rearrange(self.mab_self_attention(stacked), "b c (t h) w -> (b t) c h w", h=x.shape[-2])
 
     def _flow_branch(self, feats: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
-        b, t = clip.shape[:2]
+        t = clip.shape[1]
         nbr = self.neighbours(t)
         both = torch.cat((self.afb_ca(feats), self.afb_sa(feats)), dim=1)
-        g = rearrange(self.afb_g(both), "(b t) c h w -> b t c h w", b=b)
+        g = rearrange(self.afb_g(both), "(b t) c h w -> b t c h w", t=t)
         if self.flow_net_kind == "feature":
-            phi = rearrange(self.afb_phi(both), "(b t) c h w -> b t c h w", b=b)
+            phi = rearrange(self.afb_phi(both), "(b t) c h w -> b t c h w", t=t)
             ref, supp = phi, phi[:, nbr]
         else:
             ref, supp = clip, clip[:, nbr]
@@ -332,13 +332,12 @@ class MAFnet(nn.Module):
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         dims = check_shape(clip, "B T C H W", name="clip", T=self.num_frames, C=3)
-        b = dims["B"]
         frames = rearrange(clip, "b t c h w -> (b t) c h w")
         feats = self._features(frames)
-        a = self._self_attention(self.mab_sa(self.mab_ca(feats)), b)
+        a = self._self_attention(self.mab_sa(self.mab_ca(feats)), dims["T"])
         f = self._flow_branch(feats, clip)
         y1, y2 = self.up_a(a), self.up_f(f)
-        to_clip = lambda x: rearrange(x, "(b t) c h w -> b t c h w", b=b)  # noqa: E731
+        to_clip = lambda x: rearrange(x, "(b t) c h w -> b t c h w", t=dims["T"])  # noqa: E731
         if self.merge_mode == "concat":
             hidden, _ = self.dlstm(to_clip(self.merge(torch.cat((y1, y2), dim=1))))
         else:

@@ -165,7 +165,7 @@ def test_spatiotemporal_self_attention_attends_over_the_clip():
     _randomise_(model, 5)
     pam = model.mab_self_attention
     x = seeded_randn((10, 8, 3, 4), 0)  # (B T) C H W with B = 2, T = 5
-    out = model._self_attention(x, batch=2)
+    out = model._self_attention(x, frames=5)
     q, k, v = pam.query_conv(x), pam.key_conv(x), pam.value_conv(x)
     per_clip = lambda t: t.unflatten(0, (2, 5)).permute(0, 2, 1, 3, 4).flatten(2)  # noqa: E731  (B, C, T H W)
     attn = torch.softmax(per_clip(q).transpose(1, 2) @ per_clip(k), dim=-1)

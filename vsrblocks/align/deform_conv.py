@@ -26,6 +26,14 @@ Offset and mask layout (torchvision's, used by both backends). For ``deform_grou
 Tap ``(i, j)`` of output pixel ``(p, q)`` reads the input at
 ``(p * stride - padding + i * dilation + dy, q * stride - padding + j * dilation + dx)`` with bilinear
 interpolation; samples outside the input read zeros.
+
+Edge cases, the same in both backends unless stated: an empty batch gives an empty output; an
+infinite or huge offset moves its tap outside, where it reads zero with zero gradient; a NaN offset
+gives NaN in the outputs that use its tap (torchvision's CPU kernel crashes on it). In float32 the
+pure-PyTorch backend interpolates between the same two pixels as torchvision for every position, so
+their offset gradients agree also just below integer positions, and its interpolation fraction is
+smaller than torchvision's by less than ``S * eps`` (S: the input size rounded up to a power of two;
+7.6e-6 px for S = 64).
 """
 
 from __future__ import annotations
@@ -80,6 +88,39 @@ def _resolve_backend(backend: str, device: torch.device | None = None) -> str:
     return backend
 
 
+class _GridCoordinate(torch.autograd.Function):
+    """Normalised ``grid_sample`` coordinate (``align_corners=False``) of the pixel position ``base + offset``
+    along an axis of power-of-two ``size``, such that grid_sample interpolates between the same two
+    pixels as torchvision does.
+
+    The position is ``base + offset``, rounded once, as in torchvision's kernel. Positions outside
+    ``[-2, size + 1]`` read only zeros and have zero gradient in both backends; clamping them keeps
+    infinite and huge offsets finite (grid_sample returns NaN for infinite coordinates). NaN stays NaN:
+    a NaN offset gives NaN outputs where its tap is used. The position is then rounded *down* to a
+    multiple of ``step = max(size, 4) * eps`` (float32: ``size * 2**-23`` px; 7.6e-6 px for size 64,
+    1.2e-4 px for 1024), the resolution at which the normalised coordinate, and any order of operations
+    in which grid_sample un-normalises it, is exact. Integers are multiples of ``step``, so the integer
+    part, and with it the pixels interpolated and the neighbourhood of the offset gradient (which jumps
+    at integers), is always torchvision's; the fraction is smaller than torchvision's by less than
+    ``step``, so the value differs by less than ``step`` times the local pixel difference. The rounding
+    is excluded from autograd: the gradient is that of the unrounded position (a custom function,
+    which also saves the autograd graph of the few element-wise steps).
+    """
+
+    @staticmethod
+    def forward(ctx, base: torch.Tensor, offset: torch.Tensor, size: int) -> torch.Tensor:
+        ctx.scale = 2.0 / size
+        step = max(size, 4) * torch.finfo(offset.dtype).eps
+        # In units of step (a power of two: scaling is exact, so base + offset is still rounded once).
+        units = torch.add(base * (1.0 / step), offset, alpha=1.0 / step)
+        units.clamp_(-2.0 / step, (size + 1.0) / step).floor_()
+        return torch.add(units.new_tensor(1.0 / size - 1.0), units, alpha=step * ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
+        return None, grad * ctx.scale, None
+
+
 def _deform_conv2d_torch(
     x: torch.Tensor,
     offset: torch.Tensor,
@@ -99,29 +140,26 @@ def _deform_conv2d_torch(
 
     # One fused bilinear read of every (tap, output pixel) with grid_sample, which reads zeros outside the
     # input per corner exactly as torchvision's kernel does. The input is zero-padded (bottom/right, which
-    # changes nothing read) to power-of-two sizes S: pixel position P is then passed as (2P + 1) / S - 1,
-    # and grid_sample's un-normalisation ((g + 1) S - 1) / 2 returns P with no rounding at all, so an
-    # integer position reads exactly one pixel with weight exactly 1 (zero offsets read the plain conv's taps).
+    # changes nothing read) to power-of-two sizes S, so that _GridCoordinate can hand grid_sample
+    # positions it un-normalises without rounding.
     size_h, size_w = 1 << (height - 1).bit_length(), 1 << (width - 1).bit_length()
     x_groups = rearrange(x, "b (g c) h w -> (b g) c h w", g=deform_groups)
     if (size_h, size_w) != (height, width):
         x_groups = F.pad(x_groups, (0, size_w - width, 0, size_h - height))
-    # Normalised base position of every (tap, output pixel). It is exact, and so is the offset times its
-    # power-of-two scale, so each coordinate is rounded once, in the addition.
+    # Base position (input pixels, exact integers) of every (tap, output pixel).
     dtype, device = offset.dtype, offset.device
-    scale_y, scale_x = 2.0 / size_h, 2.0 / size_w
-    rows = (torch.arange(out_h, device=device, dtype=dtype) * stride[0] - padding[0]) * scale_y + (1.0 / size_h - 1.0)
-    cols = (torch.arange(out_w, device=device, dtype=dtype) * stride[1] - padding[1]) * scale_x + (1.0 / size_w - 1.0)
-    tap_rows = torch.arange(kh, device=device, dtype=dtype) * (dilation[0] * scale_y)
-    tap_cols = torch.arange(kw, device=device, dtype=dtype) * (dilation[1] * scale_x)
+    rows = torch.arange(out_h, device=device, dtype=dtype) * stride[0] - padding[0]
+    cols = torch.arange(out_w, device=device, dtype=dtype) * stride[1] - padding[1]
+    tap_rows = torch.arange(kh, device=device, dtype=dtype) * dilation[0]
+    tap_cols = torch.arange(kw, device=device, dtype=dtype) * dilation[1]
     base_y = (tap_rows[:, None, None, None] + rows[None, None, :, None]).expand(kh, kw, out_h, out_w).reshape(taps, out_h, out_w)
     base_x = (tap_cols[None, :, None, None] + cols[None, None, None, :]).expand(kh, kw, out_h, out_w).reshape(taps, out_h, out_w)
     offset = rearrange(offset, "b (g k two) h w -> (b g) k two h w", g=deform_groups, k=taps, two=2)
-    grid_x = torch.add(base_x, offset[:, :, 1], alpha=scale_x)
-    grid_y = torch.add(base_y, offset[:, :, 0], alpha=scale_y)
+    grid_x = _GridCoordinate.apply(base_x, offset[:, :, 1], size_w)
+    grid_y = _GridCoordinate.apply(base_y, offset[:, :, 0], size_h)
     grid = rearrange(torch.stack((grid_x, grid_y), dim=-1), "n k h w two -> n (k h) w two")
     sampled = F.grid_sample(x_groups, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    sampled = rearrange(sampled, "(b g) c (k h) w -> b g c k h w", b=b, k=taps)
+    sampled = rearrange(sampled, "(b g) c (k h) w -> b g c k h w", g=deform_groups, k=taps)
     if mask is not None:
         mask = rearrange(mask, "b (g k) h w -> b g 1 k h w", g=deform_groups, k=taps)
         sampled = sampled * mask

@@ -89,6 +89,7 @@ class SPyNetBasicModule(nn.Module):
             nn.init.zeros_(layer.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, "B C H W", name="x", C=self.channels[0])
         return self.basic_module(x)
 
     def extra_repr(self) -> str:

@@ -86,6 +86,9 @@ class DeformableConvLSTM(nn.Module):
         self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None, guide: torch.Tensor | None = None
     ) -> ConvLSTMState:
         """One time step: align ``state`` to ``guide`` (default: ``x``), then the ConvLSTM cell."""
+        dims = check_shape(x, "B C H W", name="x", C=self.channels)
+        if guide is not None:
+            check_shape(guide, "B C H W", name="guide", B=dims["B"], C=self.hidden_channels, H=dims["H"], W=dims["W"])
         if state is None:
             state = self.cell.initial_state(x)
         h, c = state
