@@ -230,7 +230,7 @@ class DASAA(nn.Module):
         self.last_aux_losses = None
         frames = rearrange(clip, "b t c h w -> (b t) c h w")
         feats = self.dam(self.extractor(self._act(self.conv_first(frames))))
-        feats = rearrange(feats, "(b t) c h w -> b t c h w", b=b)
+        feats = rearrange(feats, "(b t) c h w -> b t c h w", t=t)
         reference = feats[:, c]
         aligned = list(feats.unbind(dim=1))
         if t > 1:
@@ -243,7 +243,7 @@ class DASAA(nn.Module):
         aligned_clip = torch.stack(aligned, dim=1)
         if self.lstm_at == "hr":
             up = self._upsample(rearrange(aligned_clip, "b t c h w -> (b t) c h w"))
-            hidden = self._recur(rearrange(up, "(b t) c h w -> b t c h w", b=b))
+            hidden = self._recur(rearrange(up, "(b t) c h w -> b t c h w", t=t))
         else:
             hidden = self._upsample(self._recur(aligned_clip))
         out = self.conv_last(hidden)

@@ -84,7 +84,6 @@ def _model(name: str) -> Case:
     return case
 
 
-# Blocks being edited on other branches (B = 0 handled there); see _OTHER_BRANCH below.
 CASES: dict[str, Case] = {
     "deform_conv2d-torch": _deform_conv2d("torch"),
     "deform_conv2d-torchvision": _deform_conv2d("torchvision"),
@@ -148,11 +147,6 @@ CASES: dict[str, Case] = {
     "model-vsrt": _model("vsrt"),
 }
 
-# Blocks owned by the `speed` and `memory` branches, which handle B = 0 there; marked only where they
-# fail on this branch (the marks go once the branches are merged).
-_OTHER_BRANCH: set[str] = {"model-dasaa"}
-
-
 def _shapes(out: Any) -> Any:
     if isinstance(out, torch.Tensor):
         return tuple(out.shape)
@@ -173,12 +167,7 @@ def _empty(shapes: Any) -> Any:
     return shapes
 
 
-def _params() -> list[Any]:
-    marks = pytest.mark.xfail(strict=False, reason="fixed on branch speed/memory")
-    return [pytest.param(name, marks=marks) if name in _OTHER_BRANCH else name for name in CASES]
-
-
-@pytest.mark.parametrize("name", _params())
+@pytest.mark.parametrize("name", list(CASES))
 def test_empty_batch_gives_empty_output_of_the_right_shape(name: str) -> None:
     if name == "deform_conv2d-torchvision":
         pytest.importorskip("torchvision.ops")

@@ -440,9 +440,8 @@ class MaskedSelfAttention(nn.Module):
                 attention_map(q_nbr, k_ref, self.attn_scope, self.local_radius),
             )
         result = AlignmentOutput(fused, warped, mask, *maps)
-        if several:
-            b = dims["B"]
-            return AlignmentOutput(*(None if t is None else rearrange(t, "(b k) ... -> b k ...", b=b) for t in result))
+        if several:  # split by K, not B: an empty batch leaves nothing to divide by
+            return AlignmentOutput(*(None if t is None else rearrange(t, "(b k) ... -> b k ...", k=k) for t in result))
         return result
 
     def _clean(self, mask: torch.Tensor) -> torch.Tensor:
