@@ -170,7 +170,9 @@ def test_group_norm_groups_span_several_channels():
 def test_chunked_equals_unchunked(height, width, chunk, seed):
     q, k, v = _qkv(2, 3, 4, 5, height, width, seed)
     whole = gaussian_cross_frame_attention(q, k, v, 3.0, chunk_size=height * width)
-    torch.testing.assert_close(gaussian_cross_frame_attention(q, k, v, 3.0, chunk_size=chunk), whole, atol=1e-6, rtol=0)
+    # float32 rounding only: the fused path's exp(L1 - L0) factor adds a few ulp (relative ~5e-7)
+    chunked = gaussian_cross_frame_attention(q, k, v, 3.0, chunk_size=chunk)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("checkpoint", [True, False])

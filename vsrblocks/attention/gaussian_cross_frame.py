@@ -256,9 +256,10 @@ def gaussian_cross_frame_attention(
     so no ``(H*W x H*W)`` tensor is ever built beyond one chunk. ``chunk_size=None`` picks
     :func:`default_chunk_size` (at most 64 MiB per chunk). Results do not depend on the chunk size (each
     query row is computed independently; only the floating-point blocking of the matrix products may
-    change, at the 1e-7 level). With autograd on and ``checkpoint=True`` each chunk is recomputed in the
-    backward pass (:func:`torch.utils.checkpoint.checkpoint`), so training memory is bounded the same
-    way; ``checkpoint=False`` keeps every chunk's activations instead (faster backward, ``O((HW)^2)`` memory).
+    change, at the float32 rounding level: relative ~1e-6). In float32/float64 on CPU the forward runs
+    fused (:func:`_fused_attention`, no logits buffer at all). With autograd on and ``checkpoint=True`` each
+    chunk is recomputed in the backward pass, so training memory is bounded the same way;
+    ``checkpoint=False`` keeps every chunk's activations instead (faster backward, ``O((HW)^2)`` memory).
 
     **Windowed mode** (opt-in, ``window_radius`` in pixels or ``window_sigmas = k`` for a radius of
     ``k * sigma``): the Gaussian is truncated to zero for keys farther than the radius, and only keys in
