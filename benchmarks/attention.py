@@ -43,6 +43,30 @@ CHANNELS, FRAMES = 128, 7
 DEFAULT_ROWS = ["dense:64x112", "ours:64x112", "window:64x112", "ours:180x320", "dense:180x320", "stcsa:64x64", "stcsa:180x320"]
 
 
+def dense_readout(block: GaussianCrossFrameAttention, normed: torch.Tensor, query: torch.Tensor,
+                  dist: torch.Tensor) -> torch.Tensor:
+    """The official ``nonlocal_attention`` cross-frame read-out as written upstream: the stored ``(HW x HW)``
+    squared distances ``dist``, the full Gaussian and one full ``(HW x HW)`` softmax matrix per frame.
+    Same inputs and output as :meth:`GaussianCrossFrameAttention.attend`: ``(B, T*Ci, H, W)``."""
+    b, t, c, h, w = normed.shape
+    query = query.flatten(2).transpose(1, 2)  # (B, N, Ci)
+    gauss = torch.exp(-0.5 * dist / block.std**2)  # (N, N)
+    reads = []
+    for f in range(t):
+        key = block.theta(normed[:, f]).flatten(2)  # (B, Ci, N)
+        value = block.g(normed[:, f]).flatten(2).transpose(1, 2)  # (B, N, Ci)
+        corr = torch.softmax(torch.bmm(query, key), dim=-1) * gauss  # (B, N, N)
+        reads.append(torch.bmm(corr, value).transpose(1, 2).reshape(b, -1, h, w))
+    return torch.cat(reads, dim=1)
+
+
+def distance_matrix(height: int, width: int) -> torch.Tensor:
+    """The official stored ``D``: ``(HW, HW)`` squared pixel distances, float32."""
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    pos = torch.stack((xs.flatten(), ys.flatten()), 1).float()
+    return ((pos[:, None] - pos[None]) ** 2).sum(-1)
+
+
 class DenseOfficialStyle(nn.Module):
     """The official ``nonlocal_attention`` cross-frame part as written upstream: ``D`` stored for one size, full
     ``(HW x HW)`` matrices per frame. Shares the weights of a :class:`GaussianCrossFrameAttention`."""
@@ -50,23 +74,12 @@ class DenseOfficialStyle(nn.Module):
     def __init__(self, block: GaussianCrossFrameAttention, height: int, width: int) -> None:
         super().__init__()
         self.block = block
-        ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-        pos = torch.stack((xs.flatten(), ys.flatten()), 1).float()
-        self.register_buffer("D", ((pos[:, None] - pos[None]) ** 2).sum(-1))  # (HW, HW)
+        self.register_buffer("D", distance_matrix(height, width))  # (HW, HW)
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         blk = self.block
-        b, t, c, h, w = clip.shape
-        normed = blk.norm(clip.flatten(0, 1)).unflatten(0, (b, t))
-        query = blk.phi(normed[:, blk.center_index]).flatten(2).transpose(1, 2)  # (B, N, Ci)
-        gauss = torch.exp(-0.5 * self.D / blk.std**2)  # (N, N)
-        reads = []
-        for f in range(t):
-            key = blk.theta(normed[:, f]).flatten(2)  # (B, Ci, N)
-            value = blk.g(normed[:, f]).flatten(2).transpose(1, 2)  # (B, N, Ci)
-            corr = torch.softmax(torch.bmm(query, key), dim=-1) * gauss  # (B, N, N)
-            reads.append(torch.bmm(corr, value).transpose(1, 2).reshape(b, -1, h, w))
-        return blk.W_z(torch.cat(reads, dim=1))
+        normed = blk.normalize(clip)
+        return blk.W_z(dense_readout(blk, normed, blk.phi(normed[:, blk.center_index]), self.D))
 
 
 def _stcsa():

@@ -1,96 +1,227 @@
-"""Speed and peak memory of the reference models' presets, one table.
+"""Speed and peak memory of the reference models' presets against the official dense form, one table.
 
-    python benchmarks/models.py                       # paper presets, 64x64 and 180x320 LR, CPU
-    python benchmarks/models.py --presets tiny --sizes 64x64 --device cuda
+    python benchmarks/models.py                                   # MANA 7x64x112 and VSRT 5x64x64 (paper), 3 rounds
+    python benchmarks/models.py --train                           # a training step instead of a forward pass
+    python benchmarks/models.py --before 7f06a8d                  # also the code of an earlier revision
+    python benchmarks/models.py --models mana --sizes 180x320 --forms ours   # peak memory at REDS size
+    python benchmarks/models.py --models dasaa mafnet --presets tiny --sizes 64x64 --device cuda
 
-Each (model, preset, size) runs in its own subprocess so that peak memory is that run's alone, measured over
-the forward passes after the model and input exist (``benchmarks/peak_memory.py``: peak RSS on CPU, on CUDA
-``torch.cuda.max_memory_allocated``). Time is the median of ``--reps`` forward passes after one warm-up,
-divided by the number of output frames (1 for centre-frame models, T for clip models).
+Forms (``--forms``), each the same weights (seed 0) and the same input:
+
+- ``ours``   -- the model as it is in this checkout;
+- ``dense``  -- the official dense form, the in-run reference: every MANA cross-frame attention replaced by the
+  official read-out (a stored ``(HW x HW)`` distance matrix and one full ``(HW x HW)`` softmax matrix per frame,
+  ``benchmarks/attention.py``), and every ``scaled_dot_product_attention`` forced onto PyTorch's unfused math
+  backend (matrix product, softmax, matrix product, as the official codes write it). Skipped when one
+  ``(HW)^2`` float32 matrix exceeds ``--max-dense-gb``;
+- ``before`` -- the model as it was at revision ``--before`` (``git archive`` into a temporary folder).
+
+Rounds interleave the forms (ours, dense, before, ours, dense, ...) so that the load of a shared machine hits all of
+them alike; every figure is the median over ``--rounds`` rounds of the median of ``--reps`` passes after one
+warm-up, each run in its own subprocess (peak memory is that run's alone, ``benchmarks/peak_memory.py``).
+Per row: seconds per output frame, the ratio to the dense form, peak memory, the achieved rate in GFLOP/s
+(every multiply-add of the forward pass counted by ``reference_models.flops.count_macs`` in this checkout; a
+training step counts 3x the forward) and that rate as a fraction of this machine's fp32 matrix-product rate
+measured in the same subprocess just before (``torch.mm`` of 2048x2048 matrices, best of 3).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-import reference_models
-from peak_memory import SUBPROCESS_ENV, PeakMemory  # sibling script module
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import reference_models  # noqa: E402
+from attention import dense_readout, distance_matrix  # noqa: E402 (sibling script module)
+from peak_memory import SUBPROCESS_ENV, PeakMemory  # noqa: E402 (sibling script module)
+from reference_models.flops import count_macs  # noqa: E402
+
+#: The paper configuration of each model: frames come from the preset, the LR size from the paper's training.
+PAPER_SIZES = {"mana": "64x112", "vsrt": "64x64"}
+FORMS = ("ours", "dense", "before")
 
 
-def measure(name: str, preset: str, height: int, width: int, device: str, reps: int, batch: int) -> dict:
+def gemm_gflops(device: str, size: int = 2048) -> float:
+    """This machine's fp32 matrix-product rate: best of 3 ``torch.mm`` of two ``size x size`` matrices."""
+    a, b = torch.rand(size, size, device=device), torch.rand(size, size, device=device)
+    best = float("inf")
+    for _ in range(4):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def make_dense(model: torch.nn.Module, height: int, width: int) -> contextlib.AbstractContextManager:
+    """Switch ``model`` to the official dense form (in place) and return the context to run it in."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: PLC0415
+
+    from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention  # noqa: PLC0415
+
+    dist = distance_matrix(height, width).to(next(model.parameters()).device)
+    for module in model.modules():
+        if isinstance(module, GaussianCrossFrameAttention):
+            module.attend = lambda normed, query, block=module: dense_readout(block, normed, query, dist)
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def measure(name: str, preset: str, form: str, height: int, width: int, device: str, reps: int, train: bool) -> dict:
     torch.manual_seed(0)
-    model = reference_models.create_model(name, preset).eval().to(device)
-    clip = torch.rand(batch, model.num_frames, 3, height, width, device=device)
-    outputs_per_pass = batch * (model.num_frames if model.output_mode == "all" else 1)
-    params = sum(p.numel() for p in model.parameters())
+    model = reference_models.create_model(name, preset).to(device)
+    model.train(train)
+    clip = torch.rand(1, model.num_frames, 3, height, width, device=device)
+    context = make_dense(model, height, width) if form == "dense" else contextlib.nullcontext()
+    outputs = model.num_frames if model.output_mode == "all" else 1
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4) if train else None
+
+    def step() -> None:
+        if not train:
+            with torch.inference_mode():
+                model(clip)
+            return
+        out = model(clip)
+        loss = (out - 0.5).abs().mean()
+        extra = getattr(model, "last_memory_loss", None)
+        (loss if extra is None else loss + extra).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    gemm = gemm_gflops(device)
     memory = PeakMemory(device)
-    memory.start()
     times = []
-    with torch.inference_mode():
+    with context:
+        memory.start()
         for i in range(reps + 1):
             if device == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            model(clip)
+            step()
             if device == "cuda":
                 torch.cuda.synchronize()
             if i:
                 times.append(time.perf_counter() - start)
-    return {
-        "params_m": params / 1e6,
-        "ms_per_frame": 1000 * statistics.median(times) / outputs_per_pass,
-        "peak_mib": memory.peak_mib(),
-    }
+    return {"s_per_frame": statistics.median(times) / outputs, "peak_mib": memory.peak_mib(), "gemm_gflops": gemm}
+
+
+def forward_gflop(name: str, preset: str, height: int, width: int) -> tuple[float, int]:
+    """GFLOP (2 x multiply-adds) of one forward pass per output frame, counted on the meta device, and the
+    number of input frames."""
+    with torch.device("meta"):
+        model = reference_models.create_model(name, preset).eval()
+        clip = torch.empty(1, model.num_frames, 3, height, width)
+    outputs = model.num_frames if model.output_mode == "all" else 1
+    return 2 * count_macs(model, clip)["total"] / 1e9 / outputs, model.num_frames
+
+
+def _before_tree(revision: str, into: str) -> str:
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision], capture_output=True, check=True).stdout
+    with tempfile.TemporaryFile() as handle:
+        handle.write(archive)
+        handle.seek(0)
+        with tarfile.open(fileobj=handle) as tar:
+            tar.extractall(into, filter="data")
+    return into
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="*", default=reference_models.list_models())
+    parser.add_argument("--models", nargs="*", default=list(PAPER_SIZES))
     parser.add_argument("--presets", nargs="*", default=["paper"])
-    parser.add_argument("--sizes", nargs="*", default=["64x64", "180x320"], help="LR sizes HxW")
+    parser.add_argument("--sizes", nargs="*", help="LR sizes HxW (default: each model's paper size)")
+    parser.add_argument("--forms", nargs="*", default=["ours", "dense"], choices=FORMS)
+    parser.add_argument("--before", metavar="REV", help="git revision for the 'before' form (adds it to --forms)")
+    parser.add_argument("--train", action="store_true", help="time a training step (forward, L1 loss, backward, Adam)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run before it is reported as skipped")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every run (CPU)")
+    parser.add_argument("--reps", type=int, default=1, help="timed passes per run (after one warm-up)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs of every form")
+    parser.add_argument("--max-dense-gb", type=float, default=1.0, help="skip the dense form above this (HW)^2 matrix")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run before it is reported as skipped")
     parser.add_argument("--single", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     if args.single:
-        name, preset, size = args.single.split(":")
+        name, preset, form, size = args.single.split(":")
         h, w = map(int, size.split("x"))
-        print(json.dumps(measure(name, preset, h, w, args.device, args.reps, args.batch)))
+        print(json.dumps(measure(name, preset, form, h, w, args.device, args.reps, args.train)))
         return
 
-    print(f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} reps={args.reps}")
-    header = f"| {'model':7s} | {'preset':11s} | {'LR size':8s} | {'params (M)':>10s} | {'ms / output frame':>17s} | {'peak mem (MiB)':>14s} |"
+    forms = list(dict.fromkeys(args.forms + (["before"] if args.before else [])))
+    if "before" in forms and not args.before:
+        parser.error("--forms before needs --before REV")
+    scratch = tempfile.TemporaryDirectory(prefix="vsrblocks-before-")
+    trees = {"ours": str(REPO), "dense": str(REPO)}
+    if args.before:
+        trees["before"] = _before_tree(args.before, scratch.name)
+    pass_name = "training step" if args.train else "forward"
+    print(f"device={args.device} threads={args.threads} batch=1 pass={pass_name} reps={args.reps} rounds={args.rounds} "
+          f"before={args.before or '-'} torch={torch.__version__}")
+    header = (f"| {'model':5s} | {'preset':6s} | {'clip':10s} | {'form':6s} | {'s / out frame':>13s} | {'x dense':>7s} | "
+              f"{'peak MiB':>8s} | {'GFLOP/s':>7s} | {'of GEMM':>7s} |")
     print(header)
-    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
     for name in args.models:
         for preset in args.presets:
             if preset not in reference_models.list_presets(name):
                 continue
-            for size in args.sizes:
-                cmd = [sys.executable, __file__, "--single", f"{name}:{preset}:{size}", "--device", args.device,
-                       "--reps", str(args.reps), "--batch", str(args.batch)]
-                try:
-                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=SUBPROCESS_ENV)
-                    row = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
-                    why = done.stderr.strip().splitlines()[-1] if done.returncode else ""
-                except subprocess.TimeoutExpired:
-                    row, why = None, f"over {args.timeout:.0f} s"
-                if row is None:
-                    print(f"| {name:7s} | {preset:11s} | {size:8s} | {'':>10s} | {'skipped: ' + why[:60]:>17s} | {'':>14s} |")
-                else:
-                    print(f"| {name:7s} | {preset:11s} | {size:8s} | {row['params_m']:10.3f} | "
-                          f"{row['ms_per_frame']:17.1f} | {row['peak_mib']:14.0f} |")
+            for size in args.sizes or [PAPER_SIZES.get(name, "64x64")]:
+                h, w = map(int, size.split("x"))
+                gflop, frames = forward_gflop(name, preset, h, w)
+                gflop *= 3 if args.train else 1
+                clip = f"{frames}x{size}"
+                runs: dict[str, list[dict]] = {form: [] for form in forms}
+                notes: dict[str, str] = {}
+                if "dense" in forms and (h * w) ** 2 * 4 / 1e9 > args.max_dense_gb:
+                    notes["dense"] = f"skipped: (HW)^2 matrix {(h * w) ** 2 * 4 / 1e9:.1f} GB"
+                for _ in range(args.rounds):
+                    for form in forms:
+                        if form in notes:
+                            continue
+                        cmd = [sys.executable, __file__, "--single", f"{name}:{preset}:{form}:{size}", "--device",
+                               args.device, "--reps", str(args.reps), "--threads", str(args.threads)]
+                        cmd += ["--train"] if args.train else []
+                        env = {**SUBPROCESS_ENV, "PYTHONPATH": os.pathsep.join([trees[form], str(REPO / "benchmarks")])}
+                        try:
+                            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+                        except subprocess.TimeoutExpired:
+                            notes[form] = f"skipped: over {args.timeout:.0f} s"
+                            continue
+                        if done.returncode:
+                            lines = done.stderr.strip().splitlines()
+                            notes[form] = "failed: " + (lines[-1][:60] if lines else f"exit {done.returncode}")
+                            continue
+                        runs[form].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                dense_s = statistics.median(r["s_per_frame"] for r in runs["dense"]) if runs.get("dense") else None
+                for form in forms:
+                    if not runs[form]:
+                        print(f"| {name:5s} | {preset:6s} | {clip:10s} | {form:6s} | {notes.get(form, '-')} |")
+                        continue
+                    sec = statistics.median(r["s_per_frame"] for r in runs[form])
+                    peak = statistics.median(r["peak_mib"] for r in runs[form])
+                    gemm = statistics.median(r["gemm_gflops"] for r in runs[form])
+                    ratio = f"{sec / dense_s:7.2f}" if dense_s else f"{'-':>7s}"
+                    print(f"| {name:5s} | {preset:6s} | {clip:10s} | {form:6s} | {sec:13.3f} | {ratio} | {peak:8.0f} | "
+                          f"{gflop / sec:7.1f} | {gflop / sec / gemm:7.0%} |")
                 sys.stdout.flush()
+    scratch.cleanup()
 
 
 if __name__ == "__main__":

@@ -123,3 +123,13 @@ def test_batch_independent_gradients_bf16_compile():
         assert_compiles(_boff(4, seed=5), x.detach(), lrs, (fwd, bwd))
         half = assert_half_precision_finite(_FlatArgs(_boff(4, seed=5)), x.detach(), lrs, fwd, bwd)
     assert half.shape == x.shape
+
+
+def test_empty_batch_gives_empty_output():
+    boff = BOFF(channels=8, num_blocks=2)
+    x = torch.randn(0, 3, 8, 6, 5, requires_grad=True)
+    flows = (torch.zeros(0, 3, 2, 6, 5), torch.zeros(0, 3, 2, 6, 5))
+    out = boff(x, torch.rand(0, 3, 3, 6, 5), flows)
+    assert out.shape == (0, 3, 8, 6, 5)
+    out.sum().backward()
+    assert x.grad.shape == x.shape

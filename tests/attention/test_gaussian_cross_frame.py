@@ -167,7 +167,9 @@ def test_group_norm_groups_span_several_channels():
 def test_chunked_equals_unchunked(height, width, chunk, seed):
     q, k, v = _qkv(2, 3, 4, 5, height, width, seed)
     whole = gaussian_cross_frame_attention(q, k, v, 3.0, chunk_size=height * width)
-    torch.testing.assert_close(gaussian_cross_frame_attention(q, k, v, 3.0, chunk_size=chunk), whole, atol=1e-6, rtol=0)
+    # float32 rounding only: the fused path's exp(L1 - L0) factor adds a few ulp (relative ~5e-7)
+    chunked = gaussian_cross_frame_attention(q, k, v, 3.0, chunk_size=chunk)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("checkpoint", [True, False])
@@ -227,6 +229,64 @@ def test_never_builds_more_than_one_chunk_forward_and_backward(window):
         out.sum().backward()
     assert probe.largest <= b * t * chunk * n < n * n
     assert torch.isfinite(sigma.grad).all()
+
+
+# ------------------------------------------------------------------------------------------------------ fused path
+
+
+def _chunked_path(q, k, v, sigma, **kwargs):
+    """The plain chunked path: autograd on and ``checkpoint=False`` never takes the fused kernel."""
+    leaves = [x.detach().requires_grad_(True) for x in (q, k, v)]
+    return gaussian_cross_frame_attention(*leaves, sigma, checkpoint=False, **kwargs).detach()
+
+
+@pytest.mark.parametrize("window", [None, 1.5, 3.0])
+@pytest.mark.parametrize("channels", [(4, 4), (3, 6), (6, 2)])
+def test_fused_forward_equals_chunked_path(window, channels):
+    """exp(L1 - L0) * softmax(s + log G) @ v through the flash kernel, windowed and with unequal widths."""
+    q, k, v = _qkv(2, 3, channels[0], channels[1], 7, 9, 21)
+    q = q * 3  # peaked softmax: L0 and L1 far apart
+    expected = _chunked_path(q, k, v, 2.0, chunk_size=10, window_radius=window)
+    for chunk in (None, 10, 63):
+        with torch.no_grad():
+            fused = gaussian_cross_frame_attention(q, k, v, 2.0, chunk_size=chunk, window_radius=window)
+        torch.testing.assert_close(fused, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 2.0])
+def test_fused_gradients_equal_chunked_path_sigma_included(window):
+    q, k, v = _qkv(1, 3, 4, 5, 6, 8, 13)
+    weights = None
+    grads = {}
+    for checkpoint in (True, False):  # True: fused forward + chunked recompute; False: plain chunked autograd
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v, torch.tensor([1.7]))]
+        out = gaussian_cross_frame_attention(*leaves, chunk_size=7, window_radius=window, checkpoint=checkpoint)
+        weights = torch.linspace(-1, 1, out.numel()).reshape(out.shape) if weights is None else weights
+        (out * weights).sum().backward()
+        grads[checkpoint] = [x.grad for x in leaves]
+    for fused, plain in zip(grads[True], grads[False]):
+        assert fused is not None and fused.abs().sum() > 0
+        torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_gradcheck_fused_float64():
+    q, k, v = _qkv(1, 2, 3, 3, 3, 4, 5, dtype=torch.float64)
+    sigma = torch.tensor([1.5], dtype=torch.float64)
+    leaves = [x.requires_grad_(True) for x in (q, k, v, sigma)]
+    fn = lambda *a: gaussian_cross_frame_attention(*a, chunk_size=5, window_radius=2.5)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
+
+
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_empty_batch_gives_empty_output(checkpoint):
+    block = GaussianCrossFrameAttention(8, 3, num_groups=4, zero_init=False, checkpoint=checkpoint)
+    clip = torch.randn(0, 3, 8, 5, 6, requires_grad=True)
+    out = block(clip)
+    assert out.shape == (0, 8, 5, 6)
+    out.sum().backward()
+    assert clip.grad.shape == clip.shape
+    with torch.no_grad():
+        assert block(clip).shape == (0, 8, 5, 6)
 
 
 # ----------------------------------------------------------------------------------------------------- windowed

@@ -221,3 +221,14 @@ def test_extra_repr_shows_hyper_parameters():
     assert "channels=8" in text and "memory_size=24" in text and "inter_channels=6" in text
     text = repr(MANAAttention(8, 3, memory_size=16, num_groups=4))
     assert "num_frames=3" in text and "center_index=1" in text and "memory_size=16" in text
+
+
+def test_empty_batch_gives_empty_output_and_zero_loss():
+    block = MANAAttention(channels=8, num_frames=3, memory_size=16, num_groups=4, zero_init=False)
+    clip = torch.randn(0, 3, 8, 5, 6, requires_grad=True)
+    z, loss = block(clip)
+    assert z.shape == (0, 8, 5, 6) and loss.item() == 0.0
+    (z.sum() + loss).backward()
+    assert clip.grad.shape == clip.shape
+    out, loss = MemoryAugmentedAttention(channels=8, memory_size=16, num_groups=4)(torch.randn(0, 8, 5, 6))
+    assert out.shape == (0, 8, 5, 6) and loss.item() == 0.0

@@ -184,3 +184,13 @@ def test_official_parity_with_pre_norm():
         # without the internal residual the recorded output is off by exactly the normalised input
         block.residual = False
         torch.testing.assert_close(block(normed) + normed, inter["stcsa_out"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mask_padding", [True, False])
+def test_empty_batch_gives_empty_output(mask_padding):
+    block = STCSA(channels=8, patch_size=4, mask_padding=mask_padding)
+    clip = torch.randn(0, 3, 8, 6, 9, requires_grad=True)  # 6x9: padded patches too
+    out = block(clip)
+    assert out.shape == (0, 3, 8, 6, 9)
+    out.sum().backward()
+    assert clip.grad.shape == clip.shape

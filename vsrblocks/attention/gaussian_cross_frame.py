@@ -15,13 +15,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from vsrblocks.shapes import check_shape
 
-__all__ = ["GaussianCrossFrameAttention", "gaussian_cross_frame_attention", "default_chunk_size"]
+__all__ = ["GaussianCrossFrameAttention", "gaussian_cross_frame_attention", "default_chunk_size", "fused_chunk_size"]
 
 #: Bytes the per-chunk tensors of :func:`gaussian_cross_frame_attention` may take when ``chunk_size`` is
 #: ``None``: logits, probabilities and weighted probabilities of one chunk of queries against every key
@@ -46,6 +47,20 @@ def default_chunk_size(
     """
     per_row = 3 * batch * frames * num_pixels * element_size + 2 * num_pixels * 4
     return int(max(1, min(num_pixels, budget_bytes // max(per_row, 1))))
+
+
+#: Bytes of the ``log G`` bias of one query chunk of the fused path when ``chunk_size`` is ``None``.
+DEFAULT_BIAS_BYTES = 16 * 2**20
+
+
+def fused_chunk_size(num_pixels: int, element_size: int = 4, budget_bytes: int = DEFAULT_BIAS_BYTES) -> int:
+    """Query pixels per call of the fused path: its only ``(queries x keys)`` tensor is the chunk's bias.
+
+    Examples:
+        >>> fused_chunk_size(64 * 112)   # 64x112 LR, float32: 585 queries x 7168 keys = 16 MiB
+        585
+    """
+    return int(max(1, min(num_pixels, budget_bytes // max(num_pixels * element_size, 1))))
 
 
 def _gaussian_block(
@@ -121,6 +136,98 @@ def _attend_chunk(
     return (torch.matmul(weighted, v) / denom).to(v.dtype)
 
 
+def _fused_supported(query: torch.Tensor) -> bool:
+    """Whether the fused path can run: PyTorch's CPU flash-attention kernel (it returns the log-sum-exp the
+    formula needs) in float32/float64, outside ``torch.compile`` (which traces the plain chunked path)."""
+    return (
+        query.device.type == "cpu"
+        and query.dtype in (torch.float32, torch.float64)
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _log_gaussian_block(start: int, stop: int, row0: int, row1: int, width: int, sigma: torch.Tensor,
+                        radius2: float | None, dtype: torch.dtype) -> torch.Tensor:
+    """``log G = -d2 / (2 sigma^2)`` for queries ``start..stop-1`` against the keys of image rows ``row0..row1-1``,
+    ``-inf`` where ``d2 > radius2``: the additive bias of the fused kernel, ``(stop - start, (row1 - row0) * width)``."""
+    idx = torch.arange(start, stop, device=sigma.device)
+    yq = torch.div(idx, width, rounding_mode="floor").to(dtype)
+    xq = (idx % width).to(dtype)
+    dy2 = (yq[:, None] - torch.arange(row0, row1, device=sigma.device, dtype=dtype)[None, :]) ** 2
+    dx2 = (xq[:, None] - torch.arange(width, device=sigma.device, dtype=dtype)[None, :]) ** 2
+    d2 = dy2[:, :, None] + dx2[:, None, :]
+    bias = d2 * (-0.5 / sigma.detach().to(dtype) ** 2)
+    if radius2 is not None:
+        bias = bias.masked_fill(d2 > radius2, float("-inf"))
+    return bias.reshape(stop - start, (row1 - row0) * width)
+
+
+def _fused_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, height: int, width: int,
+    radius: float | None, chunk_size: int,
+) -> torch.Tensor:
+    """The exact read-outs through two fused attention passes, without autograd: ``(B, T, N, Cv)``.
+
+    With ``L0 = logsumexp_j(s_ij)`` and ``L1 = logsumexp_j(s_ij + log G_ij)`` (``s = q . k``, no scale),
+    ``sum_j softmax(s)_ij G_ij v_j = exp(L1 - L0) * softmax(s + log G)_i @ v``. PyTorch's CPU flash kernel returns
+    both the softmax read-out and its log-sum-exp, tile by tile, so no ``(queries x keys)`` logits buffer is
+    written: one pass without bias gives ``L0``, one pass per query chunk with the ``log G`` bias gives the
+    read-out and ``L1``. In the windowed mode the biased pass only visits the band of image rows within the
+    radius (bias ``-inf`` beyond it), as the chunked path does. The kernel needs equal query/key/value widths,
+    so the query, keys and values are padded with zero channels to a common width (zeros change no dot product).
+    """
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    b, t, cq, n = k.shape
+    cv = v.shape[-1]
+    width_all = max(cq, cv)
+    qt = F.pad(q, (0, width_all - cq)).unsqueeze(1).expand(b, t, n, width_all).contiguous()  # (B, T, N, E)
+    kt = F.pad(k.transpose(2, 3), (0, width_all - cq)).contiguous()  # (B, T, N, E)
+    vt = F.pad(v, (0, width_all - cv)).contiguous()
+    _, lse0 = flash(qt, kt, vt, scale=1.0)  # (B, T, N): the softmax denominator over every key
+    reads = []
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        if radius is None:
+            row0, row1, radius2 = 0, height, None
+        else:
+            reach = int(math.floor(radius))
+            row0 = max(0, start // width - reach)
+            row1 = min(height, (stop - 1) // width + reach + 1)
+            radius2 = radius * radius
+        bias = _log_gaussian_block(start, stop, row0, row1, width, sigma, radius2, q.dtype)
+        band = slice(row0 * width, row1 * width)
+        read, lse1 = flash(qt[:, :, start:stop], kt[:, :, band], vt[:, :, band], attn_mask=bias, scale=1.0)
+        reads.append(read[..., :cv] * torch.exp(lse1 - lse0[:, :, start:stop]).unsqueeze(-1))
+    return reads[0] if len(reads) == 1 else torch.cat(reads, dim=2)
+
+
+class _FusedRecomputed(torch.autograd.Function):
+    """Fused forward (:func:`_fused_attention`); the backward recomputes the chunked path one query chunk at a
+    time and differentiates it, so gradients (``sigma`` included) are those of the chunked implementation and
+    the backward's working set stays one chunk."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, sigma, height, width, radius, chunk_size, fused_chunk):  # noqa: D102
+        ctx.save_for_backward(q, k, v, sigma)
+        ctx.geometry = (height, width, radius, chunk_size)
+        return _fused_attention(q, k, v, sigma, height, width, radius, fused_chunk)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # noqa: D102
+        height, width, radius, chunk_size = ctx.geometry
+        leaves = [x.detach().requires_grad_(need) for x, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
+        q, k, v, sigma = leaves
+        n = q.shape[1]
+        with torch.enable_grad():
+            for start in range(0, n, chunk_size):
+                stop = min(start + chunk_size, n)
+                read = _attend_chunk(q[:, start:stop], k, v, sigma, start, stop, height, width, radius)
+                torch.autograd.backward(read, grad[:, :, start:stop])
+        return (*(x.grad if need else None for x, need in zip(leaves, ctx.needs_input_grad)), None, None, None, None, None)
+
+
 def gaussian_cross_frame_attention(
     query: torch.Tensor,
     keys: torch.Tensor,
@@ -149,9 +256,10 @@ def gaussian_cross_frame_attention(
     so no ``(H*W x H*W)`` tensor is ever built beyond one chunk. ``chunk_size=None`` picks
     :func:`default_chunk_size` (at most 64 MiB per chunk). Results do not depend on the chunk size (each
     query row is computed independently; only the floating-point blocking of the matrix products may
-    change, at the 1e-7 level). With autograd on and ``checkpoint=True`` each chunk is recomputed in the
-    backward pass (:func:`torch.utils.checkpoint.checkpoint`), so training memory is bounded the same
-    way; ``checkpoint=False`` keeps every chunk's activations instead (faster backward, ``O((HW)^2)`` memory).
+    change, at the float32 rounding level: relative ~1e-6). In float32/float64 on CPU the forward runs
+    fused (:func:`_fused_attention`, no logits buffer at all). With autograd on and ``checkpoint=True`` each
+    chunk is recomputed in the backward pass, so training memory is bounded the same way;
+    ``checkpoint=False`` keeps every chunk's activations instead (faster backward, ``O((HW)^2)`` memory).
 
     **Windowed mode** (opt-in, ``window_radius`` in pixels or ``window_sigmas = k`` for a radius of
     ``k * sigma``): the Gaussian is truncated to zero for keys farther than the radius, and only keys in
@@ -213,6 +321,7 @@ def gaussian_cross_frame_attention(
             raise ValueError(f"window_sigmas must be >= 0, got {window_sigmas}")
         radius = float(window_sigmas) * abs(float(sigma.detach()))
     n = h * w
+    explicit_chunk = chunk_size
     if chunk_size is None:
         chunk_size = default_chunk_size(b, t, n, query.element_size())
     elif chunk_size < 1:
@@ -222,12 +331,15 @@ def gaussian_cross_frame_attention(
     q = rearrange(query, "b c h w -> b (h w) c")
     k = rearrange(keys, "b t c h w -> b t c (h w)")
     v = rearrange(values, "b t c h w -> b t (h w) c").contiguous()  # one copy, not one per chunk
-    recompute = (
-        checkpoint
-        and chunk_size < n
-        and torch.is_grad_enabled()
-        and any(x.requires_grad for x in (q, k, v, sigma))
-    )
+    track = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, sigma))
+    recompute = checkpoint and chunk_size < n and track
+    if _fused_supported(query) and (recompute or not track):
+        fused_chunk = fused_chunk_size(n, query.element_size()) if explicit_chunk is None else chunk_size
+        if track:
+            out = _FusedRecomputed.apply(q, k, v, sigma, h, w, radius, chunk_size, fused_chunk)
+        else:
+            out = _fused_attention(q, k, v, sigma, h, w, radius, fused_chunk)
+        return rearrange(out, "b t (h w) c -> b (t c) h w", h=h)
     reads = []
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)

@@ -53,7 +53,8 @@ def memory_read(query: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor
     slots = rearrange(memory, "c n -> n c").to(q.dtype)  # the slots are both keys and values
     kv = slots.expand(b, *slots.shape)
     read = F.scaled_dot_product_attention(q, kv, kv, scale=ci**-0.5)  # (B, HW, Ci)
-    loss = torch.mean(torch.abs(q - read))
+    # the mean written out so that an empty batch gives a loss of 0 instead of NaN
+    loss = torch.abs(q - read).sum() / max(q.numel(), 1)
     return rearrange(read, "b (h w) c -> b c h w", h=h), loss
 
 
