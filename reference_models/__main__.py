@@ -27,7 +27,11 @@ from reference_models.registry import list_models, list_presets
 
 __all__ = ["main"]
 
-_DELEGATED = {"demo": "reference_models.demo", "train": "reference_models.training.cli"}
+_DELEGATED = {
+    "demo": "reference_models.demo",
+    "train": "reference_models.training.cli",
+    "export": "reference_models.export.cli",
+}
 
 
 def _models_epilog() -> str:
@@ -44,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_models_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="{run,list,demo,train}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,list,demo,train,export}")
     run = sub.add_parser(
         "run",
         help="super-resolve a folder of frames or a video file",
@@ -64,9 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
     run.add_argument("--fps", type=float, help="frame rate of a video output (default: the input's, else 25)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    run.add_argument("--backend", choices=["pytorch", "onnxruntime"], default="pytorch",
+                     help="onnxruntime: run an exported --model FILE.onnx (python -m reference_models export)")
+    run.add_argument("--model", dest="onnx_file", metavar="FILE.onnx", help="the exported model of --backend onnxruntime")
     sub.add_parser("list", help="list the models and their presets")
     sub.add_parser("demo", help="train a tiny model on a textured clip and show its results", add_help=False)
     sub.add_parser("train", help="train a reference model", add_help=False)
+    sub.add_parser("export", help="export a model to ONNX, TorchScript or a torch.export program", add_help=False)
     return parser
 
 
@@ -78,7 +86,7 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _build_model(args: argparse.Namespace):
+def _build_model(args: argparse.Namespace, **overrides):
     import torch
 
     from reference_models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, read_checkpoint
@@ -96,14 +104,14 @@ def _build_model(args: argparse.Namespace):
             raise _UserError(f"checkpoint '{args.checkpoint}' holds a {spec['name']} model, not {args.model}")
         if args.preset and args.preset != spec["preset"]:
             raise _UserError(f"checkpoint '{args.checkpoint}' holds preset {spec['preset']!r}, not {args.preset!r}")
-        model = model_from_checkpoint(args.checkpoint)
+        model = model_from_checkpoint(args.checkpoint, **overrides)
     else:
         if not args.model:
             raise _UserError(
                 "name the model (run MODEL ...) unless --checkpoint is a checkpoint saved by this package; "
                 f"models: {', '.join(list_models())}"
             )
-        model = create_model(args.model, args.preset or "paper")
+        model = create_model(args.model, args.preset or "paper", **overrides)
         if args.checkpoint:
             load_checkpoint(model, args.checkpoint)
         else:
@@ -132,7 +140,12 @@ def _run(args: argparse.Namespace) -> int:
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise _UserError("--output must differ from --input")
     source = open_frames(args.input)
-    model = _build_model(args)
+    if args.backend == "onnxruntime" or args.onnx_file:
+        from reference_models.export.cli import onnx_run_model
+
+        model = onnx_run_model(args.onnx_file, args.model, args.checkpoint, args.device, args.dtype)
+    else:
+        model = _build_model(args)
     fps = source.fps if args.fps is None else Fraction(args.fps).limit_denominator(1001)
     start = time.perf_counter()
     frames = (torch.from_numpy(array).permute(2, 0, 1) for array in source)

@@ -102,7 +102,10 @@ def _deform_conv2d_torch(
     # changes nothing read) to power-of-two sizes S: pixel position P is then passed as (2P + 1) / S - 1,
     # and grid_sample's un-normalisation ((g + 1) S - 1) / 2 returns P with no rounding at all, so an
     # integer position reads exactly one pixel with weight exactly 1 (zero offsets read the plain conv's taps).
-    size_h, size_w = 1 << (height - 1).bit_length(), 1 << (width - 1).bit_length()
+    if torch.compiler.is_exporting():  # bit_length() would freeze the size; unpadded positions round once more
+        size_h, size_w = height, width
+    else:
+        size_h, size_w = 1 << (height - 1).bit_length(), 1 << (width - 1).bit_length()
     x_groups = rearrange(x, "b (g c) h w -> (b g) c h w", g=deform_groups)
     if (size_h, size_w) != (height, width):
         x_groups = F.pad(x_groups, (0, size_w - width, 0, size_h - height))
