@@ -10,6 +10,9 @@ tensors only, and our attention blocks call it on ``(B, N, C)`` tokens, so it is
 ``softmax(Q K^T * scale) V`` (MatMul, Softmax, MatMul in the file); and a remainder by a symbolic size
 (pixel coordinates of a flat index) into ``a - floor(a / b) * b``.
 
+ONNX Script's graph optimiser is turned off: its constant folding fails on VSRT's ``SplitToSequence`` of a
+symbolic size (onnxscript 0.7), and ONNX Runtime runs its own graph optimisations when it loads the file.
+
 The file carries ``num_frames``, ``scale`` and ``output_mode`` in its ``metadata_props``
 (:mod:`reference_models.export.metadata`), read back by :class:`~reference_models.export.onnx_runtime.OnnxRuntimeModel`.
 """
@@ -85,7 +88,13 @@ def export_onnx(
     constraints = size_constraints(program)
     program = program.run_decompositions(_DECOMPOSITIONS)
     onnx_program = torch.onnx.export(
-        program, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset, dynamo=True, verbose=False
+        program,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamo=True,
+        verbose=False,
+        optimize=False,  # see the module docstring
     )
     metadata = model_metadata(model, input_sizes=", ".join(f"{k}: {v}" for k, v in constraints.items()))
     onnx_program.model.metadata_props.update(metadata)
