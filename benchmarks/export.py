@@ -7,7 +7,7 @@ For each model and preset: export to ONNX (random weights; parameters initialise
 every path counts), then time ``--reps`` forward passes of one window after one warm-up, PyTorch and ONNX
 Runtime interleaved (the CPU is shared: medians of interleaved runs), and report the largest absolute
 difference of the outputs. Status columns: ``onnx`` and ``exported-program`` are "dynamic" when the file
-reproduces eager PyTorch within 1e-4 at the benchmark size, which differs from the 24x28 export example;
+reproduces eager PyTorch within 1e-4 at the benchmark size, which differs from the 34x38 export example;
 ``torchscript`` is traced and runs at its traced height and width only ("fixed HxW"), or "failed".
 """
 

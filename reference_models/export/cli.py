@@ -34,8 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", "-o", required=True, help=f"file to write ({', '.join(_SUFFIXES.values())})")
     parser.add_argument("--frames", type=int, help="input frames of the exported model (default: the preset's)")
     parser.add_argument("--opset", type=int, help="ONNX opset (onnx only; default 18)")
-    parser.add_argument("--height", type=int, default=24, help="LR height of the example clip (default 24)")
-    parser.add_argument("--width", type=int, default=28, help="LR width of the example clip (default 28)")
+    parser.add_argument("--height", type=int, default=34, help="LR height of the example clip (default 34)")
+    parser.add_argument("--width", type=int, default=38, help="LR width of the example clip (default 38)")
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
     return parser
 

@@ -47,11 +47,12 @@ class InferenceModel(nn.Module):
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def example_clip(model: nn.Module, height: int = 24, width: int = 28, batch: int = 2) -> torch.Tensor:
+def example_clip(model: nn.Module, height: int = 34, width: int = 38, batch: int = 2) -> torch.Tensor:
     """A random ``(batch, model.num_frames, 3, height, width)`` clip to trace ``model`` with.
 
-    The default size is deliberately not a power of two nor a multiple of 8, so that no branch taken for
-    "already a multiple" sizes is traced; batch 2 keeps the batch axis from being specialised to 1.
+    The default size is not a multiple of 4 (no "already a multiple" branch is traced) and above 32, so
+    that SPyNet's coarsest level (1/32) is not of size 1 (torch.export specialises sizes 0 and 1, as it does
+    a batch of 1: hence batch 2).
     """
     generator = torch.Generator().manual_seed(0)
     return torch.rand(batch, int(model.num_frames), 3, height, width, generator=generator)

@@ -5,10 +5,12 @@ example clip had as a constant (einops reshapes, pyramid sizes, chunk counts), s
 other frame size; ``torch.export`` keeps batch, height and width symbolic (see
 :mod:`reference_models.export.exported_program`).
 
-Two rewrites happen before translation: ONNX Script's ``scaled_dot_product_attention`` takes 4-D
+Three rewrites happen before translation: ONNX Script's ``scaled_dot_product_attention`` takes 4-D
 tensors only, and our attention blocks call it on ``(B, N, C)`` tokens, so it is decomposed into
 ``softmax(Q K^T * scale) V`` (MatMul, Softmax, MatMul in the file); and a remainder by a symbolic size
-(pixel coordinates of a flat index) into ``a - floor(a / b) * b``.
+(pixel coordinates of a flat index) into ``a - floor(a / b) * b``; bilinear resizing to a symbolic size
+(SPyNet's round trip through multiples of 32) into PyTorch's own gather-based decomposition, since the
+``Resize`` node ONNX Script writes for it gets integer scales (zero when shrinking) in ONNX Runtime.
 
 ONNX Script's graph optimiser is turned off: its constant folding fails on VSRT's ``SplitToSequence`` of a
 symbolic size (onnxscript 0.7), and ONNX Runtime runs its own graph optimisations when it loads the file.
@@ -24,6 +26,7 @@ import os
 
 import torch
 from torch import nn
+from torch._decomp import get_decompositions
 
 from reference_models.export.exported_program import INPUT_NAME, OUTPUT_NAME, export_program, size_constraints
 from reference_models.export.metadata import model_metadata
@@ -61,6 +64,7 @@ def _remainder(tensor: torch.Tensor, divisor: int) -> torch.Tensor:
 
 #: Rewrites applied to the exported program before its translation to ONNX (module docstring).
 _DECOMPOSITIONS = {
+    **get_decompositions([torch.ops.aten.upsample_bilinear2d.vec, torch.ops.aten.upsample_bilinear2d.default]),
     torch.ops.aten.scaled_dot_product_attention.default: _attention_math,
     torch.ops.aten.remainder.Scalar: _remainder,
 }
