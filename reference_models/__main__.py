@@ -6,6 +6,8 @@
     python -m reference_models list
     python -m reference_models demo [...]
     python -m reference_models train [...]
+    python -m reference_models export [...]
+    python -m reference_models run --backend onnxruntime --model FILE.onnx --input PATH --output OUT
 
 Every failure the user can cause (missing or corrupt checkpoint, checkpoint of another model, unreadable
 input, empty folder, bad option) ends with one line ``error: ...`` on stderr and exit status 1; output is
