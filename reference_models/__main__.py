@@ -8,6 +8,8 @@
     python -m reference_models list
     python -m reference_models demo [...]
     python -m reference_models train [...]
+    python -m reference_models export [...]
+    python -m reference_models run --backend onnxruntime --model FILE.onnx --input PATH --output OUT
 
 Every failure the user can cause (missing or corrupt checkpoint, checkpoint of another model, unreadable
 input, empty folder, bad option, non-finite model output) ends with one line ``error: ...`` on stderr and exit
@@ -40,6 +42,7 @@ _DELEGATED = {
     "demo": "reference_models.demo",
     "train": "reference_models.training.cli",
     "evaluate": "reference_models.evaluation.cli",
+    "export": "reference_models.export.cli",
 }
 # Below 16 LR pixels a tile costs a whole forward pass for a few pixels (--tile 1 ran for hours).
 MIN_TILE = 16
@@ -53,6 +56,24 @@ def _models_epilog() -> str:
     )
 
 
+def add_model_options(parser: argparse.ArgumentParser, model_help: str = "") -> None:
+    """The options that pick a model and its weights, shared by ``run``, ``evaluate`` and ``export``
+    (read by :func:`_build_model`)."""
+    parser.add_argument(
+        "model", nargs="?",
+        help=model_help or "model name; may be left out with a --checkpoint (ours, or an official MANA/VSRT file)",
+    )
+    parser.add_argument("--checkpoint", help="weights: our checkpoint (rebuilds the model) or a plain/official state_dict")
+    parser.add_argument("--preset", help="model preset (default: the checkpoint's, else 'paper')")
+    parser.add_argument(
+        "--model-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="constructor argument, repeatable; for an official checkpoint an official setting (num_frame=7)",
+    )
+    parser.add_argument(
+        "--random-weights", action="store_true", help="without --checkpoint, use random weights (smoke tests only)"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m reference_models",
@@ -60,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_models_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="{run,list,demo,train,evaluate}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,list,demo,train,evaluate,export}")
     run = sub.add_parser(
         "run",
         help="super-resolve a folder of frames or a video file",
@@ -68,14 +89,9 @@ def _parser() -> argparse.ArgumentParser:
         "frames with the input names in a folder, or a video when OUTPUT has a video extension (.mp4, .mkv ...).",
         epilog=_models_epilog(),
     )
-    run.add_argument("model", nargs="?", help="model name; may be left out with a --checkpoint saved by this package")
+    add_model_options(run)
     run.add_argument("--input", "-i", required=True, help="folder of frames or video file")
     run.add_argument("--output", "-o", required=True, help="output folder, or a video file (.mp4, .mkv, ...)")
-    run.add_argument("--checkpoint", help="weights: our checkpoint (rebuilds the model) or a plain/official state_dict")
-    run.add_argument("--preset", help="model preset (default: the checkpoint's, else 'paper')")
-    run.add_argument(
-        "--random-weights", action="store_true", help="run without --checkpoint, with random weights (smoke tests only)"
-    )
     run.add_argument(
         "--tile", type=int,
         help=f"run spatial tiles of at most N x N LR pixels (bounds memory; at least {MIN_TILE}, more where the model "
@@ -84,8 +100,6 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--tile-overlap", type=int, help="overlap of tiles in LR pixels, at most half the tile (default: min(16, N/2))"
     )
-    run.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                     help="constructor argument, repeatable; for an official checkpoint an official setting (num_frame=7)")
     run.add_argument(
         "--max-memory",
         help="memory budget of the forward passes, e.g. 4G or 512M (default: half the available memory); without "
@@ -111,10 +125,14 @@ def _parser() -> argparse.ArgumentParser:
         "interrupted --resume run",
     )
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    run.add_argument("--backend", choices=["pytorch", "onnxruntime"], default="pytorch",
+                     help="onnxruntime: run an exported --model FILE.onnx (python -m reference_models export)")
+    run.add_argument("--model", dest="onnx_file", metavar="FILE.onnx", help="the exported model of --backend onnxruntime")
     sub.add_parser("list", help="list the models and their presets")
     sub.add_parser("demo", help="train a tiny model on a textured clip and show its results", add_help=False)
     sub.add_parser("train", help="train a reference model", add_help=False)
     sub.add_parser("evaluate", help="score a model or bicubic on Vid4, REDS4, Vimeo-90K-T (PSNR/SSIM)", add_help=False)
+    sub.add_parser("export", help="export a model to ONNX, TorchScript or a torch.export program", add_help=False)
     return parser
 
 
@@ -126,17 +144,19 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _build_model(args: argparse.Namespace):
+def _build_model(args: argparse.Namespace, **overrides):
+    """The model the options of :func:`add_model_options` name; ``overrides`` beside ``--model-arg``."""
     import torch
 
     from reference_models.checkpoint import build_from_checkpoint
     from reference_models.registry import create_model, parse_model_args
 
+    overrides = {**parse_model_args(args.model_arg), **overrides}
     if args.checkpoint:
         # an official file gets one line saying what was read off its weights and what the paper supplied
         report = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
         model = build_from_checkpoint(
-            args.checkpoint, args.model, args.preset, report=report, **parse_model_args(args.model_arg)
+            args.checkpoint, args.model, args.preset, report=report, **overrides
         )
     else:
         if not args.model:
@@ -149,7 +169,7 @@ def _build_model(args: argparse.Namespace):
             raise _UserError(
                 "no --checkpoint: pass the model's weights (or --random-weights for a smoke test; its output is noise)"
             )
-        model = create_model(args.model, args.preset or "paper", **parse_model_args(args.model_arg))
+        model = create_model(args.model, args.preset or "paper", **overrides)
         warnings.warn("--random-weights: the model runs with random weights")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -231,9 +251,14 @@ def _run(args: argparse.Namespace) -> int:
 
     _check_options(args)
     source = open_frames(args.input)
-    model = _build_model(args)
+    if args.backend == "onnxruntime" or args.onnx_file:
+        from reference_models.export.cli import onnx_run_model
+
+        model = onnx_run_model(args.onnx_file, args.model, args.checkpoint, args.device, args.dtype)
+    else:
+        model = _build_model(args)
     smallest_tile = _check_tile(args, model)
-    if args.tile is None:
+    if args.tile is None and isinstance(model, torch.nn.Module) and any(True for _ in model.parameters()):
         from reference_models.memory_budget import automatic_tile
 
         args.tile = automatic_tile(

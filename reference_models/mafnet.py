@@ -92,7 +92,7 @@ class FeatureFlowEstimator(nn.Module):
         height, width = dims["H"], dims["W"]
         multiple = 2 ** (self.num_levels - 1)
         pad_h, pad_w = -height % multiple, -width % multiple
-        if pad_h or pad_w:
+        if torch.compiler.is_exporting() or pad_h or pad_w:  # exported: pad by a symbolic, maybe zero, amount
             ref = F.pad(ref, (0, pad_w, 0, pad_h), mode="replicate")
             supp = F.pad(supp, (0, pad_w, 0, pad_h), mode="replicate")
         refs, supps = [ref], [supp]

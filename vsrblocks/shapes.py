@@ -59,7 +59,7 @@ def check_shape(x: object, layout: str, name: str = "input", **fixed: int | None
     for axis, size in zip(dims, shape):
         if axis in bound and bound[axis] != size:
             raise ValueError(message)
-        bound[axis] = int(size)
+        bound[axis] = size  # not int(): under torch.export a symbolic size must stay symbolic
     for axis, size in constraints.items():
         if bound[axis] != size:
             raise ValueError(message)

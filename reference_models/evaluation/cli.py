@@ -34,12 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(+ train_sharp_bicubic/X4/); vimeo90k-t: sequences/<a>/<b>/im1..im7.png, sep_testlist.txt (+ BIx4/, BDx4/); "
         "folder: sub-folders of HR frames or video files. LR frames a dataset lacks are made with --degradation.",
     )
-    p.add_argument("model", nargs="?", help="a reference model, or 'bicubic'; may be left out with a --checkpoint saved by this package")
-    p.add_argument("--preset", help="model preset (default: the checkpoint's, else 'paper')")
-    p.add_argument("--checkpoint", help="weights: our checkpoint (rebuilds the model) or a plain/official state_dict")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="constructor argument, repeatable; for an official checkpoint an official setting (num_frame=7)")
-    p.add_argument("--random-weights", action="store_true", help="score a model without --checkpoint (smoke tests only)")
+    from reference_models.__main__ import add_model_options
+
+    add_model_options(p, "a reference model, or 'bicubic'; may be left out with a --checkpoint")
     p.add_argument("--dataset", required=True, choices=EVAL_DATASETS, help="the test set's layout")
     p.add_argument("--root", required=True, help="the dataset's folder")
     p.add_argument("--degradation", choices=["bi", "bd"], default="bi", help="bi: MATLAB bicubic (default); bd: Gaussian blur sigma 1.6, every 4th pixel")

@@ -142,7 +142,10 @@ def _deform_conv2d_torch(
     # input per corner exactly as torchvision's kernel does. The input is zero-padded (bottom/right, which
     # changes nothing read) to power-of-two sizes S, so that _GridCoordinate can hand grid_sample
     # positions it un-normalises without rounding.
-    size_h, size_w = 1 << (height - 1).bit_length(), 1 << (width - 1).bit_length()
+    if torch.compiler.is_exporting():  # bit_length() would freeze the size; unpadded positions round once more
+        size_h, size_w = height, width
+    else:
+        size_h, size_w = 1 << (height - 1).bit_length(), 1 << (width - 1).bit_length()
     x_groups = rearrange(x, "b (g c) h w -> (b g) c h w", g=deform_groups)
     if (size_h, size_w) != (height, width):
         x_groups = F.pad(x_groups, (0, size_w - width, 0, size_h - height))

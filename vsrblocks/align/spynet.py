@@ -146,7 +146,8 @@ class SPyNet(nn.Module):
         check_shape(supp, "B C H W", name="supp", B=dims["B"], C=3, H=dims["H"], W=dims["W"])
         height, width = dims["H"], dims["W"]
         height_up, width_up = -(-height // 32) * 32, -(-width // 32) * 32
-        resized = (height_up, width_up) != (height, width)
+        # exported graphs resize always (an identity at multiples of 32) rather than branch on the size
+        resized = torch.compiler.is_exporting() or (height_up, width_up) != (height, width)
         if resized:
             ref = F.interpolate(ref, size=(height_up, width_up), mode="bilinear", align_corners=False)
             supp = F.interpolate(supp, size=(height_up, width_up), mode="bilinear", align_corners=False)

@@ -322,11 +322,16 @@ def gaussian_cross_frame_attention(
         radius = float(window_sigmas) * abs(float(sigma.detach()))
     n = h * w
     explicit_chunk = chunk_size
-    if chunk_size is None:
+    # an exported graph cannot loop a size-dependent number of times: there, one chunk of every query
+    exporting = torch.compiler.is_exporting()
+    if exporting:
+        chunk_size = n
+    elif chunk_size is None:
         chunk_size = default_chunk_size(b, t, n, query.element_size())
     elif chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    chunk_size = min(int(chunk_size), n)
+    else:
+        chunk_size = min(int(chunk_size), n)
 
     q = rearrange(query, "b c h w -> b (h w) c")
     k = rearrange(keys, "b t c h w -> b t c (h w)")
@@ -341,8 +346,8 @@ def gaussian_cross_frame_attention(
             out = _fused_attention(q, k, v, sigma, h, w, radius, fused_chunk)
         return rearrange(out, "b t (h w) c -> b (t c) h w", h=h)
     reads = []
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
+    for start in [0] if exporting else range(0, n, chunk_size):
+        stop = n if exporting else min(start + chunk_size, n)
         args = (q[:, start:stop], k, v, sigma, start, stop, h, w, radius)
         if recompute:
             reads.append(_checkpoint(_attend_chunk, *args, use_reentrant=False))

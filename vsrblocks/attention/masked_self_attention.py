@@ -133,7 +133,9 @@ def received_attention(query: torch.Tensor, key: torch.Tensor, chunk_size: int |
     n = query.shape[-2]
     chunk = _QUERY_CHUNK if chunk_size is None else max(1, chunk_size)
     total = None
-    for start in range(0, n, chunk):
+    # an exported graph cannot loop a size-dependent number of times: there, one chunk of every query
+    for start in [0] if torch.compiler.is_exporting() else range(0, n, chunk):
+        chunk = n if torch.compiler.is_exporting() else chunk
         block = torch.softmax(query[..., start : start + chunk, :] @ key.transpose(-2, -1), dim=-1).sum(dim=-2)
         total = block if total is None else total + block
     assert total is not None
@@ -189,8 +191,8 @@ def local_attention(
     channels = d + (0 if value is None else value.shape[1])
     rows = _auto_chunk(b * channels * size * size * w, chunk_size)
     outputs, weights = [], []
-    for top in range(0, h, rows):
-        bottom = min(h, top + rows)
+    for top in [0] if torch.compiler.is_exporting() else range(0, h, rows):  # one band when exported
+        bottom = h if torch.compiler.is_exporting() else min(h, top + rows)
         band = slice(top, bottom + 2 * radius)
         q = rearrange(query[:, :, top:bottom], "b d h w -> b (h w) 1 d")
         k = rearrange(F.unfold(key_padded[:, :, band], size), "b (d k) n -> b n d k", d=d)

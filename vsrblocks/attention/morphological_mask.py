@@ -15,6 +15,7 @@ occlusion mask by 3 pixels before its closing), give :class:`MorphologicalMask` 
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import numpy as np
@@ -39,6 +40,8 @@ __all__ = [
 Footprint = Literal["square", "disk"]
 Operation = Literal["dilate", "erode", "open", "close", "gradient", "none"]
 _FOOTPRINTS = ("square", "disk")
+#: Iterations of each connected-component loop in an exported graph (eager code iterates to convergence).
+EXPORT_ITERATIONS = 32
 _OPERATIONS = ("dilate", "erode", "open", "close", "gradient", "none")
 
 
@@ -88,7 +91,9 @@ def _dilate(x: torch.Tensor, kernel_size: int, footprint: Footprint) -> torch.Te
     padded = F.pad(x, (r, r, r, r), value=float("-inf"))
     # A running max over shifted views keeps memory at O(H W) whatever the footprint.
     out = None
-    for dy, dx in make_footprint(kernel_size, footprint).nonzero().tolist():
+    # offsets from Python ints, not make_footprint(...).nonzero(): a tensor's values cannot decide an exported loop
+    disk = [(dy, dx) for dy in range(kernel_size) for dx in range(kernel_size) if (dy - r) ** 2 + (dx - r) ** 2 <= r * r]
+    for dy, dx in disk:
         view = padded[..., dy : dy + height, dx : dx + width]
         out = view if out is None else torch.maximum(out, view)
     assert out is not None
@@ -200,6 +205,8 @@ def morphological_gradient(x: torch.Tensor, kernel_size: int = 3, footprint: Foo
 
 
 def _check_binary(x: torch.Tensor, what: str) -> None:
+    if torch.compiler.is_exporting():  # a value-dependent check cannot be part of an exported graph
+        return
     if x.dtype != torch.bool and not bool(((x == 0) | (x == 1)).all()):
         raise ValueError(f"{what} needs a binary mask (values in {{0, 1}} or bool)")
 
@@ -222,7 +229,10 @@ def _component_sizes(foreground: torch.Tensor, connectivity: int) -> torch.Tenso
     inf = torch.tensor(float("inf"), device=fg.device, dtype=dtype)
     footprint: Footprint = "square" if connectivity == 2 else "disk"
     labels = torch.arange(n, device=fg.device).expand(b * c, n).contiguous()
-    while True:
+    # An exported graph cannot test convergence: it unrolls a fixed number of iterations instead. Both loops
+    # are idempotent once converged, so the result is the same whenever that number suffices.
+    exporting = torch.compiler.is_exporting()
+    for _ in range(EXPORT_ITERATIONS) if exporting else itertools.count():
         as_float = labels.to(dtype)
         grid = torch.where(fg, as_float, inf).reshape(b * c, 1, h, w)
         smallest = -_dilate(-grid, 3, footprint).reshape(b * c, n)
@@ -230,12 +240,12 @@ def _component_sizes(foreground: torch.Tensor, connectivity: int) -> torch.Tenso
         updated = torch.minimum(labels.scatter_reduce(1, labels, smallest, reduce="amin"), smallest)
         for _ in range(2):
             updated = updated.gather(1, updated)
-        if torch.equal(updated, labels):
+        if not exporting and torch.equal(updated, labels):
             break
         labels = updated
-    while True:
+    for _ in range(EXPORT_ITERATIONS) if exporting else itertools.count():
         jumped = labels.gather(1, labels)
-        if torch.equal(jumped, labels):
+        if not exporting and torch.equal(jumped, labels):
             break
         labels = jumped
     counts = torch.zeros(b * c, n, device=fg.device, dtype=torch.long)

@@ -114,7 +114,7 @@ class STCSA(nn.Module):
         q, k, v = (self._tokens(z, frames) for z in (q, k, v))
         nh, nw = (height + pad_h) // p, (width + pad_w) // p
         scale = self.head_dim**-0.5
-        if self.mask_padding and (pad_h or pad_w):
+        if self.mask_padding and (torch.compiler.is_exporting() or pad_h or pad_w):  # exported: no size branch
             # Append one column per in-patch pixel position holding that pixel's validity in the key patch:
             # the attention read-out of those columns is the weight of the real keys, the normaliser.
             valid = torch.zeros(height + pad_h, width + pad_w, dtype=v.dtype, device=v.device)

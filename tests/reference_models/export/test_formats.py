@@ -1,0 +1,48 @@
+"""The exported-program (.pt2) and TorchScript formats: written, loaded back, run at a second size."""
+
+import pytest
+import torch
+
+from reference_models import create_model
+from reference_models.export.exported_program import example_clip, export_program, load_program, save_program
+from reference_models.export.metadata import model_metadata, parse_metadata
+from reference_models.export.torchscript import export_torchscript, load_torchscript
+
+
+@pytest.fixture(scope="module")
+def mana():
+    torch.manual_seed(0)
+    return create_model("mana", "tiny").eval()
+
+
+@pytest.mark.slow
+def test_exported_program_round_trip_runs_at_another_size(mana, tmp_path):
+    path = tmp_path / "mana.pt2"
+    save_program(export_program(mana), path, model_metadata(mana))
+    program, metadata = load_program(path)
+    assert parse_metadata(metadata, "mana.pt2") == (7, 4, "center")
+    clip = torch.rand(1, 7, 3, 13, 18, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(clip), mana(clip), atol=1e-5, rtol=0)
+
+
+def test_torchscript_round_trip_runs_at_another_batch(mana, tmp_path):
+    path = tmp_path / "mana.ts"
+    export_torchscript(mana, path, example=example_clip(mana, 12, 16))
+    module, metadata = load_torchscript(path)
+    assert metadata["input_sizes"] == "B: any, T: 7, C: 3, H: 12, W: 16"
+    assert parse_metadata(metadata, "mana.ts") == (7, 4, "center")
+    clip = torch.rand(3, 7, 3, 12, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(module(clip), mana(clip), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "metadata, message",
+    [({"scale": "4", "output_mode": "center"}, "lacks the metadata num_frames"),
+     ({"num_frames": "x", "scale": "4", "output_mode": "center"}, "malformed"),
+     ({"num_frames": "5", "scale": "4", "output_mode": "middle"}, "malformed")],
+)
+def test_metadata_errors_name_the_problem(metadata, message):
+    with pytest.raises(ValueError, match=message):
+        parse_metadata(metadata, "file")
