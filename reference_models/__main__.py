@@ -165,7 +165,9 @@ def _build_model(args: argparse.Namespace, **overrides):
                 f"models: {', '.join(list_models())}"
             )
         if not args.random_weights:
-            list_presets(args.model)  # an unknown model name is the first thing to report
+            presets = list_presets(args.model)  # an unknown model or preset is the first thing to report
+            if args.preset and args.preset not in presets:
+                raise _UserError(f"unknown preset {args.preset!r} for model {args.model!r}; available: {', '.join(presets)}")
             raise _UserError(
                 "no --checkpoint: pass the model's weights (or --random-weights for a smoke test; its output is noise)"
             )

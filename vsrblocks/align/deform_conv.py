@@ -121,6 +121,15 @@ class _GridCoordinate(torch.autograd.Function):
         return None, grad * ctx.scale, None
 
 
+def _grid_coordinate(base: torch.Tensor, offset: torch.Tensor, size: int) -> torch.Tensor:
+    """:class:`_GridCoordinate`, or, while exporting (where a Python size inside an autograd function would
+    freeze the exported graph to the example's size), the plain clamped normalisation of ``base + offset``."""
+    if torch.compiler.is_exporting():
+        position = (base + offset).clamp(-2.0, size + 1.0)
+        return (2.0 * position + 1.0) / size - 1.0
+    return _GridCoordinate.apply(base, offset, size)
+
+
 def _deform_conv2d_torch(
     x: torch.Tensor,
     offset: torch.Tensor,
@@ -158,8 +167,8 @@ def _deform_conv2d_torch(
     base_y = (tap_rows[:, None, None, None] + rows[None, None, :, None]).expand(kh, kw, out_h, out_w).reshape(taps, out_h, out_w)
     base_x = (tap_cols[None, :, None, None] + cols[None, None, None, :]).expand(kh, kw, out_h, out_w).reshape(taps, out_h, out_w)
     offset = rearrange(offset, "b (g k two) h w -> (b g) k two h w", g=deform_groups, k=taps, two=2)
-    grid_x = _GridCoordinate.apply(base_x, offset[:, :, 1], size_w)
-    grid_y = _GridCoordinate.apply(base_y, offset[:, :, 0], size_h)
+    grid_x = _grid_coordinate(base_x, offset[:, :, 1], size_w)
+    grid_y = _grid_coordinate(base_y, offset[:, :, 0], size_h)
     grid = rearrange(torch.stack((grid_x, grid_y), dim=-1), "n k h w two -> n (k h) w two")
     sampled = F.grid_sample(x_groups, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     sampled = rearrange(sampled, "(b g) c (k h) w -> b g c k h w", g=deform_groups, k=taps)

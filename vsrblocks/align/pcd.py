@@ -186,19 +186,25 @@ class EasyPCD(nn.Module):
             levels.append(F.leaky_relu(block["conv2"](y), self.negative_slope))
         return levels
 
-    # The deformable ConvLSTM calls this twice per time step with the same shapes: torch.compile traces
-    # and compiles it once and reuses it, instead of unrolling every call into one huge graph (MAFnet
-    # tiny: thousands of operations; the recurrent part alone traces in about half the time). A no-op in eager mode.
-    @torch.compiler.nested_compile_region
     def forward(self, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
         dims = check_shape(f1, "B C H W", name="f1", C=self.channels)
         check_shape(f2, "B C H W", name="f2", B=dims["B"], C=self.channels, H=dims["H"], W=dims["W"])
-        batch = dims["B"]
+        # torch.export freezes every size inside a nested compile region; there the alignment is inlined
+        align = self._align if torch.compiler.is_exporting() else self._align_region
+        return align(f1, f2)
+
+    def _align(self, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+        batch = f1.shape[0]
         both = self.pyramid(torch.cat((f1, f2), dim=0))  # shared weights: one pass over the stacked pair
         pyr1 = [level[:batch] for level in both]
         pyr2 = [level[batch:] for level in both]
         aligned = torch.cat((self.align_1(pyr1, pyr2), self.align_2(pyr2, pyr1)), dim=1)
         return self.fusion(aligned)
+
+    # The deformable ConvLSTM calls this twice per time step with the same shapes: torch.compile traces
+    # and compiles it once and reuses it, instead of unrolling every call into one huge graph (MAFnet
+    # tiny: thousands of operations; the recurrent part alone traces in about half the time). A no-op in eager mode.
+    _align_region = torch.compiler.nested_compile_region(_align)
 
     @torch.no_grad()
     def identity_init_(self) -> EasyPCD:
