@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import signal
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
@@ -142,6 +141,25 @@ class _UserError(Exception):
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {message}", file=sys.stderr)
+
+
+def run_reporting_errors(action: Callable[[], int]) -> int:
+    """Run a subcommand (``evaluate``, ``export``): each warning as one ``warning:`` line, a failure the user can
+    cause as one ``error:`` line and status 1, Ctrl-C as status 130."""
+    from reference_models.video_io import VideoIOError
+    from vsrblocks.checkpoint import CheckpointError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _print_warning
+        try:
+            return action()
+        except (_UserError, CheckpointError, VideoIOError, ValueError, OSError, RuntimeError) as exc:
+            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
 
 
 def _build_model(args: argparse.Namespace, **overrides):

@@ -226,7 +226,7 @@ class DASAA(nn.Module):
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         dims = check_shape(clip, "B T C H W", name="clip", T=self.num_frames, C=3)
-        b, t, c = dims["B"], dims["T"], self.center_index
+        t, c = dims["T"], self.center_index
         self.last_aux_losses = None
         frames = rearrange(clip, "b t c h w -> (b t) c h w")
         feats = self.dam(self.extractor(self._act(self.conv_first(frames))))

@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -124,17 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.model and not args.checkpoint:
         print("error: name a model (or 'bicubic'), or give a --checkpoint saved by this package", file=sys.stderr)
         return 1
-    from reference_models.__main__ import _UserError, _print_warning
-    from vsrblocks.checkpoint import CheckpointError
+    from reference_models.__main__ import run_reporting_errors
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        warnings.showwarning = _print_warning
-        try:
-            return _evaluate(args)
-        except (_UserError, CheckpointError, ValueError, OSError, RuntimeError) as exc:
-            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
-            return 130
+    return run_reporting_errors(lambda: _evaluate(args))

@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _UserError(Exception):
+class _UserError(ValueError):
     """A failure to report as one line."""
 
 
@@ -103,27 +103,12 @@ def onnx_run_model(onnx_file: str | None, model: str | None, checkpoint: str | N
     return OnnxRuntimeModel(onnx_file)
 
 
-def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m reference_models export``; returns the exit status."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    from reference_models.__main__ import _UserError as _RunUserError
-    from vsrblocks.checkpoint import CheckpointError
+    from reference_models.__main__ import run_reporting_errors
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        warnings.showwarning = _print_warning
-        try:
-            return _export(args)
-        except (_UserError, _RunUserError, CheckpointError, ValueError, OSError) as exc:
-            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
-            return 130
+    return run_reporting_errors(lambda: _export(args))
 
 
 if __name__ == "__main__":
