@@ -123,10 +123,7 @@ class MANA(nn.Module):
         dims = check_shape(clip, "B T C H W", name="clip", T=self.num_frames, C=3)
         b, t = dims["B"], dims["T"]
         base = F.interpolate(clip[:, self.center_index], scale_factor=4, mode="bilinear", align_corners=False)
-        # channels-last: oneDNN's convolutions run faster on NHWC here, and the attention's (pixels, channels)
-        # views of NHWC features need no copy; the output is returned in the ordinary layout
-        frames = clip.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-        feat = F.leaky_relu(self.conv_first(frames), 0.1)
+        feat = F.leaky_relu(self.conv_first(clip.flatten(0, 1)), 0.1)
         feat = self.encoder(feat).unflatten(0, (b, t))
         z, memory_loss = self.attention(feat)
         self.last_memory_loss = memory_loss
@@ -134,7 +131,7 @@ class MANA(nn.Module):
         out = F.leaky_relu(F.pixel_shuffle(self.upconv1(out), 2), 0.1)
         out = F.leaky_relu(F.pixel_shuffle(self.upconv2(out), 2), 0.1)
         out = F.leaky_relu(self.conv_hr(out), 0.1)
-        return (self.conv_last(out) + base).contiguous()
+        return self.conv_last(out) + base
 
     def extra_repr(self) -> str:
         return f"num_frames={self.num_frames}, scale={self.scale}, output_mode={self.output_mode!r}"

@@ -238,9 +238,7 @@ class VSRT(nn.Module):
     def _forward_clip(self, x: torch.Tensor) -> torch.Tensor:
         batch, frames = x.shape[:2]
         frames_flat = x.flatten(0, 1)
-        # channels-last: oneDNN's convolutions run faster on NHWC here; the output is returned in the ordinary layout
-        nhwc = frames_flat.contiguous(memory_format=torch.channels_last)
-        features = self.feature_extraction(_lrelu(self.conv_first(nhwc))).unflatten(0, (batch, frames))
+        features = self.feature_extraction(_lrelu(self.conv_first(frames_flat))).unflatten(0, (batch, frames))
         flows = bidirectional_flows(self.spynet, x)
         h = features + self.pos_embedding(features)
         for layer in self.layers:
@@ -248,7 +246,7 @@ class VSRT(nn.Module):
         out = self.upsample(self.reconstruction(h.flatten(0, 1)))
         out = self.conv_last(_lrelu(self.conv_hr(out)))
         base = F.interpolate(frames_flat, scale_factor=4, mode="bilinear", align_corners=False)
-        return (out + base).contiguous().unflatten(0, (batch, frames))
+        return (out + base).unflatten(0, (batch, frames))
 
     def _forward_tiled(self, x: torch.Tensor) -> torch.Tensor:
         tile, s = self.tile_size, self.scale
