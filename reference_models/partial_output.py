@@ -44,9 +44,9 @@ def partial_prefix(final: Path, suffix: str = "") -> str:
     ``suffix``), shortened (and hashed) to fit in NAME_MAX bytes.
 
     Examples:
-        >>> partial_prefix(Path("/tmp/out"))
+        >>> partial_prefix(Path("renders/out"))
         '.out.partial-'
-        >>> partial_prefix(Path("/tmp/clip.mp4"), ".mp4")
+        >>> partial_prefix(Path("renders/clip.mp4"), ".mp4")
         '.clip.partial-'
         >>> len(partial_prefix(Path("x" * 250)).encode()) <= 255 - 41
         True
