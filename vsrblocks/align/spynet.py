@@ -145,7 +145,8 @@ class SPyNet(nn.Module):
         dims = check_shape(ref, "B C H W", name="ref", C=3)
         check_shape(supp, "B C H W", name="supp", B=dims["B"], C=3, H=dims["H"], W=dims["W"])
         height, width = dims["H"], dims["W"]
-        height_up, width_up = -(-height // 32) * 32, -(-width // 32) * 32
+        # Ceil by (n + 31) // 32, not -(-n // 32): exported to ONNX, integer division truncates toward zero.
+        height_up, width_up = (height + 31) // 32 * 32, (width + 31) // 32 * 32
         # exported graphs resize always (an identity at multiples of 32) rather than branch on the size
         resized = torch.compiler.is_exporting() or (height_up, width_up) != (height, width)
         if resized:

@@ -32,7 +32,7 @@ def randomised(name: str) -> torch.nn.Module:
     return model
 
 
-@pytest.fixture(scope="module", params=["mana", "dasaa", "mafnet"])  # vsrt: README "Deploy" status
+@pytest.fixture(scope="module", params=["mana", "vsrt", "dasaa", "mafnet"])
 def exported(request, tmp_path_factory):
     model = randomised(request.param)
     path = tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx"
