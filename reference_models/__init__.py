@@ -9,6 +9,7 @@ from __future__ import annotations
 from reference_models.lazy_exports import lazy_exports
 
 _EXPORTS = {
+    "compile_model": "reference_models.compiled",
     "create_model": "reference_models.registry",
     "from_official": "reference_models.registry",
     "list_models": "reference_models.registry",

@@ -127,6 +127,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=["pytorch", "onnxruntime"], default="pytorch",
                      help="onnxruntime: run an exported --model FILE.onnx (python -m reference_models export)")
     run.add_argument("--model", dest="onnx_file", metavar="FILE.onnx", help="the exported model of --backend onnxruntime")
+    run.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the model with Inductor freezing (faster convolutions; the first window at each new "
+        "size compiles for minutes: worth it for long videos)",
+    )
     sub.add_parser("list", help="list the models and their presets")
     sub.add_parser("demo", help="train a tiny model on a textured clip and show its results", add_help=False)
     sub.add_parser("train", help="train a reference model", add_help=False)
@@ -201,6 +206,8 @@ def _check_options(args: argparse.Namespace) -> None:
     """The option errors found without reading anything."""
     if args.batch < 1:
         raise _UserError(f"--batch must be >= 1, got {args.batch}")
+    if args.compile and (args.backend == "onnxruntime" or args.onnx_file):
+        raise _UserError("--compile compiles a PyTorch model; it does not apply to --backend onnxruntime")
     if args.fps is not None and not MIN_FPS <= args.fps <= MAX_FPS:  # also rejects nan and inf
         raise _UserError(f"--fps must be between {MIN_FPS:g} and {MAX_FPS:g} frames per second, got {args.fps:g}")
     if args.tile is not None and args.tile < MIN_TILE:
@@ -286,6 +293,13 @@ def _run(args: argparse.Namespace) -> int:
         )
         if args.tile is not None:
             args.tile_overlap = min(16, args.tile // 2)
+    if args.compile:
+        from reference_models.compiled import compile_model
+
+        if not args.quiet:
+            print("compiling the model (torch.compile, Inductor freezing): the first window of each size takes "
+                  "minutes", file=sys.stderr)
+        model = compile_model(model)
     scale = int(model.scale)
     start = time.perf_counter()
     frames = (torch.from_numpy(array).permute(2, 0, 1) for array in source)

@@ -11,19 +11,24 @@ frozen weights ignore later changes to the parameters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 __all__ = ["compile_model"]
 
 
-def compile_model(model: nn.Module, *, freezing: bool = True, dynamic: bool | None = None) -> nn.Module:
+def compile_model(
+    model: nn.Module, *, freezing: bool = True, dynamic: bool | None = None, backend: str | Callable = "inductor"
+) -> nn.Module:
     """``torch.compile(model.eval())`` with Inductor ``freezing`` (weights prepacked and fused; inference only).
 
     Args:
         model: a reference model (or any module); put in eval mode.
         freezing: constant-fold the weights (Inductor ``freezing``): faster convolutions on CPU.
         dynamic: ``torch.compile``'s ``dynamic`` (``None``: recompile per size until sizes are seen to vary).
+        backend: ``torch.compile``'s backend; ``freezing`` applies to Inductor only.
 
     Returns:
         The compiled module (``torch._dynamo.eval_frame.OptimizedModule``), attributes of ``model`` readable on it.
@@ -34,4 +39,5 @@ def compile_model(model: nn.Module, *, freezing: bool = True, dynamic: bool | No
         >>> fast.num_frames, fast.scale
         (7, 4)
     """
-    return torch.compile(model.eval(), dynamic=dynamic, options={"freezing": freezing})
+    options = {"freezing": freezing} if backend == "inductor" else None
+    return torch.compile(model.eval(), dynamic=dynamic, backend=backend, options=options)

@@ -291,3 +291,31 @@ def test_python_dash_m_entry_point(tmp_path, checkpoint):
     )
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines() == [f"error: checkpoint '{tmp_path / 'nope.pt'}' does not exist"]
+
+
+def test_compile_option_runs_the_compiled_model(tmp_path, capsys, checkpoint, monkeypatch):
+    """``run --compile`` goes through ``compile_model`` (here with Dynamo's eager backend: Inductor's C++ build
+    takes minutes) and writes the frames the eager model writes."""
+    import torch._dynamo.testing
+
+    import reference_models.compiled
+
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    original = reference_models.compiled.compile_model
+    monkeypatch.setattr(reference_models.compiled, "compile_model", lambda model: original(model, backend=counter))
+    frames = random_frames(3, 12, 16)
+    src = write_folder(tmp_path / "in", frames, [f"f{i}.png" for i in range(3)])
+    code, _, err = run_cli(capsys, "run", "--checkpoint", checkpoint, "-i", src, "-o", tmp_path / "out", "--compile")
+    assert code == 0, err
+    assert "compiling" in err
+    assert counter.frame_count >= 1
+    for name, exp in zip([f"f{i}" for i in range(3)], expected_frames(checkpoint, frames)):
+        np.testing.assert_array_equal(np.array(Image.open(tmp_path / "out" / f"{name}.png")), exp)
+
+
+def test_compile_option_refuses_onnxruntime(tmp_path, capsys):
+    src = write_folder(tmp_path / "in", random_frames(1, 8, 8), ["a.png"])
+    code, _, err = run_cli(capsys, "run", "--backend", "onnxruntime", "--model", tmp_path / "m.onnx", "-i", src,
+                           "-o", tmp_path / "out", "--compile")
+    assert_one_line_error(code, err, "--compile")

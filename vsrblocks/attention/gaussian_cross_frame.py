@@ -147,6 +147,10 @@ def _fused_supported(query: torch.Tensor) -> bool:
     )
 
 
+#: ``log G`` below which the fused path drops a key (``G < 1e-30``).
+_LOG_NEGLIGIBLE = math.log(1e-30)
+
+
 def _log_gaussian_block(start: int, stop: int, row0: int, row1: int, width: int, sigma: torch.Tensor,
                         radius2: float | None, dtype: torch.dtype) -> torch.Tensor:
     """``log G = -d2 / (2 sigma^2)`` for queries ``start..stop-1`` against the keys of image rows ``row0..row1-1``,
@@ -158,16 +162,41 @@ def _log_gaussian_block(start: int, stop: int, row0: int, row1: int, width: int,
     dx2 = (xq[:, None] - torch.arange(width, device=sigma.device, dtype=dtype)[None, :]) ** 2
     d2 = dy2[:, :, None] + dx2[:, None, :]
     bias = d2 * (-0.5 / sigma.detach().to(dtype) ** 2)
+    # Weights G < 1e-30 count as zero (an absolute change below 1e-30 * max|v|): near float32's subnormal
+    # range, their products make the flash kernel's backward several times slower (4x measured at 64x112).
+    bias = bias.masked_fill(bias < _LOG_NEGLIGIBLE, float("-inf"))
     if radius2 is not None:
         bias = bias.masked_fill(d2 > radius2, float("-inf"))
     return bias.reshape(stop - start, (row1 - row0) * width)
 
 
+def _band(start: int, stop: int, height: int, width: int, radius: float | None) -> tuple[int, int, float | None]:
+    """Image rows ``row0..row1-1`` whose keys can lie within ``radius`` of queries ``start..stop-1``, and the
+    squared radius (all rows and ``None`` without a window)."""
+    if radius is None:
+        return 0, height, None
+    reach = int(math.floor(radius))
+    return max(0, start // width - reach), min(height, (stop - 1) // width + reach + 1), radius * radius
+
+
+def _padded_tokens(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, width_all: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query, keys and values as the flash kernel takes them: ``(B, T, N, width_all)`` each, zero-padded
+    channels (zeros change no dot product), the query repeated for every frame."""
+    b, t, cq, n = k.shape
+    qt = F.pad(q, (0, width_all - q.shape[-1])).unsqueeze(1).expand(b, t, n, width_all).contiguous()
+    kt = F.pad(k.transpose(2, 3), (0, width_all - cq)).contiguous()
+    vt = F.pad(v, (0, width_all - v.shape[-1])).contiguous()
+    return qt, kt, vt
+
+
 def _fused_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, height: int, width: int,
     radius: float | None, chunk_size: int,
-) -> torch.Tensor:
-    """The exact read-outs through two fused attention passes, without autograd: ``(B, T, N, Cv)``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The exact read-outs through two fused attention passes, without autograd: ``(B, T, N, Cv)``, and the
+    log-sum-exps ``L0`` and ``L1`` (``(B, T, N)`` each) that :func:`_fused_backward` needs.
 
     With ``L0 = logsumexp_j(s_ij)`` and ``L1 = logsumexp_j(s_ij + log G_ij)`` (``s = q . k``, no scale),
     ``sum_j softmax(s)_ij G_ij v_j = exp(L1 - L0) * softmax(s + log G)_i @ v``. PyTorch's CPU flash kernel returns
@@ -175,57 +204,120 @@ def _fused_attention(
     written: one pass without bias gives ``L0``, one pass per query chunk with the ``log G`` bias gives the
     read-out and ``L1``. In the windowed mode the biased pass only visits the band of image rows within the
     radius (bias ``-inf`` beyond it), as the chunked path does. The kernel needs equal query/key/value widths,
-    so the query, keys and values are padded with zero channels to a common width (zeros change no dot product).
+    so the query, keys and values are padded with zero channels to a common width.
     """
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    b, t, cq, n = k.shape
-    cv = v.shape[-1]
-    width_all = max(cq, cv)
-    qt = F.pad(q, (0, width_all - cq)).unsqueeze(1).expand(b, t, n, width_all).contiguous()  # (B, T, N, E)
-    kt = F.pad(k.transpose(2, 3), (0, width_all - cq)).contiguous()  # (B, T, N, E)
-    vt = F.pad(v, (0, width_all - cv)).contiguous()
+    n, cv = v.shape[-2], v.shape[-1]
+    qt, kt, vt = _padded_tokens(q, k, v, max(k.shape[2], cv))
     _, lse0 = flash(qt, kt, vt, scale=1.0)  # (B, T, N): the softmax denominator over every key
-    reads = []
+    reads, lse1s = [], []
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
-        if radius is None:
-            row0, row1, radius2 = 0, height, None
-        else:
-            reach = int(math.floor(radius))
-            row0 = max(0, start // width - reach)
-            row1 = min(height, (stop - 1) // width + reach + 1)
-            radius2 = radius * radius
+        row0, row1, radius2 = _band(start, stop, height, width, radius)
         bias = _log_gaussian_block(start, stop, row0, row1, width, sigma, radius2, q.dtype)
         band = slice(row0 * width, row1 * width)
         read, lse1 = flash(qt[:, :, start:stop], kt[:, :, band], vt[:, :, band], attn_mask=bias, scale=1.0)
         reads.append(read[..., :cv] * torch.exp(lse1 - lse0[:, :, start:stop]).unsqueeze(-1))
-    return reads[0] if len(reads) == 1 else torch.cat(reads, dim=2)
+        lse1s.append(lse1)
+    return torch.cat(reads, dim=2), lse0, torch.cat(lse1s, dim=2)
 
 
-class _FusedRecomputed(torch.autograd.Function):
-    """Fused forward (:func:`_fused_attention`); the backward recomputes the chunked path one query chunk at a
-    time and differentiates it, so gradients (``sigma`` included) are those of the chunked implementation and
-    the backward's working set stays one chunk."""
+#: Extra key channels of the backward's biased pass: ``|p|^2, y, x, 1`` of each key position ``p``.
+_POSITION_CHANNELS = 4
+
+
+def _fused_backward(
+    grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor,
+    out: torch.Tensor, lse0: torch.Tensor, lse1: torch.Tensor, height: int, width: int, radius: float | None,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact gradients of :func:`_fused_attention` for ``q``, ``k``, ``v`` and ``sigma`` through PyTorch's CPU
+    flash-attention backward kernel, without recomputing the forward and without a ``(queries x keys)`` buffer.
+
+    With ``P = softmax(s)``, ``W = P * G`` (so ``o = W v``), output gradient ``g`` and ``D_i = g_i . o_i``, the
+    logit gradient is ``ds = W * (g v^T) - P * D``. The kernel computes ``A * (dO V^T - rowsum(dO * O))`` for a
+    softmax ``A`` given by its log-sum-exp, so two calls give both terms exactly:
+
+    - ``W * (g v^T)``: ``A = softmax(s + log G)`` (``L1``), ``dO = exp(L1 - L0) g`` (since
+      ``exp(L1 - L0) A = W``) and ``O = 0``; this call also returns ``dv = W^T g``;
+    - ``-P * D``: ``A = P`` (``L0``), ``dO = g``, ``O = o`` and zero values.
+
+    ``ds`` is also the gradient of ``log G = -d^2 / (2 sigma^2)``, so ``dsigma = sum_ij ds_ij d_ij^2 / sigma^3``
+    (only the first term depends on ``G``). The kernel does not return bias gradients, but it returns
+    ``dq_i = sum_j ds_ij k_j``: keys extended by the channels ``|p_j|^2, p_j, 1`` (zero in the query, so no
+    score changes) make it return ``sum_j ds_ij |p_j|^2``, ``sum_j ds_ij p_j`` and ``sum_j ds_ij``, and
+    ``sum_j ds_ij |p_i - p_j|^2`` follows. Positions are taken relative to each query chunk's centre to keep
+    that expansion's cancellation small in float32.
+    """
+    flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    b, t, cq, n = k.shape
+    cv = v.shape[-1]
+    width_all = max(cq, cv)
+    extended = width_all + _POSITION_CHANNELS
+    qt, kt, vt = _padded_tokens(q, k, v, extended)
+    gt = F.pad(grad, (0, extended - cv)).contiguous()
+    ot = F.pad(out, (0, extended - cv)).contiguous()
+    no_values = torch.zeros_like(vt)
+    dq, dk, dv = torch.zeros_like(qt), torch.zeros_like(kt), torch.zeros_like(vt)
+    dsigma = torch.zeros((), dtype=torch.float64, device=q.device)
+    ys = torch.div(torch.arange(n, device=q.device), width, rounding_mode="floor").to(q.dtype)
+    xs = (torch.arange(n, device=q.device) % width).to(q.dtype)
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        rows = slice(start, stop)
+        row0, row1, radius2 = _band(start, stop, height, width, radius)
+        band = slice(row0 * width, row1 * width)
+        bias = _log_gaussian_block(start, stop, row0, row1, width, sigma, radius2, q.dtype)
+        # -P * D over every key: L0's softmax
+        dq0, dk0, _ = flash_backward(
+            gt[:, :, rows], qt[:, :, rows], kt, no_values, ot[:, :, rows], lse0[:, :, rows], 0.0, False, scale=1.0
+        )
+        # W * (g v^T) over the band, with the keys' positions appended
+        centre_y, centre_x = (start // width + (stop - 1) // width) / 2, (width - 1) / 2
+        key_y, key_x = ys[band] - centre_y, xs[band] - centre_x
+        keys = kt[:, :, band].clone()
+        keys[..., width_all:] = torch.stack((key_y * key_y + key_x * key_x, key_y, key_x, torch.ones_like(key_x)), -1)
+        scale_out = torch.exp(lse1[:, :, rows] - lse0[:, :, rows]).unsqueeze(-1)
+        dq1, dk1, dv1 = flash_backward(
+            gt[:, :, rows] * scale_out, qt[:, :, rows], keys, vt[:, :, band], torch.zeros_like(gt[:, :, rows]),
+            lse1[:, :, rows], 0.0, False, attn_mask=bias, scale=1.0,
+        )
+        dq[:, :, rows] += dq0 + dq1
+        dk += dk0
+        dk[:, :, band] += dk1
+        dv[:, :, band] += dv1
+        if sigma.requires_grad:
+            query_y, query_x = ys[rows] - centre_y, xs[rows] - centre_x
+            moments = dq1[..., width_all:]  # sum_j ds_ij (|p_j|^2, y_j, x_j, 1)
+            d2_weighted = (
+                moments[..., 0]
+                - 2 * (query_y * moments[..., 1] + query_x * moments[..., 2])
+                + (query_y * query_y + query_x * query_x) * moments[..., 3]
+            )
+            dsigma += d2_weighted.sum(dtype=torch.float64)
+    grad_sigma = (dsigma / sigma.detach().to(torch.float64) ** 3).to(sigma.dtype).reshape(sigma.shape)
+    return dq[..., :cq].sum(1), dk[..., :cq].transpose(2, 3), dv[..., :cv], grad_sigma
+
+
+class _FusedAttention(torch.autograd.Function):
+    """Fused forward (:func:`_fused_attention`) and fused exact backward (:func:`_fused_backward`): gradients,
+    ``sigma``'s included, equal those of the chunked implementation up to rounding, and both passes keep only
+    tensors linear in the number of pixels (plus one query chunk's bias)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, sigma, height, width, radius, chunk_size, fused_chunk):  # noqa: D102
-        ctx.save_for_backward(q, k, v, sigma)
+    def forward(ctx, q, k, v, sigma, height, width, radius, chunk_size):  # noqa: D102
+        out, lse0, lse1 = _fused_attention(q, k, v, sigma, height, width, radius, chunk_size)
+        ctx.save_for_backward(q, k, v, sigma, out, lse0, lse1)
         ctx.geometry = (height, width, radius, chunk_size)
-        return _fused_attention(q, k, v, sigma, height, width, radius, fused_chunk)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # noqa: D102
-        height, width, radius, chunk_size = ctx.geometry
-        leaves = [x.detach().requires_grad_(need) for x, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
-        q, k, v, sigma = leaves
-        n = q.shape[1]
-        with torch.enable_grad():
-            for start in range(0, n, chunk_size):
-                stop = min(start + chunk_size, n)
-                read = _attend_chunk(q[:, start:stop], k, v, sigma, start, stop, height, width, radius)
-                torch.autograd.backward(read, grad[:, :, start:stop])
-        return (*(x.grad if need else None for x, need in zip(leaves, ctx.needs_input_grad)), None, None, None, None, None)
+        q, k, v, sigma, out, lse0, lse1 = ctx.saved_tensors
+        sigma = sigma.detach().requires_grad_(ctx.needs_input_grad[3])
+        grads = _fused_backward(grad.contiguous(), q, k, v, sigma, out, lse0, lse1, *ctx.geometry)
+        return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None, None, None)
 
 
 def gaussian_cross_frame_attention(
@@ -257,9 +349,13 @@ def gaussian_cross_frame_attention(
     :func:`default_chunk_size` (at most 64 MiB per chunk). Results do not depend on the chunk size (each
     query row is computed independently; only the floating-point blocking of the matrix products may
     change, at the float32 rounding level: relative ~1e-6). In float32/float64 on CPU the forward runs
-    fused (:func:`_fused_attention`, no logits buffer at all). With autograd on and ``checkpoint=True`` each
-    chunk is recomputed in the backward pass, so training memory is bounded the same way;
-    ``checkpoint=False`` keeps every chunk's activations instead (faster backward, ``O((HW)^2)`` memory).
+    fused (:func:`_fused_attention`, no logits buffer at all), and with autograd on and ``checkpoint=True``
+    so does the backward (:func:`_fused_backward`: the flash kernel's backward, exact gradients, ``sigma``'s
+    included, from the saved output and log-sum-exps, no recomputation; Gaussian weights below ``1e-30`` count
+    as zero there, an absolute difference below ``1e-30 * max|v|``). Elsewhere, with ``checkpoint=True``
+    each chunk is recomputed in the backward pass, so training memory is bounded the same way;
+    ``checkpoint=False`` runs the plain chunked path and keeps every chunk's activations (``O((HW)^2)``
+    memory).
 
     **Windowed mode** (opt-in, ``window_radius`` in pixels or ``window_sigmas = k`` for a radius of
     ``k * sigma``): the Gaussian is truncated to zero for keys farther than the radius, and only keys in
@@ -285,7 +381,8 @@ def gaussian_cross_frame_attention(
         chunk_size: query pixels per chunk (``None``: automatic; any value gives the same result).
         window_radius: optional truncation radius of the Gaussian in pixels.
         window_sigmas: optional truncation radius in units of ``sigma`` (exclusive with ``window_radius``).
-        checkpoint: recompute chunks in the backward pass instead of storing them.
+        checkpoint: bounded training memory: the fused backward where available, else chunks recomputed in
+            the backward pass; ``False``: the plain chunked path with every chunk's activations stored.
 
     Returns:
         ``(B, T * Cv, H, W)``: the per-frame read-outs concatenated on channels, frame 0 first.
@@ -338,12 +435,12 @@ def gaussian_cross_frame_attention(
     v = rearrange(values, "b t c h w -> b t (h w) c").contiguous()  # one copy, not one per chunk
     track = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, sigma))
     recompute = checkpoint and chunk_size < n and track
-    if _fused_supported(query) and (recompute or not track):
+    if _fused_supported(query) and (checkpoint or not track):
         fused_chunk = fused_chunk_size(n, query.element_size()) if explicit_chunk is None else chunk_size
         if track:
-            out = _FusedRecomputed.apply(q, k, v, sigma, h, w, radius, chunk_size, fused_chunk)
+            out = _FusedAttention.apply(q, k, v, sigma, h, w, radius, fused_chunk)
         else:
-            out = _fused_attention(q, k, v, sigma, h, w, radius, fused_chunk)
+            out = _fused_attention(q, k, v, sigma, h, w, radius, fused_chunk)[0]
         return rearrange(out, "b t (h w) c -> b (t c) h w", h=h)
     reads = []
     for start in [0] if exporting else range(0, n, chunk_size):
@@ -395,7 +492,7 @@ class GaussianCrossFrameAttention(nn.Module):
         center_index: the query frame (default ``num_frames // 2``; 3 for the official T = 7).
         eps: GroupNorm epsilon (official 1e-6).
         zero_init: zero-initialise ``W_z`` (weight and bias).
-        checkpoint: recompute attention chunks in the backward pass (bounded training memory).
+        checkpoint: bounded training memory (fused backward, or chunks recomputed in the backward pass).
 
     Shape:
         - Input: ``(B, T, C, H, W)``
