@@ -25,6 +25,7 @@ from vsrblocks.align.flow_warp import flow_warp
 from vsrblocks.attention.channel_attention import ChannelAttention
 from vsrblocks.attention.position_attention import PositionAttention
 from vsrblocks.attention.spatial_attention import SpatialAttention
+from vsrblocks.crop import crop_padding
 from vsrblocks.recurrent.deform_conv_lstm import DeformableConvLSTM
 from vsrblocks.residual import ResidualDenseBlock
 from vsrblocks.shapes import check_shape
@@ -105,7 +106,7 @@ class FeatureFlowEstimator(nn.Module):
                 flow = 2.0 * F.interpolate(flow, size=refs[level].shape[-2:], mode="bilinear", align_corners=True)
             warped = flow_warp(supps[level], flow, padding_mode="border")
             flow = flow + self.basic_module[level](torch.cat((refs[level], warped, flow), dim=1))
-        return flow[:, :, :height, :width]
+        return crop_padding(flow, height, width)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, num_levels={self.num_levels}"

@@ -121,10 +121,15 @@ class _GridCoordinate(torch.autograd.Function):
         return None, grad * ctx.scale, None
 
 
+def _exporting() -> bool:
+    """``torch.export`` or TorchScript tracing (where sizes may be traced tensors): the plain graph path."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
 def _grid_coordinate(base: torch.Tensor, offset: torch.Tensor, size: int) -> torch.Tensor:
     """:class:`_GridCoordinate`, or, while exporting (where a Python size inside an autograd function would
     freeze the exported graph to the example's size), the plain clamped normalisation of ``base + offset``."""
-    if torch.compiler.is_exporting():
+    if _exporting():
         position = (base + offset).clamp(-2.0, size + 1.0)
         return (2.0 * position + 1.0) / size - 1.0
     return _GridCoordinate.apply(base, offset, size)
@@ -151,7 +156,7 @@ def _deform_conv2d_torch(
     # input per corner exactly as torchvision's kernel does. The input is zero-padded (bottom/right, which
     # changes nothing read) to power-of-two sizes S, so that _GridCoordinate can hand grid_sample
     # positions it un-normalises without rounding.
-    if torch.compiler.is_exporting():  # bit_length() would freeze the size; unpadded positions round once more
+    if _exporting():  # bit_length() would freeze the size; unpadded positions round once more
         size_h, size_w = height, width
     else:
         size_h, size_w = 1 << (height - 1).bit_length(), 1 << (width - 1).bit_length()

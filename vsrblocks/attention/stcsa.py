@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from vsrblocks.crop import crop_padding
 from vsrblocks.shapes import check_shape
 
 __all__ = ["STCSA"]
@@ -117,8 +118,10 @@ class STCSA(nn.Module):
         if self.mask_padding and (torch.compiler.is_exporting() or pad_h or pad_w):  # exported: no size branch
             # Append one column per in-patch pixel position holding that pixel's validity in the key patch:
             # the attention read-out of those columns is the weight of the real keys, the normaliser.
-            valid = torch.zeros(height + pad_h, width + pad_w, dtype=v.dtype, device=v.device)
-            valid[:height, :width] = 1
+            # a comparison, not a slice assignment: torch.export would freeze whether the padding is empty
+            rows = torch.arange(height + pad_h, device=v.device) < height
+            cols = torch.arange(width + pad_w, device=v.device) < width
+            valid = (rows[:, None] & cols[None, :]).to(v.dtype)
             valid = rearrange(valid, "(nh i) (nw j) -> (nh nw) (i j)", i=p, j=p).repeat(frames, 1)
             v = torch.cat((v, valid.expand(*v.shape[:2], -1, -1)), dim=-1)
             out = F.scaled_dot_product_attention(q, k, v, scale=scale)
@@ -132,7 +135,7 @@ class STCSA(nn.Module):
         out = rearrange(
             out, "b g (t nh nw) (c i j) -> (b t) (g c) (nh i) (nw j)", t=frames, nh=nh, nw=nw, i=p, j=p
         )
-        out = self.conv(out[..., :height, :width])
+        out = self.conv(crop_padding(out, height, width))
         out = rearrange(out, "(b t) c h w -> b t c h w", t=frames)
         return out + x if self.residual else out
 

@@ -37,6 +37,17 @@ def test_torchscript_round_trip_runs_at_another_batch(mana, tmp_path):
         torch.testing.assert_close(module(clip), mana(clip), atol=1e-5, rtol=0)
 
 
+def test_torchscript_traces_the_pure_pytorch_deformable_convolution(tmp_path):
+    """MAFnet's deformable ConvLSTM: traced sizes are tensors, so the deformable convolution takes its export path."""
+    torch.manual_seed(0)
+    model = create_model("mafnet", "tiny", num_frames=3).eval()
+    export_torchscript(model, tmp_path / "mafnet.ts", example=example_clip(model, 16, 20))
+    module, _ = load_torchscript(tmp_path / "mafnet.ts")
+    clip = torch.rand(2, 3, 3, 16, 20, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(module(clip), model(clip), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize(
     "metadata, message",
     [({"scale": "4", "output_mode": "center"}, "lacks the metadata num_frames"),
@@ -46,3 +57,17 @@ def test_torchscript_round_trip_runs_at_another_batch(mana, tmp_path):
 def test_metadata_errors_name_the_problem(metadata, message):
     with pytest.raises(ValueError, match=message):
         parse_metadata(metadata, "file")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dasaa", "mafnet", "vsrt"])
+def test_exported_program_runs_at_multiples_of_the_padding_step_and_between(name):
+    """The 34x38 example needs padding (patches, pyramids); the program must not be frozen to sizes that do."""
+    torch.manual_seed(0)
+    model = create_model(name, "tiny", **({"num_frames": 3} if name == "mafnet" else {})).eval()
+    program = export_program(model)
+    generator = torch.Generator().manual_seed(1)
+    for height, width in [(40, 48), (37, 41)]:  # multiples of 8, and of nothing
+        clip = torch.rand(1, model.num_frames, 3, height, width, generator=generator)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(clip), model(clip), atol=1e-5, rtol=0)
