@@ -11,14 +11,17 @@ Forms (``--forms``), each the same weights (seed 0) and the same input:
 - ``ours``   -- the model as it is in this checkout;
 - ``dense``  -- the official dense form, the in-run reference: every MANA cross-frame attention replaced by the
   official read-out (a stored ``(HW x HW)`` distance matrix and one full ``(HW x HW)`` softmax matrix per frame,
-  ``benchmarks/attention.py``), and every ``scaled_dot_product_attention`` forced onto PyTorch's unfused math
-  backend (matrix product, softmax, matrix product, as the official codes write it). Skipped when one
-  ``(HW)^2`` float32 matrix exceeds ``--max-dense-gb``;
+  ``benchmarks/attention.py``), VSRT's STCSA and flows computed as the official code does (``Unfold``/``Fold``
+  patches, an explicit softmax matrix, SPyNet on ``T + 1`` pairs per direction: ``benchmarks/official_vsrt.py``),
+  and every other ``scaled_dot_product_attention`` forced onto PyTorch's unfused math backend (matrix product,
+  softmax, matrix product, as the official codes write it). Skipped when one ``(HW)^2`` float32 matrix exceeds
+  ``--max-dense-gb``;
 - ``before`` -- the model as it was at revision ``--before`` (``git archive`` into a temporary folder).
 
 Rounds interleave the forms (ours, dense, before, ours, dense, ...) so that the load of a shared machine hits all of
-them alike; every figure is the median over ``--rounds`` rounds of the median of ``--reps`` passes after one
-warm-up, each run in its own subprocess (peak memory is that run's alone, ``benchmarks/peak_memory.py``).
+them alike; every time is the median over ``--rounds`` rounds of the median of ``--reps`` passes after one
+warm-up, each run in its own subprocess. Peak memory comes from one more run per form, alone in its subprocess
+and with a small glibc mmap threshold (``benchmarks/peak_memory.py``), which would slow the timed passes.
 Per row: seconds per output frame, the ratio to the dense form, peak memory, the achieved rate in GFLOP/s
 (every multiply-add of the forward pass counted by ``reference_models.flops.count_macs`` in this checkout; a
 training step counts 3x the forward) and that rate as a fraction of this machine's fp32 matrix-product rate
@@ -46,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference_models  # noqa: E402
 from attention import dense_readout, distance_matrix  # noqa: E402 (sibling script module)
+from official_vsrt import make_official  # noqa: E402 (sibling script module)
 from peak_memory import SUBPROCESS_ENV, PeakMemory  # noqa: E402 (sibling script module)
 from reference_models.flops import count_macs  # noqa: E402
 
@@ -75,6 +79,10 @@ def make_dense(model: torch.nn.Module, height: int, width: int) -> contextlib.Ab
 
     from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention  # noqa: PLC0415
 
+    from reference_models.vsrt import VSRT  # noqa: PLC0415
+
+    if isinstance(model, VSRT):
+        make_official(model)
     dist = distance_matrix(height, width).to(next(model.parameters()).device)
     for module in model.modules():
         if isinstance(module, GaussianCrossFrameAttention):
@@ -188,17 +196,24 @@ def main(argv: list[str] | None = None) -> None:
                 gflop *= 3 if args.train else 1
                 clip = f"{frames}x{size}"
                 runs: dict[str, list[dict]] = {form: [] for form in forms}
+                peaks: dict[str, float] = {}
                 notes: dict[str, str] = {}
                 if "dense" in forms and (h * w) ** 2 * 4 / 1e9 > args.max_dense_gb:
                     notes["dense"] = f"skipped: (HW)^2 matrix {(h * w) ** 2 * 4 / 1e9:.1f} GB"
-                for _ in range(args.rounds):
+                # Timed rounds run with the default allocator; one more run per form measures the peak memory with
+                # SUBPROCESS_ENV, whose small mmap threshold makes RSS follow the live tensors but also makes every
+                # large allocation fault its pages in afresh (seconds per pass for VSRT: not for timing).
+                for round_index in range(args.rounds + 1):
+                    memory_round = round_index == args.rounds
                     for form in forms:
                         if form in notes:
                             continue
                         cmd = [sys.executable, __file__, "--single", f"{name}:{preset}:{form}:{size}", "--device",
-                               args.device, "--reps", str(args.reps), "--threads", str(args.threads)]
+                               args.device, "--reps", str(1 if memory_round else args.reps), "--threads",
+                               str(args.threads)]
                         cmd += ["--train"] if args.train else []
-                        env = {**SUBPROCESS_ENV, "PYTHONPATH": os.pathsep.join([trees[form], str(REPO / "benchmarks")])}
+                        env = {**(SUBPROCESS_ENV if memory_round else os.environ),
+                               "PYTHONPATH": os.pathsep.join([trees[form], str(REPO / "benchmarks")])}
                         try:
                             done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
                         except subprocess.TimeoutExpired:
@@ -208,14 +223,18 @@ def main(argv: list[str] | None = None) -> None:
                             lines = done.stderr.strip().splitlines()
                             notes[form] = "failed: " + (lines[-1][:60] if lines else f"exit {done.returncode}")
                             continue
-                        runs[form].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                        result = json.loads(done.stdout.strip().splitlines()[-1])
+                        if memory_round:
+                            peaks[form] = result["peak_mib"]
+                        else:
+                            runs[form].append(result)
                 dense_s = statistics.median(r["s_per_frame"] for r in runs["dense"]) if runs.get("dense") else None
                 for form in forms:
                     if not runs[form]:
                         print(f"| {name:5s} | {preset:6s} | {clip:10s} | {form:6s} | {notes.get(form, '-')} |")
                         continue
                     sec = statistics.median(r["s_per_frame"] for r in runs[form])
-                    peak = statistics.median(r["peak_mib"] for r in runs[form])
+                    peak = peaks.get(form, float("nan"))
                     gemm = statistics.median(r["gemm_gflops"] for r in runs[form])
                     ratio = f"{sec / dense_s:7.2f}" if dense_s else f"{'-':>7s}"
                     print(f"| {name:5s} | {preset:6s} | {clip:10s} | {form:6s} | {sec:13.3f} | {ratio} | {peak:8.0f} | "
