@@ -159,6 +159,12 @@ def test_stale_partials_are_removed_and_others_kept(tmp_path):
     assert left == [".notes.txt.partial-1"]
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default, so that Python turns it into KeyboardInterrupt. A test run
+    started as a background job (``cmd &`` without job control) ignores SIGINT, and the child would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_during_training_exits_cleanly(tmp_path, sig, status):
     """A real signal to a training subprocess that saves every step: the right status, one error line,
@@ -167,7 +173,10 @@ def test_signal_during_training_exits_cleanly(tmp_path, sig, status):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "reference_models", "train", "mana", "--data", str(data), "--steps", "100000", "--batch-size", "1"]
     argv += ["--patch-size", "6", "--checkpoint-every", "1", "--quiet", "--device", "cpu", "--output", str(out)]
-    proc = subprocess.Popen(argv, cwd=REPO, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
