@@ -453,3 +453,18 @@ def test_extra_repr_shows_hyper_parameters():
     for part in ("channels=8", "num_frames=5", "inter_channels=6", "num_groups=4", "center_index=2", "chunk_size=17",
                  "window_radius=3.0"):
         assert part in text
+
+
+def test_fused_backward_is_exact_for_tiny_output_gradients():
+    """Training gradients are tiny; the fused backward rescales them by a power of two, so gradients of a loss
+    scaled by 2^-100 are exactly 2^-100 times the unscaled ones (no underflow, no subnormal products)."""
+    q, k, v = _qkv(1, 3, 4, 5, 6, 8, 13)
+    grads = []
+    for scale in (1.0, 2.0**-100):
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v, torch.tensor([1.7]))]
+        out = gaussian_cross_frame_attention(*leaves, chunk_size=7)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape) * scale).sum().backward()
+        grads.append([x.grad for x in leaves])
+    for plain, tiny in zip(*grads):
+        assert plain.abs().sum() > 0
+        torch.testing.assert_close(tiny * 2.0**100, plain, atol=0, rtol=0)
