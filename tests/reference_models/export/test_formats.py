@@ -60,7 +60,7 @@ def test_metadata_errors_name_the_problem(metadata, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["dasaa", "mafnet", "vsrt"])
+@pytest.mark.parametrize("name", ["mafnet", "vsrt"])  # the two whose crops and masks froze
 def test_exported_program_runs_at_multiples_of_the_padding_step_and_between(name):
     """The 34x38 example needs padding (patches, pyramids); the program must not be frozen to sizes that do."""
     torch.manual_seed(0)
