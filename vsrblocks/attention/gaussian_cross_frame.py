@@ -117,13 +117,8 @@ def _attend_chunk(
     # softmax denominator over every key of each frame separately -- also in the windowed mode
     # summed in float32 for 16-bit dtypes: in fp16 a sum of more than 65504 near-1 terms would overflow
     denom = expo.sum(dim=-1, keepdim=True, dtype=torch.promote_types(expo.dtype, torch.float32))
-    if radius is None:
-        row0, row1, radius2 = 0, height, None
-    else:  # numerator: only the band of image rows within `radius` of the chunk's queries
-        reach = int(math.floor(radius))
-        row0 = max(0, start // width - reach)
-        row1 = min(height, (stop - 1) // width + reach + 1)
-        radius2 = radius * radius
+    row0, row1, radius2 = _band(start, stop, height, width, radius)
+    if radius is not None:  # numerator: only the band of image rows within `radius` of the chunk's queries
         expo = expo[..., row0 * width : row1 * width]
         v = v[:, :, row0 * width : row1 * width]
     gauss = _gaussian_block(start, stop, row0, row1, width, sigma, radius2).to(expo.dtype)
