@@ -14,7 +14,8 @@ Forms (``--forms``), each the same weights (seed 0) and the same input:
   ``benchmarks/attention.py``), VSRT's STCSA and flows computed as the official code does (``Unfold``/``Fold``
   patches, an explicit softmax matrix, SPyNet on ``T + 1`` pairs per direction: ``benchmarks/official_vsrt.py``),
   and every other ``scaled_dot_product_attention`` forced onto PyTorch's unfused math backend (matrix product,
-  softmax, matrix product, as the official codes write it). Skipped when one ``(HW)^2`` float32 matrix exceeds
+  softmax, matrix product, as the official codes write it); convolutions, activations and residual additions as
+  separate operations (``vsrblocks.fused_conv.unfused``), VSRT's features contiguous (NCHW). Skipped when one ``(HW)^2`` float32 matrix exceeds
   ``--max-dense-gb``;
 - ``before`` -- the model as it was at revision ``--before`` (``git archive`` into a temporary folder).
 
@@ -40,6 +41,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -87,7 +89,16 @@ def make_dense(model: torch.nn.Module, height: int, width: int) -> contextlib.Ab
     for module in model.modules():
         if isinstance(module, GaussianCrossFrameAttention):
             module.attend = lambda normed, query, block=module: dense_readout(block, normed, query, dist)
-    return sdpa_kernel(SDPBackend.MATH)
+    return _unfused_math_attention(sdpa_kernel(SDPBackend.MATH))
+
+
+@contextlib.contextmanager
+def _unfused_math_attention(math_attention: contextlib.AbstractContextManager) -> Iterator[None]:
+    # the official codes run every convolution, activation and residual addition as separate operations
+    from vsrblocks.fused_conv import unfused  # noqa: PLC0415 (a 'before' revision may predate it)
+
+    with math_attention, unfused():
+        yield
 
 
 def measure(name: str, preset: str, form: str, height: int, width: int, device: str, reps: int, train: bool) -> dict:

@@ -6,7 +6,9 @@ patch size; only the way of computing differs, where the official ``vsrTransform
 - STCSA (official ``globalAttention``): patches cut and put back with ``nn.Unfold``/``nn.Fold`` (im2col copies),
   token tensors permuted to contiguous copies, an explicit ``(T n x T n)`` softmax matrix;
 - flows (official ``Flow_spynet``): SPyNet on ``T + 1`` frame pairs in each direction (the sequence padded with a
-  repeated first/last frame, the extra pair dropped) instead of our ``T`` pairs per direction.
+  repeated first/last frame, the extra pair dropped) instead of our ``T`` pairs per direction;
+- features in PyTorch's default contiguous (NCHW) layout, not channels-last, and residual blocks
+  ``x + conv2(relu(conv1(x))) * res_scale`` with the multiplication by 1 (BasicSR's ``ResidualBlockNoBN``).
 """
 
 from __future__ import annotations
@@ -47,12 +49,21 @@ def official_flows(spynet: nn.Module, clip: torch.Tensor) -> tuple[torch.Tensor,
     return flows_forward, flows_backward
 
 
+def official_residual_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """:class:`vsrblocks.residual.ResidualBlockNoBN` as BasicSR writes it (the official code imports it)."""
+    return x + block.conv2(F.relu(block.conv1(x))) * block.res_scale
+
+
 def make_official(model: nn.Module) -> None:
     """Switch a :class:`~reference_models.vsrt.VSRT` to the official computation (in place)."""
     import reference_models.vsrt as vsrt_module  # noqa: PLC0415
     from vsrblocks.attention.stcsa import STCSA  # noqa: PLC0415
+    from vsrblocks.residual import ResidualBlockNoBN  # noqa: PLC0415
 
+    model.channels_last = False
     for module in model.modules():
         if isinstance(module, STCSA):
             module.forward = lambda x, block=module: official_stcsa(block, x)
+        elif isinstance(module, ResidualBlockNoBN):
+            module.forward = lambda x, block=module: official_residual_block(block, x)
     vsrt_module.bidirectional_flows = official_flows

@@ -20,6 +20,8 @@ from vsrblocks.align.boff import BOFF
 from vsrblocks.align.spynet import IMAGENET_MEAN, IMAGENET_STD, SPyNet, bidirectional_flows
 from vsrblocks.attention.stcsa import STCSA
 from vsrblocks.checkpoint import CheckpointError, count_blocks, load_state_dict_checked
+from vsrblocks.fused_conv import conv2d_activation
+from vsrblocks.memory_format import to_memory_format
 from vsrblocks.position import OfficialPositionEncoding3D, SinCosPositionEncoding3D
 from vsrblocks.residual import ResidualBlockNoBN, make_layer
 from vsrblocks.shapes import check_shape
@@ -29,10 +31,6 @@ __all__ = ["VSRT", "VSRTLayer", "MODEL", "PRESETS", "from_official", "convert_of
 
 NormKind = Literal["layer", "official"]
 PosEncodingKind = Literal["paper", "official"]
-
-
-def _lrelu(x: torch.Tensor) -> torch.Tensor:
-    return F.leaky_relu(x, negative_slope=0.1)
 
 
 def _frame_norm(kind: str, channels: int, feat_size: int) -> nn.Module:
@@ -152,6 +150,9 @@ class VSRT(nn.Module):
             from, as the official training does; ``None``: random SPyNet weights.
         spynet_channels: hidden widths of SPyNet's basic modules (the default is SPyNet's own; the ``tiny``
             preset uses a narrow SPyNet). With ``spynet_pretrained`` the file's widths are built instead.
+        channels_last: run the features channels-last (NHWC), where oneDNN's convolutions need no layout
+            reorders (VSRT is ~87% 3x3 convolution); ``None``: on CPU only. The result is the same up to
+            float rounding (the convolutions sum in another order) and is returned contiguous.
 
     Shape:
         - Input: ``(B, T, 3, H, W)``, RGB in ``[0, 1]``
@@ -186,6 +187,7 @@ class VSRT(nn.Module):
         output_mode: Literal["all", "center"] = "all",
         spynet_pretrained: str | None = None,
         spynet_channels: tuple[int, ...] = (32, 64, 32, 16),
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         if num_frames < 1:
@@ -205,6 +207,7 @@ class VSRT(nn.Module):
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.output_mode = output_mode
+        self.channels_last = channels_last
 
         self.conv_first = nn.Conv2d(3, channels, 3, padding=1)
         self.feature_extraction = make_layer(lambda: ResidualBlockNoBN(channels=channels), num_extract_blocks)
@@ -237,16 +240,18 @@ class VSRT(nn.Module):
 
     def _forward_clip(self, x: torch.Tensor) -> torch.Tensor:
         batch, frames = x.shape[:2]
-        frames_flat = x.flatten(0, 1)
-        features = self.feature_extraction(_lrelu(self.conv_first(frames_flat))).unflatten(0, (batch, frames))
+        channels_last = x.device.type == "cpu" if self.channels_last is None else self.channels_last
+        frames_flat = to_memory_format(x.flatten(0, 1), torch.channels_last if channels_last else torch.contiguous_format)
+        features = self.feature_extraction(conv2d_activation(self.conv_first, frames_flat, "leaky_relu", 0.1))
+        features = features.unflatten(0, (batch, frames))
         flows = bidirectional_flows(self.spynet, x)
         h = features + self.pos_embedding(features)
         for layer in self.layers:
             h = layer(h, x, flows)
         out = self.upsample(self.reconstruction(h.flatten(0, 1)))
-        out = self.conv_last(_lrelu(self.conv_hr(out)))
+        out = self.conv_last(conv2d_activation(self.conv_hr, out, "leaky_relu", 0.1))
         base = F.interpolate(frames_flat, scale_factor=4, mode="bilinear", align_corners=False)
-        return (out + base).unflatten(0, (batch, frames))
+        return (out + base).unflatten(0, (batch, frames)).contiguous()
 
     def _forward_tiled(self, x: torch.Tensor) -> torch.Tensor:
         tile, s = self.tile_size, self.scale

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsrblocks.fused_conv import conv2d_activation, conv2d_add
 from vsrblocks.shapes import check_shape
 
 __all__ = ["ResidualBlockNoBN", "ResidualDenseBlock", "make_layer"]
@@ -34,6 +35,9 @@ class ResidualBlockNoBN(nn.Module):
 
     From EDSR (Lim et al., CVPRW 2017), used as-is by EDVR, BasicVSR, MANA and VSR-Transformer.
     Parameter names ``conv1``/``conv2`` match BasicSR/MMagic checkpoints.
+
+    In inference on CPU the ReLU and the skip addition run inside the convolutions
+    (:mod:`vsrblocks.fused_conv`, bit-identical in float32).
 
     Args:
         channels: feature channels C (input = output).
@@ -75,7 +79,10 @@ class ResidualBlockNoBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", C=self.channels)
-        return x + self.res_scale * self.conv2(F.relu(self.conv1(x)))
+        hidden = conv2d_activation(self.conv1, x, "relu")
+        if self.res_scale == 1:  # a multiplication by 1 is exact but still a full pass over the features
+            return conv2d_add(self.conv2, hidden, x)
+        return x + self.res_scale * self.conv2(hidden)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, res_scale={self.res_scale}"

@@ -175,6 +175,33 @@ def test_center_output_mode():
     assert centre.shape == (1, 3, 40, 48)
 
 
+def test_channels_last_features_stay_channels_last_and_change_nothing():
+    """On CPU the features run channels-last: every convolution after the first sees a channels-last input
+    (SPyNet's, on the raw frames, excepted), and the result equals the contiguous run up to rounding."""
+    torch.manual_seed(0)
+    model = create_model("vsrt", "tiny").eval()
+    x = seeded_rand((1, 3, 3, 12, 14), 3)
+    layouts: dict[str, bool] = {}
+
+    def record(name: str, frames: torch.Tensor) -> None:
+        layouts[name] = frames.is_contiguous(memory_format=torch.channels_last) and not frames.is_contiguous()
+
+    hooks = [
+        conv.register_forward_pre_hook(lambda module, inputs, name=name: record(name, inputs[0]))
+        for name, conv in model.named_modules()
+        if isinstance(conv, torch.nn.Conv2d) and not name.startswith(("spynet", "conv_first"))
+    ]
+    with torch.no_grad():
+        nhwc = model(x)
+        for hook in hooks:
+            hook.remove()
+        model.channels_last = False
+        nchw = model(x)
+    assert layouts and all(layouts.values()), [name for name, kept in layouts.items() if not kept]
+    assert nhwc.is_contiguous()
+    torch.testing.assert_close(nhwc, nchw, atol=1e-5, rtol=0)
+
+
 def test_tiny_gradients_reach_every_parameter():
     torch.manual_seed(0)
     model = create_model("vsrt", "tiny").train()

@@ -8,10 +8,11 @@ under ``transformer.layers.{k}.1.fn.fn.`` of an official checkpoint load unchang
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vsrblocks.align.flow_warp import PaddingMode, flow_warp
+from vsrblocks.fused_conv import conv2d_activation
+from vsrblocks.memory_format import memory_format_of, to_memory_format
 from vsrblocks.residual import ResidualBlockNoBN, make_layer
 from vsrblocks.shapes import check_shape
 
@@ -51,7 +52,8 @@ class ResidualBlocksWithInputConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", C=self.in_channels)
-        return self.main(x)
+        conv, activation, blocks = self.main
+        return blocks(conv2d_activation(conv, x, "leaky_relu", activation.negative_slope))
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}, num_blocks={self.num_blocks}"
@@ -65,7 +67,8 @@ class BOFF(nn.Module):
     themselves as the missing neighbour, warped by their self-flow). Each warped feature is concatenated
     after the LR frame ``x_t`` and refined by its own :class:`ResidualBlocksWithInputConv`; the two
     branches are fused by ``lrelu(conv1x1([backward, forward]))``. Out-of-frame samples read zeros.
-    All frames of all clips run as one batch.
+    All frames of all clips run as one batch, kept in the memory format of ``x``'s frames (channels-last
+    features stay channels-last).
 
     Args:
         channels: feature channels C.
@@ -118,12 +121,13 @@ class BOFF(nn.Module):
         lr_frames = lrs.flatten(0, 1)
         backward = self._branch(self.backward_resblocks, x[:, following], flows_backward, lr_frames)
         forward = self._branch(self.forward_resblocks, x[:, preceding], flows_forward, lr_frames)
-        out = F.leaky_relu(self.fusion(torch.cat((backward, forward), dim=1)), negative_slope=0.1)
+        out = conv2d_activation(self.fusion, torch.cat((backward, forward), dim=1), "leaky_relu", 0.1)
         return out.unflatten(0, (batch, frames))
 
     def _branch(self, resblocks: nn.Module, neighbours: torch.Tensor, flows: torch.Tensor, lr_frames: torch.Tensor) -> torch.Tensor:
-        warped = flow_warp(neighbours.flatten(0, 1), flows.flatten(0, 1), padding_mode=self.padding_mode)
-        return resblocks(torch.cat((lr_frames, warped), dim=1))
+        frames = neighbours.flatten(0, 1)
+        warped = flow_warp(frames, flows.flatten(0, 1), padding_mode=self.padding_mode)
+        return resblocks(to_memory_format(torch.cat((lr_frames, warped), dim=1), memory_format_of(frames)))
 
     def extra_repr(self) -> str:
         return (

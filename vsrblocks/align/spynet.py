@@ -28,6 +28,7 @@ from torch import nn
 
 from vsrblocks.align.flow_warp import flow_warp
 from vsrblocks.checkpoint import CheckpointError, read_state_dict
+from vsrblocks.fused_conv import conv2d_activation
 from vsrblocks.shapes import check_shape
 
 __all__ = ["SPyNet", "SPyNetBasicModule", "bidirectional_flows"]
@@ -51,8 +52,7 @@ class _ConvReLU(nn.Module):
         self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        return F.relu(x) if self.relu else x
+        return conv2d_activation(self.conv, x, "relu") if self.relu else self.conv(x)
 
 
 class SPyNetBasicModule(nn.Module):

@@ -12,6 +12,7 @@ from einops import rearrange
 from torch import nn
 
 from vsrblocks.crop import crop_padding
+from vsrblocks.memory_format import memory_format_of, to_memory_format
 from vsrblocks.shapes import check_shape
 
 __all__ = ["STCSA"]
@@ -135,7 +136,7 @@ class STCSA(nn.Module):
         out = rearrange(
             out, "b g (t nh nw) (c i j) -> (b t) (g c) (nh i) (nw j)", t=frames, nh=nh, nw=nw, i=p, j=p
         )
-        out = self.conv(crop_padding(out, height, width))
+        out = self.conv(to_memory_format(crop_padding(out, height, width), memory_format_of(frames_flat)))
         out = rearrange(out, "(b t) c h w -> b t c h w", t=frames)
         return out + x if self.residual else out
 

@@ -1,0 +1,162 @@
+"""A convolution with its activation or its residual addition fused in (oneDNN post-ops), for CPU inference.
+
+Residual stacks spend a pass over the features on every ReLU/LeakyReLU and every skip addition after each
+convolution. oneDNN can apply both inside the convolution as it writes its output ("post-ops", the same
+kernels ``torch.compile`` uses on CPU), which saves those passes without a compile step. The fused kernel runs
+only where PyTorch would itself run the convolution with oneDNN (not, e.g., for small 1x1 convolutions, which it
+computes as a matrix product), so in float32 the result is bit-identical to the separate operations: the same
+sum is rounded to float32 either way, and the activation or the addition then acts on that value.
+
+The fused kernels have no autograd formula and are invisible to module hooks and to dispatch modes such as
+:class:`torch.utils.flop_counter.FlopCounterMode`, so the plain operations run instead whenever any of these
+could tell the difference: gradients are wanted, the convolution has hooks, a dispatch mode or autocast is on,
+a graph is being captured, or the tensors are not float32 on a CPU with oneDNN enabled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as _module
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from vsrblocks.memory_format import capturing_graph
+
+__all__ = ["conv2d_activation", "conv2d_add", "fusion_enabled", "unfused"]
+
+Activation = Literal["relu", "leaky_relu"]
+
+_ENABLED = True
+
+
+def fusion_enabled() -> bool:
+    """Whether :func:`conv2d_activation`/:func:`conv2d_add` may use fused kernels (see :func:`unfused`)."""
+    return _ENABLED
+
+
+@contextlib.contextmanager
+def unfused() -> Iterator[None]:
+    """Run every convolution, activation and addition as separate operations inside this context (to compare
+    against, or to time the unfused form).
+
+    Examples:
+        >>> with unfused():
+        ...     fusion_enabled()
+        False
+    """
+    global _ENABLED
+    previous, _ENABLED = _ENABLED, False
+    try:
+        yield
+    finally:
+        _ENABLED = previous
+
+
+def _has_kernels() -> bool:
+    try:
+        torch.ops.mkldnn._convolution_pointwise  # noqa: B018 (a lookup: absent from builds without oneDNN)
+    except (AttributeError, RuntimeError):
+        return False
+    return torch.backends.mkldnn.is_available() and hasattr(torch._C, "_select_conv_backend")
+
+
+_KERNELS = _has_kernels()
+
+
+def _fusable(conv: nn.Conv2d, *tensors: torch.Tensor) -> bool:
+    if not (_ENABLED and _KERNELS and torch.backends.mkldnn.enabled) or capturing_graph():
+        return False
+    if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return False
+    if conv._forward_hooks or conv._forward_pre_hooks or _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return False
+    if torch.is_autocast_enabled("cpu") or _get_current_dispatch_mode() is not None:
+        return False
+    params = [conv.weight] + ([] if conv.bias is None else [conv.bias])
+    everything = (*tensors, *params)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in everything):
+        return False
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided for t in everything):
+        return False
+    x = tensors[0]
+    if x.dim() != 4:
+        return False
+    padding, stride, dilation, groups = _conv_args(conv)
+    backend = torch._C._select_conv_backend(x, conv.weight, conv.bias, stride, padding, dilation, False, [0, 0], groups, None)
+    return backend == torch._C._ConvBackend.Mkldnn
+
+
+def _conv_args(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
+    return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
+
+
+def conv2d_activation(
+    conv: nn.Conv2d, x: torch.Tensor, activation: Activation, negative_slope: float = 0.01
+) -> torch.Tensor:
+    """``activation(conv(x))`` with the activation applied inside the convolution where that is exact and
+    possible (see the module notes), else as a separate operation.
+
+    Args:
+        conv: a 2-D convolution (its padding mode must be ``"zeros"`` for the fused kernel).
+        x: its input.
+        activation: ``"relu"`` or ``"leaky_relu"``.
+        negative_slope: the LeakyReLU slope.
+
+    Shape:
+        - x: ``(B, C_in, H, W)``
+        - Output: ``(B, C_out, H', W')``, in the memory format of ``x``
+
+    Examples:
+        >>> conv = nn.Conv2d(4, 8, 3, padding=1)
+        >>> with torch.no_grad():
+        ...     conv2d_activation(conv, torch.rand(1, 4, 5, 6), "leaky_relu", 0.1).shape
+        torch.Size([1, 8, 5, 6])
+    """
+    if activation not in ("relu", "leaky_relu"):
+        raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {activation!r}")
+    if not _fusable(conv, x):
+        y = conv(x)
+        return F.relu(y) if activation == "relu" else F.leaky_relu(y, negative_slope)
+    scalars = [] if activation == "relu" else [negative_slope]
+    return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, *_conv_args(conv), activation, scalars, "")
+
+
+def conv2d_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``other + conv(x)`` (a residual connection) with the addition done inside the convolution where that
+    is exact and possible (see the module notes), else as a separate operation.
+
+    Shape:
+        - x: ``(B, C_in, H, W)``
+        - other: the convolution's output shape ``(B, C_out, H', W')``; no broadcasting
+        - Output: ``(B, C_out, H', W')``
+
+    Examples:
+        >>> conv = nn.Conv2d(4, 4, 3, padding=1)
+        >>> x = torch.rand(1, 4, 5, 6)
+        >>> with torch.no_grad():
+        ...     torch.equal(conv2d_add(conv, x, x), x + conv(x))
+        True
+    """
+    fused = _fusable(conv, x, other)
+    y = None if fused else conv(x)
+    expected = _output_shape(conv, x) if y is None else tuple(y.shape)
+    if tuple(other.shape) != expected:
+        raise ValueError(f"other: expected the convolution's output shape {expected}, got {tuple(other.shape)}")
+    if y is not None:
+        return other + y
+    return torch.ops.mkldnn._convolution_pointwise.binary(
+        x, other, conv.weight, conv.bias, *_conv_args(conv), "add", None, None, [], None
+    )
+
+
+def _output_shape(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, ...]:
+    sizes = [
+        (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
+        for size, pad, dil, kernel, stride in zip(x.shape[-2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride)
+    ]
+    return (x.shape[0], conv.out_channels, *sizes)
