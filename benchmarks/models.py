@@ -3,6 +3,7 @@
     python benchmarks/models.py                                   # MANA 7x64x112 and VSRT 5x64x64 (paper), 3 rounds
     python benchmarks/models.py --train                           # a training step instead of a forward pass
     python benchmarks/models.py --before 7f06a8d                  # also the code of an earlier revision
+    python benchmarks/models.py --models vsrt --pairs 6           # and the ratio of back-to-back pairs in one process
     python benchmarks/models.py --models mana --sizes 180x320 --forms ours   # peak memory at REDS size
     python benchmarks/models.py --models dasaa mafnet --presets tiny --sizes 64x64 --device cuda
 
@@ -23,7 +24,9 @@ Rounds interleave the forms (ours, dense, before, ours, dense, ...) so that the 
 them alike; every time is the median over ``--rounds`` rounds of the median of ``--reps`` passes after one
 warm-up, each run in its own subprocess. Peak memory comes from one more run per form, alone in its subprocess
 and with a small glibc mmap threshold (``benchmarks/peak_memory.py``), which would slow the timed passes.
-Per row: seconds per output frame, the ratio to the dense form, peak memory, the achieved rate in GFLOP/s
+``--pairs N`` adds, per model, the ratio ours / dense from ``N`` back-to-back pairs of passes in one process (the
+two models side by side, same weights): on a machine whose speed drifts this ratio is steadier than the one between
+the rounds' medians. Per row: seconds per output frame, the ratio to the dense form, peak memory, the achieved rate in GFLOP/s
 (every multiply-add of the forward pass counted by ``reference_models.flops.count_macs`` in this checkout; a
 training step counts 3x the forward) and that rate as a fraction of this machine's fp32 matrix-product rate
 measured in the same subprocess just before (``torch.mm`` of 2048x2048 matrices, best of 3).
@@ -41,7 +44,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -75,29 +78,30 @@ def gemm_gflops(device: str, size: int = 2048) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def make_dense(model: torch.nn.Module, height: int, width: int) -> contextlib.AbstractContextManager:
-    """Switch ``model`` to the official dense form (in place) and return the context to run it in."""
+def make_dense(model: torch.nn.Module, height: int, width: int) -> Callable[[], contextlib.AbstractContextManager]:
+    """Switch ``model`` to the official dense form (in place) and return what makes the context to run it in."""
     from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: PLC0415
 
     from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention  # noqa: PLC0415
 
     from reference_models.vsrt import VSRT  # noqa: PLC0415
 
-    if isinstance(model, VSRT):
-        make_official(model)
+    official = make_official(model) if isinstance(model, VSRT) else contextlib.nullcontext
     dist = distance_matrix(height, width).to(next(model.parameters()).device)
     for module in model.modules():
         if isinstance(module, GaussianCrossFrameAttention):
             module.attend = lambda normed, query, block=module: dense_readout(block, normed, query, dist)
-    return _unfused_math_attention(sdpa_kernel(SDPBackend.MATH))
+    return lambda: _official_context(official(), sdpa_kernel(SDPBackend.MATH))
 
 
 @contextlib.contextmanager
-def _unfused_math_attention(math_attention: contextlib.AbstractContextManager) -> Iterator[None]:
+def _official_context(*contexts: contextlib.AbstractContextManager) -> Iterator[None]:
     # the official codes run every convolution, activation and residual addition as separate operations
     from vsrblocks.fused_conv import unfused  # noqa: PLC0415 (a 'before' revision may predate it)
 
-    with math_attention, unfused():
+    with contextlib.ExitStack() as stack:
+        for context in (*contexts, unfused()):
+            stack.enter_context(context)
         yield
 
 
@@ -106,7 +110,7 @@ def measure(name: str, preset: str, form: str, height: int, width: int, device: 
     model = reference_models.create_model(name, preset).to(device)
     model.train(train)
     clip = torch.rand(1, model.num_frames, 3, height, width, device=device)
-    context = make_dense(model, height, width) if form == "dense" else contextlib.nullcontext()
+    context = make_dense(model, height, width)() if form == "dense" else contextlib.nullcontext()
     outputs = model.num_frames if model.output_mode == "all" else 1
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4) if train else None
 
@@ -139,6 +143,51 @@ def measure(name: str, preset: str, form: str, height: int, width: int, device: 
     return {"s_per_frame": statistics.median(times) / outputs, "peak_mib": memory.peak_mib(), "gemm_gflops": gemm}
 
 
+def measure_pairs(name: str, preset: str, height: int, width: int, device: str, pairs: int, train: bool) -> dict:
+    """``ours`` and ``dense`` (same weights, same input) timed alternately in one process, ``pairs`` times after
+    a warm-up of each: the ratio of each back-to-back pair cancels most of a shared machine's drift."""
+    steps, outputs = {}, 1
+    for form in ("ours", "dense"):
+        torch.manual_seed(0)
+        model = reference_models.create_model(name, preset).to(device).train(train)
+        outputs = model.num_frames if model.output_mode == "all" else 1
+        context = make_dense(model, height, width) if form == "dense" else contextlib.nullcontext
+        steps[form] = _timed_step(model, context, train)
+    torch.manual_seed(1)
+    clip = torch.rand(1, model.num_frames, 3, height, width, device=device)
+    for step in steps.values():
+        step(clip)
+    times = {form: [] for form in steps}
+    for _ in range(pairs):
+        for form, step in steps.items():
+            times[form].append(step(clip) / outputs)
+    ratios = sorted(a / b for a, b in zip(times["ours"], times["dense"]))
+    return {"ratios": ratios, "ours": statistics.median(times["ours"]), "dense": statistics.median(times["dense"])}
+
+
+def _timed_step(model: torch.nn.Module, context: Callable[[], contextlib.AbstractContextManager], train: bool):
+    device = next(model.parameters()).device
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4) if train else None
+
+    def step(clip: torch.Tensor) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with context(), torch.inference_mode(not train):
+            out = model(clip)
+            if train:
+                loss = (out - 0.5).abs().mean()
+                extra = getattr(model, "last_memory_loss", None)
+                (loss if extra is None else loss + extra).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return step
+
+
 def forward_gflop(name: str, preset: str, height: int, width: int) -> tuple[float, int]:
     """GFLOP (2 x multiply-adds) of one forward pass per output frame, counted on the meta device, and the
     number of input frames."""
@@ -159,6 +208,20 @@ def _before_tree(revision: str, into: str) -> str:
     return into
 
 
+def _paired_line(name: str, preset: str, clip: str, size: str, args: argparse.Namespace) -> str:
+    cmd = [sys.executable, __file__, "--single", f"{name}:{preset}:pairs:{size}", "--device", args.device, "--pairs",
+           str(args.pairs), "--threads", str(args.threads)] + (["--train"] if args.train else [])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "benchmarks")])}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+    if done.returncode:
+        return f"{name} {preset} {clip}: paired run failed: {done.stderr.strip().splitlines()[-1:]}"
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    ratios = result["ratios"]
+    return (f"{name} {preset} {clip}: ours / dense over {len(ratios)} back-to-back pairs in one process: median "
+            f"{statistics.median(ratios):.2f} (range {ratios[0]:.2f}-{ratios[-1]:.2f}; ours {result['ours']:.3f} s, "
+            f"dense {result['dense']:.3f} s per output frame)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=list(PAPER_SIZES))
@@ -173,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs of every form")
     parser.add_argument("--max-dense-gb", type=float, default=1.0, help="skip the dense form above this (HW)^2 matrix")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run before it is reported as skipped")
+    parser.add_argument("--pairs", type=int, default=0,
+                        help="also time ours and dense alternately in one process this many times (ratio per pair)")
     parser.add_argument("--single", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -180,7 +245,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.single:
         name, preset, form, size = args.single.split(":")
         h, w = map(int, size.split("x"))
-        print(json.dumps(measure(name, preset, form, h, w, args.device, args.reps, args.train)))
+        if form == "pairs":
+            print(json.dumps(measure_pairs(name, preset, h, w, args.device, args.pairs, args.train)))
+        else:
+            print(json.dumps(measure(name, preset, form, h, w, args.device, args.reps, args.train)))
         return
 
     forms = list(dict.fromkeys(args.forms + (["before"] if args.before else [])))
@@ -193,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     pass_name = "training step" if args.train else "forward"
     print(f"device={args.device} threads={args.threads} batch=1 pass={pass_name} reps={args.reps} rounds={args.rounds} "
           f"before={args.before or '-'} torch={torch.__version__}")
+    pairs: list[str] = []
     header = (f"| {'model':5s} | {'preset':6s} | {'clip':10s} | {'form':6s} | {'s / out frame':>13s} | {'x dense':>7s} | "
               f"{'peak MiB':>8s} | {'GFLOP/s':>7s} | {'of GEMM':>7s} |")
     print(header)
@@ -250,7 +319,11 @@ def main(argv: list[str] | None = None) -> None:
                     ratio = f"{sec / dense_s:7.2f}" if dense_s else f"{'-':>7s}"
                     print(f"| {name:5s} | {preset:6s} | {clip:10s} | {form:6s} | {sec:13.3f} | {ratio} | {peak:8.0f} | "
                           f"{gflop / sec:7.1f} | {gflop / sec / gemm:7.0%} |")
+                if args.pairs and "dense" not in notes:
+                    pairs.append(_paired_line(name, preset, clip, size, args))
                 sys.stdout.flush()
+    for line in pairs:
+        print(line)
     scratch.cleanup()
 
 

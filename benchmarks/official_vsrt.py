@@ -13,6 +13,9 @@ patch size; only the way of computing differs, where the official ``vsrTransform
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,9 +57,9 @@ def official_residual_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x + block.conv2(F.relu(block.conv1(x))) * block.res_scale
 
 
-def make_official(model: nn.Module) -> None:
-    """Switch a :class:`~reference_models.vsrt.VSRT` to the official computation (in place)."""
-    import reference_models.vsrt as vsrt_module  # noqa: PLC0415
+def make_official(model: nn.Module) -> Callable[[], contextlib.AbstractContextManager]:
+    """Switch a :class:`~reference_models.vsrt.VSRT` to the official computation (in place) and return what makes
+    the context to run it in (the official flows replace :func:`~vsrblocks.align.bidirectional_flows` inside)."""
     from vsrblocks.attention.stcsa import STCSA  # noqa: PLC0415
     from vsrblocks.residual import ResidualBlockNoBN  # noqa: PLC0415
 
@@ -66,4 +69,16 @@ def make_official(model: nn.Module) -> None:
             module.forward = lambda x, block=module: official_stcsa(block, x)
         elif isinstance(module, ResidualBlockNoBN):
             module.forward = lambda x, block=module: official_residual_block(block, x)
+    return _official_flows
+
+
+@contextlib.contextmanager
+def _official_flows() -> Iterator[None]:
+    import reference_models.vsrt as vsrt_module  # noqa: PLC0415
+
+    ours = vsrt_module.bidirectional_flows
     vsrt_module.bidirectional_flows = official_flows
+    try:
+        yield
+    finally:
+        vsrt_module.bidirectional_flows = ours
