@@ -32,7 +32,8 @@ class STCSA(nn.Module):
     Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`, so it uses a fused
     kernel where the device has one (without one, the ``(T * n)^2`` attention matrix per head and clip is
     materialised: 85 MB in float32 for 5 frames of 180x320 at ``p = 8``). The block has no positional
-    information, so it is equivariant to permutations of the frames.
+    information, so it is equivariant to permutations of the frames. Channels-last frames stay channels-last
+    (the patches are put back in the input's memory format before ``conv``).
 
     **Official quirk (internal residual).** The official block returns ``conv(attention(u)) + u``; inside
     VSR-Transformer ``u`` is the layer-normalised input, and the transformer layer adds the un-normalised
