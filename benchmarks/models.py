@@ -145,7 +145,8 @@ def measure(name: str, preset: str, form: str, height: int, width: int, device: 
 
 def measure_pairs(name: str, preset: str, height: int, width: int, device: str, pairs: int, train: bool) -> dict:
     """``ours`` and ``dense`` (same weights, same input) timed alternately in one process, ``pairs`` times after
-    a warm-up of each: the ratio of each back-to-back pair cancels most of a shared machine's drift."""
+    a warm-up of each, in alternating order: the ratio of each back-to-back pair cancels most of a shared
+    machine's drift."""
     steps, outputs = {}, 1
     for form in ("ours", "dense"):
         torch.manual_seed(0)
@@ -158,9 +159,10 @@ def measure_pairs(name: str, preset: str, height: int, width: int, device: str, 
     for step in steps.values():
         step(clip)
     times = {form: [] for form in steps}
-    for _ in range(pairs):
-        for form, step in steps.items():
-            times[form].append(step(clip) / outputs)
+    for index in range(pairs):
+        # the order alternates, so that neither form always runs right after the other freed its memory
+        for form in list(steps)[:: 1 if index % 2 == 0 else -1]:
+            times[form].append(steps[form](clip) / outputs)
     ratios = sorted(a / b for a, b in zip(times["ours"], times["dense"]))
     return {"ratios": ratios, "ours": statistics.median(times["ours"]), "dense": statistics.median(times["dense"])}
 
