@@ -108,3 +108,11 @@ def test_a_residual_of_another_shape_is_a_value_error(grad):
 def test_unknown_activation_is_a_value_error():
     with pytest.raises(ValueError, match="relu"):
         conv2d_activation(nn.Conv2d(1, 1, 1), torch.randn(1, 1, 2, 2), "gelu")
+
+
+def test_a_convolution_without_bias():
+    conv = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+    x = torch.randn(2, 4, 6, 7)
+    with torch.no_grad():
+        assert torch.equal(conv2d_activation(conv, x, "leaky_relu", 0.1), F.leaky_relu(conv(x), 0.1))
+        assert torch.equal(conv2d_add(conv, x, x), x + conv(x))
