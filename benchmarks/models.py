@@ -110,36 +110,13 @@ def measure(name: str, preset: str, form: str, height: int, width: int, device: 
     model = reference_models.create_model(name, preset).to(device)
     model.train(train)
     clip = torch.rand(1, model.num_frames, 3, height, width, device=device)
-    context = make_dense(model, height, width)() if form == "dense" else contextlib.nullcontext()
+    context = make_dense(model, height, width) if form == "dense" else contextlib.nullcontext
     outputs = model.num_frames if model.output_mode == "all" else 1
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4) if train else None
-
-    def step() -> None:
-        if not train:
-            with torch.inference_mode():
-                model(clip)
-            return
-        out = model(clip)
-        loss = (out - 0.5).abs().mean()
-        extra = getattr(model, "last_memory_loss", None)
-        (loss if extra is None else loss + extra).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = _timed_step(model, context, train)
     gemm = gemm_gflops(device)
     memory = PeakMemory(device)
-    times = []
-    with context:
-        memory.start()
-        for i in range(reps + 1):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            step()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            if i:
-                times.append(time.perf_counter() - start)
+    memory.start()
+    times = [step(clip) for _ in range(reps + 1)][1:]  # after one warm-up pass
     return {"s_per_frame": statistics.median(times) / outputs, "peak_mib": memory.peak_mib(), "gemm_gflops": gemm}
 
 
