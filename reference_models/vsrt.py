@@ -151,8 +151,8 @@ class VSRT(nn.Module):
         spynet_channels: hidden widths of SPyNet's basic modules (the default is SPyNet's own; the ``tiny``
             preset uses a narrow SPyNet). With ``spynet_pretrained`` the file's widths are built instead.
         channels_last: run the features channels-last (NHWC), where oneDNN's convolutions need no layout
-            reorders (VSRT is ~87% 3x3 convolution); ``None``: on CPU only. The result is the same up to
-            float rounding (the convolutions sum in another order) and is returned contiguous.
+            reorders (VSRT's time is almost all 3x3 convolution); ``None``: on CPU only. The result is the
+            same up to float rounding (the convolutions sum in another order) and is returned contiguous.
 
     Shape:
         - Input: ``(B, T, 3, H, W)``, RGB in ``[0, 1]``

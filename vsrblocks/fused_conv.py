@@ -26,6 +26,7 @@ from torch.nn.modules import module as _module
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from vsrblocks.memory_format import capturing_graph
+from vsrblocks.shapes import check_shape
 
 __all__ = ["conv2d_activation", "conv2d_add", "fusion_enabled", "unfused"]
 
@@ -83,11 +84,8 @@ def _fusable(conv: nn.Conv2d, *tensors: torch.Tensor) -> bool:
         return False
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided for t in everything):
         return False
-    x = tensors[0]
-    if x.dim() != 4:
-        return False
     padding, stride, dilation, groups = _conv_args(conv)
-    backend = torch._C._select_conv_backend(x, conv.weight, conv.bias, stride, padding, dilation, False, [0, 0], groups, None)
+    backend = torch._C._select_conv_backend(tensors[0], conv.weight, conv.bias, stride, padding, dilation, False, [0, 0], groups, None)
     return backend == torch._C._ConvBackend.Mkldnn
 
 
@@ -119,6 +117,7 @@ def conv2d_activation(
     """
     if activation not in ("relu", "leaky_relu"):
         raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {activation!r}")
+    check_shape(x, "B C H W", name="x", C=conv.in_channels)
     if not _fusable(conv, x):
         y = conv(x)
         return F.relu(y) if activation == "relu" else F.leaky_relu(y, negative_slope)
@@ -142,19 +141,24 @@ def conv2d_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.T
         ...     torch.equal(conv2d_add(conv, x, x), x + conv(x))
         True
     """
-    fused = _fusable(conv, x, other)
-    y = None if fused else conv(x)
-    expected = _output_shape(conv, x) if y is None else tuple(y.shape)
-    if tuple(other.shape) != expected:
-        raise ValueError(f"other: expected the convolution's output shape {expected}, got {tuple(other.shape)}")
-    if y is not None:
+    check_shape(x, "B C H W", name="x", C=conv.in_channels)
+    if not _fusable(conv, x, other):
+        y = conv(x)
+        _check_residual(other, y.shape)
         return other + y
+    _check_residual(other, _output_shape(conv, x))
     return torch.ops.mkldnn._convolution_pointwise.binary(
         x, other, conv.weight, conv.bias, *_conv_args(conv), "add", None, None, [], None
     )
 
 
+def _check_residual(other: torch.Tensor, shape: tuple[int, ...]) -> None:
+    batch, channels, height, width = shape
+    check_shape(other, "B C H W", name="other", B=batch, C=channels, H=height, W=width)
+
+
 def _output_shape(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, ...]:
+    """The convolution's output shape, without running it (integer padding, as :func:`_fusable` requires)."""
     sizes = [
         (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
         for size, pad, dil, kernel, stride in zip(x.shape[-2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride)

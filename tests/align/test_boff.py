@@ -133,3 +133,15 @@ def test_empty_batch_gives_empty_output():
     assert out.shape == (0, 3, 8, 6, 5)
     out.sum().backward()
     assert x.grad.shape == x.shape
+
+
+def test_channels_last_features_stay_channels_last():
+    boff = _boff(channels=8)
+    x, lrs, flows = _inputs(2, 3, 8, 6, 7, seed=4)
+    nhwc = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
+    with torch.no_grad():
+        out = boff(nhwc, lrs, flows)
+        expected = boff(x, lrs, flows)
+    assert out.flatten(0, 1).is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert expected.is_contiguous()
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)

@@ -194,3 +194,16 @@ def test_empty_batch_gives_empty_output(mask_padding):
     assert out.shape == (0, 3, 8, 6, 9)
     out.sum().backward()
     assert clip.grad.shape == clip.shape
+
+
+@pytest.mark.parametrize("size", [(8, 12), (7, 10)])  # patch multiples and padded
+def test_channels_last_frames_stay_channels_last(size):
+    block = _block().eval()
+    x = seeded_randn((2, 3, 8, *size), 6)
+    nhwc = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
+    with torch.no_grad():
+        out = block(nhwc)
+        expected = block(x)
+    assert out.flatten(0, 1).is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert expected.is_contiguous()
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
