@@ -94,16 +94,19 @@ def local_device(device: str | None) -> str | None:
     return device
 
 
-def _status_store(timeout_s: float) -> Any:
-    """A client of the rendezvous store, under a prefix of this launch attempt (torchrun restarts the group
-    with the same store), or ``None`` where none can be reached."""
-    try:
-        store = dist.TCPStore(
-            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-            timeout=timedelta(seconds=min(timeout_s, 30.0)),
-        )
-    except (KeyError, ValueError, RuntimeError):
+def _agent_store(timeout_s: float) -> Any:
+    """torchrun's rendezvous store (hosted by its agent, so it outlives the workers), under a prefix of this
+    launch attempt; ``None`` outside torchrun.
+
+    A restarted group must not read the previous attempt's keys: gloo found the dead workers' addresses there and
+    failed to connect ("connectFullMesh ... Connection refused").
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
         return None
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+        timeout=timedelta(seconds=timeout_s),
+    )
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return dist.PrefixStore(f"reference_models/attempt{attempt}/", store)
 
@@ -135,14 +138,22 @@ def init_from_env(device: str | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> b
     cuda = (device or "").startswith("cuda")
     if cuda:
         torch.cuda.set_device(torch.device(device))
+    backend = "nccl" if cuda else "gloo"
     try:
-        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+        store = _agent_store(timeout_s)
+        if store is None:
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        else:
+            dist.init_process_group(
+                backend=backend, store=dist.PrefixStore("group/", store), rank=int(os.environ["RANK"]),
+                world_size=int(os.environ["WORLD_SIZE"]), timeout=timedelta(seconds=timeout_s),
+            )
     except (RuntimeError, ValueError) as exc:
         raise PeerFailure(
             f"could not join the group of {os.environ.get('WORLD_SIZE')} processes within --dist-timeout "
             f"{timeout_s:g} s: {_first_line(exc)}"
         ) from None
-    _store = _status_store(timeout_s)
+    _store = None if store is None else dist.PrefixStore("status/", store)
     if _store is not None:
         me = rank()
         _store.set(f"alive/{me}", f"{time.time():.3f}")
