@@ -35,7 +35,8 @@ def _inputs(batch, frames_, channels, height, width, seed, flow_scale=2.0):
     return x, lrs, (flows_forward, flows_backward)
 
 
-def test_fixture_parity():
+@pytest.mark.thread_counts
+def test_fixture_parity(num_threads):
     official = load_official(FIXTURE)
     inter = official["intermediates"]
     boff = BOFF(16)
