@@ -194,7 +194,7 @@ def assert_same_as_plain(run) -> torch.Tensor:
     batch=fused_batches, height=sizes, width=sizes, value=non_finite, where=st.sampled_from(["x", "weight", "bias"]),
     activation=st.sampled_from(["relu", "leaky_relu"]), in_format=formats, count=st.integers(1, 3), seed=seeds,
 )
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 def test_fused_activation_keeps_non_finite_values(batch, height, width, value, where, activation, in_format, count, seed):
     conv = _conv(seed, 8, 8, 3, 1, 1).requires_grad_(False)
     x = seeded_randn((batch, 8, height, width), seed).contiguous(memory_format=in_format)
@@ -208,7 +208,7 @@ def test_fused_activation_keeps_non_finite_values(batch, height, width, value, w
 
 
 @given(batch=fused_batches, height=sizes, width=sizes, scale=st.sampled_from([1e20, 1e30, 1e36, 3e38]), seed=seeds)
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 def test_fused_activation_keeps_overflow(batch, height, width, scale, seed):
     """Finite but huge inputs: sums overflow to infinities of both signs, and ``inf - inf`` is NaN."""
     conv = _conv(seed, 8, 8, 3, 1, 1).requires_grad_(False)
@@ -218,7 +218,7 @@ def test_fused_activation_keeps_overflow(batch, height, width, scale, seed):
 
 
 @given(batch=fused_batches, height=sizes, width=sizes, value=non_finite, into=st.sampled_from(["x", "other"]), seed=seeds)
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=10, deadline=None)
 def test_fused_addition_keeps_non_finite_values(batch, height, width, value, into, seed):
     conv = _conv(seed, 6, 6, 3, 1, 1).requires_grad_(False)
     tensors = {"x": seeded_randn((batch, 6, height, width), seed), "other": seeded_randn((batch, 6, height, width), seed + 1)}
@@ -265,9 +265,10 @@ def _fused_blocks():
 FUSED_BLOCKS = list(_fused_blocks())
 
 
+@pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("block", FUSED_BLOCKS)
-@given(value=non_finite, seed=seeds)
-@settings(max_examples=6, deadline=None)
+@given(seed=seeds)
+@settings(max_examples=2, deadline=None)
 def test_fused_blocks_keep_non_finite_inputs(block, value, seed):
     """A NaN or infinite element in the first input: in ``eval()`` without gradients the block gives exactly
     what the plain operations give (a NaN pixel through SPyNet's ReLU convolutions used to come out finite)."""
