@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import vsrblocks.fused_conv as fused_conv
-from tests.strategies import seeded_randn, seeds, sizes
+from tests.strategies import seeded_rand, seeded_randn, seeds, sizes
 from vsrblocks.fused_conv import conv2d_activation, conv2d_add, fusion_enabled, unfused
 from vsrblocks.residual import ResidualBlockNoBN
 
@@ -164,3 +164,118 @@ def test_a_convolution_without_bias():
         assert fused_kernel_calls(lambda: conv2d_add(conv, x, x)) == 1
         assert torch.equal(conv2d_activation(conv, x, "leaky_relu", 0.1), F.leaky_relu(conv(x), 0.1))
         assert torch.equal(conv2d_add(conv, x, x), x + conv(x))
+
+
+# --- Non-finite values: the fused path must keep every NaN and infinity the plain operations give. ---
+
+NAN, INF = float("nan"), float("inf")
+non_finite = st.sampled_from([NAN, INF, -INF])
+
+
+def _poisoned(x: torch.Tensor, value: float, seed: int, count: int = 1) -> torch.Tensor:
+    """A copy of ``x`` (same memory format) with ``count`` elements at seeded positions set to ``value``."""
+    poisoned = x.clone()
+    positions = torch.randint(x.numel(), (count,), generator=torch.Generator().manual_seed(seed))
+    poisoned[torch.unravel_index(positions, x.shape)] = value
+    return poisoned
+
+
+def assert_same_as_plain(run) -> torch.Tensor:
+    """``run()`` without gradients gives the plain operations' result, bit for bit, NaN where they give NaN."""
+    with torch.no_grad():
+        fused = run()
+        with unfused():
+            plain = run()
+    torch.testing.assert_close(fused, plain, rtol=0, atol=0, equal_nan=True)
+    return fused
+
+
+@given(
+    batch=fused_batches, height=sizes, width=sizes, value=non_finite, where=st.sampled_from(["x", "weight", "bias"]),
+    activation=st.sampled_from(["relu", "leaky_relu"]), in_format=formats, count=st.integers(1, 3), seed=seeds,
+)
+@settings(max_examples=20, deadline=None)
+def test_fused_activation_keeps_non_finite_values(batch, height, width, value, where, activation, in_format, count, seed):
+    conv = _conv(seed, 8, 8, 3, 1, 1).requires_grad_(False)
+    x = seeded_randn((batch, 8, height, width), seed).contiguous(memory_format=in_format)
+    if where == "x":
+        x = _poisoned(x, value, seed, count)
+    else:
+        getattr(conv, where).copy_(_poisoned(getattr(conv, where), value, seed, count))
+    out = assert_same_as_plain(lambda: conv2d_activation(conv, x, activation, 0.1))
+    if value != value:  # a NaN anywhere reaches at least one output
+        assert out.isnan().any()
+
+
+@given(batch=fused_batches, height=sizes, width=sizes, scale=st.sampled_from([1e20, 1e30, 1e36, 3e38]), seed=seeds)
+@settings(max_examples=8, deadline=None)
+def test_fused_activation_keeps_overflow(batch, height, width, scale, seed):
+    """Finite but huge inputs: sums overflow to infinities of both signs, and ``inf - inf`` is NaN."""
+    conv = _conv(seed, 8, 8, 3, 1, 1).requires_grad_(False)
+    x = scale * seeded_randn((batch, 8, height, width), seed)
+    for activation in ("relu", "leaky_relu"):
+        assert_same_as_plain(lambda: conv2d_activation(conv, x, activation, 0.1))
+
+
+@given(batch=fused_batches, height=sizes, width=sizes, value=non_finite, into=st.sampled_from(["x", "other"]), seed=seeds)
+@settings(max_examples=10, deadline=None)
+def test_fused_addition_keeps_non_finite_values(batch, height, width, value, into, seed):
+    conv = _conv(seed, 6, 6, 3, 1, 1).requires_grad_(False)
+    tensors = {"x": seeded_randn((batch, 6, height, width), seed), "other": seeded_randn((batch, 6, height, width), seed + 1)}
+    tensors[into] = _poisoned(tensors[into], value, seed)
+    assert_same_as_plain(lambda: conv2d_add(conv, tensors["x"], tensors["other"]))
+
+
+@needs_kernels
+def test_non_finite_input_or_weights_run_the_plain_operations_and_finite_ones_the_fused_kernel():
+    conv = _conv(0, 8, 8, 3, 1, 1).requires_grad_(False)
+    x = seeded_randn((2, 8, 11, 13), 0)
+    with torch.no_grad():
+        assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "relu")) == 1
+        assert fused_kernel_calls(lambda: conv2d_activation(conv, _poisoned(x, NAN, 0), "relu")) == 0
+        assert fused_kernel_calls(lambda: conv2d_activation(conv, 1e35 * x, "relu")) == 0
+        conv.weight[0, 0, 0, 0] = NAN
+        assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "leaky_relu")) == 0
+
+
+def _fused_blocks():
+    """Every block whose forward uses the fused convolutions, each with a builder of (module, inputs)."""
+    from reference_models import create_model  # noqa: PLC0415 (the networks load on first use)
+    from vsrblocks.align.boff import BOFF, ResidualBlocksWithInputConv  # noqa: PLC0415
+    from vsrblocks.align.spynet import SPyNet, SPyNetBasicModule  # noqa: PLC0415
+
+    def clip(seed, frames=3, channels=3, size=8):
+        return seeded_rand((2, frames, channels, size, size), seed)
+
+    return {
+        "ResidualBlockNoBN": lambda seed: (ResidualBlockNoBN(channels=8), (seeded_randn((2, 8, 7, 9), seed),)),
+        "ResidualBlocksWithInputConv": lambda seed: (
+            ResidualBlocksWithInputConv(5, 8, num_blocks=2), (seeded_randn((2, 5, 7, 9), seed),)
+        ),
+        "SPyNetBasicModule": lambda seed: (SPyNetBasicModule((8, 16, 8, 4)), (seeded_randn((2, 8, 9, 11), seed),)),
+        "SPyNet": lambda seed: (SPyNet((8, 16, 8, 4)), (seeded_rand((2, 3, 16, 16), seed), seeded_rand((2, 3, 16, 16), seed + 1))),
+        "BOFF": lambda seed: (
+            BOFF(4, num_blocks=1),
+            (clip(seed, channels=4), clip(seed + 1), (clip(seed + 2, channels=2), clip(seed + 3, channels=2))),
+        ),
+        "VSRT": lambda seed: (create_model("vsrt", "tiny"), (clip(seed),)),
+    }
+
+
+FUSED_BLOCKS = list(_fused_blocks())
+
+
+@pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("block", FUSED_BLOCKS)
+@given(seed=seeds)
+@settings(max_examples=2, deadline=None)
+def test_fused_blocks_keep_non_finite_inputs(block, value, seed):
+    """A NaN or infinite element in the first input: in ``eval()`` without gradients the block gives exactly
+    what the plain operations give (a NaN pixel through SPyNet's ReLU convolutions used to come out finite)."""
+    torch.manual_seed(seed)
+    module, inputs = _fused_blocks()[block](seed)
+    module = module.eval()
+    poisoned = (_poisoned(inputs[0], value, seed), *inputs[1:])
+    out = assert_same_as_plain(lambda: module(*poisoned))
+    if value != value and block != "VSRT":  # VSRT samples around bad flows; the others carry the NaN forward
+        assert out.isnan().any()

@@ -11,6 +11,12 @@ The fused kernels have no autograd formula and are invisible to module hooks and
 :class:`torch.utils.flop_counter.FlopCounterMode`, so the plain operations run instead whenever any of these
 could tell the difference: gradients are wanted, the convolution has hooks, a dispatch mode or autocast is on,
 a graph is being captured, or the tensors are not float32 on a CPU with oneDNN enabled.
+
+oneDNN's ReLU post-op is ``max(y, 0)``, which turns a NaN into 0 where :func:`torch.relu` keeps it, and nothing
+promises that its LeakyReLU never does the same. A NaN before the activation needs a NaN or an infinity among the
+input, the weights and the bias, or a sum that overflows (``inf - inf``); :func:`conv2d_activation` rules all of
+these out with one reduction over each tensor before it fuses, and otherwise runs the plain operations, so bad
+input or weights are never masked.
 """
 
 from __future__ import annotations
@@ -68,6 +74,10 @@ def _has_kernels() -> bool:
 
 _KERNELS = _has_kernels()
 
+#: Far enough below float32's largest value (3.4e38) that no partial sum of a convolution bounded by it overflows,
+#: whatever the summation order or algorithm; real features are many orders of magnitude smaller.
+_SAFE_MAGNITUDE = 2.0**100
+
 
 def _fusable(conv: nn.Conv2d, *tensors: torch.Tensor) -> bool:
     if not (_ENABLED and _KERNELS and torch.backends.mkldnn.enabled) or capturing_graph():
@@ -87,6 +97,23 @@ def _fusable(conv: nn.Conv2d, *tensors: torch.Tensor) -> bool:
     padding, stride, dilation, groups = _conv_args(conv)
     backend = torch._C._select_conv_backend(tensors[0], conv.weight, conv.bias, stride, padding, dilation, False, [0, 0], groups, None)
     return backend == torch._C._ConvBackend.Mkldnn
+
+
+def _surely_no_nan(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether ``conv(x)`` cannot hold a NaN: every input, weight and bias finite, and every sum bounded by
+    ``max|x| * max|w| * fan_in + max|b|`` far from overflowing (a NaN or infinity makes the bound NaN or infinite,
+    so the comparison fails)."""
+    bias = 0.0 if conv.bias is None else _largest_magnitude(conv.bias)
+    fan_in = conv.weight[0].numel()
+    return _largest_magnitude(x) * _largest_magnitude(conv.weight) * fan_in + bias <= _SAFE_MAGNITUDE
+
+
+def _largest_magnitude(t: torch.Tensor) -> float:
+    """``max |t|``, NaN if ``t`` holds one (a single pass, no temporary the size of ``t``)."""
+    if t.numel() == 0:
+        return 0.0
+    low, high = torch.aminmax(t)
+    return torch.maximum(high, low.neg()).item()
 
 
 def _conv_args(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
@@ -118,7 +145,7 @@ def conv2d_activation(
     if activation not in ("relu", "leaky_relu"):
         raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {activation!r}")
     check_shape(x, "B C H W", name="x", C=conv.in_channels)
-    if not _fusable(conv, x):
+    if not (_fusable(conv, x) and _surely_no_nan(conv, x)):
         y = conv(x)
         return F.relu(y) if activation == "relu" else F.leaky_relu(y, negative_slope)
     scalars = [] if activation == "relu" else [negative_slope]

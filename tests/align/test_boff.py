@@ -36,6 +36,7 @@ def _inputs(batch, frames_, channels, height, width, seed, flow_scale=2.0):
 
 
 def test_fixture_parity():
+    # at the other thread count too: test_vsrt.py's block parity checks the same recorded boff_in -> boff_out
     official = load_official(FIXTURE)
     inter = official["intermediates"]
     boff = BOFF(16)

@@ -90,6 +90,7 @@ def test_flow_direction_convention():
 
 
 def test_fixture_flow_parity(official):
+    # at the other thread count too: test_vsrt.py checks the same recorded flows
     spynet = SPyNet()
     spynet.load_state_dict(SPyNet.convert_state_dict(official["state_dict"], prefix=SPyNet.find_prefix(official["state_dict"])))
     with torch.no_grad():

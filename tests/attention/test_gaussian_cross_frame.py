@@ -66,8 +66,9 @@ def _qkv(b, t, c, cv, h, w, seed, dtype=torch.float32):
 # ----------------------------------------------------------------------------------------------- official parity
 
 
+@pytest.mark.thread_counts
 @pytest.mark.parametrize("chunk_size", [None, 1, 7, 64, 192])
-def test_official_parity_readout_and_W_y(chunk_size):
+def test_official_parity_readout_and_W_y(num_threads, chunk_size):
     block, data = official_block(chunk_size)
     inter = data["intermediates"]
     with torch.no_grad():

@@ -216,7 +216,8 @@ def test_gradients_reach_every_parameter(mode):
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
-def test_self_attention_form_and_several_neighbours():
+@pytest.mark.thread_counts
+def test_self_attention_form_and_several_neighbours(num_threads):
     saa = _saa(2)
     x = seeded_randn((2, 8, 5, 6), 2)
     torch.testing.assert_close(saa(x), saa(x, x))

@@ -47,8 +47,9 @@ def _hook_all(block: MANAAttention) -> dict:
 # ----------------------------------------------------------------------------------------------- official parity
 
 
+@pytest.mark.thread_counts
 @pytest.mark.parametrize("chunk_size", [None, 13])
-def test_mana_block_official_parity_every_intermediate(chunk_size):
+def test_mana_block_official_parity_every_intermediate(num_threads, chunk_size):
     block, data = official_mana_block(chunk_size=chunk_size)
     inter = data["intermediates"]
     caught = _hook_all(block)

@@ -156,6 +156,7 @@ def test_invalid_arguments_and_shapes():
 
 
 def test_official_parity():
+    # at the other thread count too: test_vsrt.py's block parity checks the same recorded stcsa_in -> stcsa_out
     fixture = load_official(FIXTURE)
     prefix = "transformer.layers.0.0.fn.fn."
     state = {k[len(prefix):]: v for k, v in fixture["state_dict"].items() if k.startswith(prefix)}

@@ -74,8 +74,9 @@ def test_bidirectional_depends_on_the_future():
     torch.testing.assert_close(lstm(clip)[1].h, causal(clip)[1].h)
 
 
+@pytest.mark.thread_counts
 @given(shape=clip_shapes(frames=st.integers(2, 5)), seed=seeds, split=st.integers(1, 4))
-def test_state_carried_across_calls_equals_one_long_call(shape, seed, split):
+def test_state_carried_across_calls_equals_one_long_call(num_threads, shape, seed, split):
     split = min(split, shape[1] - 1)
     lstm = _lstm(shape[2], seed=seed)
     clip = seeded_randn(shape, seed)

@@ -89,8 +89,9 @@ def test_pcd_upsampling_matches_fixed_factor_two_on_divisible_sizes():
     torch.testing.assert_close(_up(coarse, fine), expected)
 
 
+@pytest.mark.thread_counts
 @pytest.mark.parametrize("split", [1, 3])
-def test_causal_and_streaming(split):
+def test_causal_and_streaming(num_threads, split):
     lstm = _lstm()
     _randomise_(lstm, split)
     clip = seeded_randn((1, 4, 4, 6, 5), split)

@@ -18,9 +18,10 @@ def test_photos_ship_with_scikit_image_and_clips_move():
 
 
 def test_demo_end_to_end_beats_bicubic(tmp_path, monkeypatch, capsys):
-    """A shorter run on smaller clips: the tiny MANA beats bicubic on the held-out photo's frames."""
+    """A shorter run on smaller clips: the tiny MANA beats bicubic on the held-out photo's frames (by 1.05 dB after
+    these 100 steps, measured; 1.42 dB after 150)."""
     monkeypatch.chdir(tmp_path)
-    settings = DemoSettings(steps=150, batch_size=8, patch_size=12, frames=30, held_out=9, size=(64, 96), progress=False)
+    settings = DemoSettings(steps=100, batch_size=8, patch_size=12, frames=30, held_out=9, size=(64, 96), progress=False)
     summary = run_demo(settings)
     printed = capsys.readouterr().out
     gain = summary["model"]["psnr_y"] - summary["bicubic"]["psnr_y"]

@@ -27,8 +27,9 @@ def _tiny(seed=0, **overrides) -> MANA:
 # ----------------------------------------------------------------------------------------------- official parity
 
 
+@pytest.mark.thread_counts
 @pytest.mark.parametrize("chunk_size", [None, 10])
-def test_official_parity_output_qloss_and_intermediates(chunk_size):
+def test_official_parity_output_qloss_and_intermediates(num_threads, chunk_size):
     data = _fixture()
     model = from_official(data["state_dict"], **data["config"])
     model.attention.cross.chunk_size = chunk_size

@@ -68,7 +68,8 @@ def test_official_file_alone_rebuilds_the_model(tmp_path, fixtures, name, wrappe
         assert "paper values (not in the weights, override with KEY=VALUE): num_frame=5, heads=1, patch_size=8" in lines[0]
 
 
-def test_official_mana_from_the_file_reproduces_the_recorded_output(tmp_path, fixtures):
+@pytest.mark.thread_counts
+def test_official_mana_from_the_file_reproduces_the_recorded_output(num_threads, tmp_path, fixtures):
     data = fixtures["mana"]
     torch.save({"params": data["state_dict"]}, tmp_path / "mana.pth")
     with torch.no_grad():

@@ -302,8 +302,9 @@ def _run(tmp_path, model_fn, steps, until=None, resume=None, **kw):
     return trainer
 
 
+@pytest.mark.thread_counts
 @pytest.mark.parametrize("schedule", ["cosine", "mana-3stage"])
-def test_resume_continues_the_exact_loss_trajectory(tmp_path, schedule):
+def test_resume_continues_the_exact_loss_trajectory(num_threads, tmp_path, schedule):
     """8 steps unbroken == 3 steps, save, a fresh process state, resume for 5 (the stage boundary falls after it)."""
     model_fn = (lambda: create_model("mana", "tiny")) if schedule == "mana-3stage" else TinyVSR
     whole = _run(tmp_path / "whole", model_fn, 8, schedule=schedule, cycles=2)
