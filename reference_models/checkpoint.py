@@ -36,6 +36,7 @@ from torch import nn
 
 from reference_models.partial_output import create_partial_file, current_umask, remove_stale_partials
 from reference_models.registry import create_model, list_models, model_spec
+from reference_models.registry import _module as network_module
 from vsrblocks.checkpoint import (
     CheckpointError,
     is_safetensors,
@@ -359,7 +360,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], *, ema: bool
 
 def _official_modules() -> dict[str, Any]:
     """The model modules that can read an official state_dict's architecture off its weights."""
-    modules = {name: importlib.import_module(f"reference_models.{name}") for name in list_models()}
+    modules = {name: network_module(name) for name in list_models()}
     return {name: m for name, m in modules.items() if hasattr(m, "official_config_from_state_dict")}
 
 

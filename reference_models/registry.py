@@ -28,6 +28,7 @@ __all__ = ["list_models", "list_presets", "create_model", "from_official", "mode
 
 _MODULES = {
     "dasaa": "reference_models.dasaa",
+    "edvr": "reference_models.networks.edvr",
     "mafnet": "reference_models.mafnet",
     "mana": "reference_models.mana",
     "vsrt": "reference_models.vsrt",
@@ -41,7 +42,7 @@ def _module(name: str) -> ModuleType:
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`: ``["dasaa", "mafnet", "mana", "vsrt"]``."""
+    """Names accepted by :func:`create_model`: ``["dasaa", "edvr", "mafnet", "mana", "vsrt"]``."""
     return sorted(_MODULES)
 
 
@@ -144,7 +145,7 @@ def from_official(name: str, state_dict: dict[str, torch.Tensor], **official_kwa
     """
     module = _module(name)
     if not hasattr(module, "from_official"):
-        raise ValueError(f"model {name!r} has no official implementation to load from; models that do: mana, vsrt")
+        raise ValueError(f"model {name!r} has no official implementation to load from; models that do: edvr, mana, vsrt")
     return module.from_official(state_dict, **official_kwargs).eval()
 
 
