@@ -3,7 +3,7 @@
     python benchmarks/flops.py                              # paper presets of all four models
     python benchmarks/flops.py --models dasaa --presets paper tiny --sizes 32x32 64x112
 
-Two figures per size (see ``reference_models/flops.py``): ``conv`` = thop-style MACs of Conv/Linear layers
+Two figures per size (see ``reference_models/inference/flops.py``): ``conv`` = thop-style MACs of Conv/Linear layers
 only (what most papers of 2019-2022 printed as "FLOPs"), ``total`` = every matrix product included
 (attention), from ``torch.utils.flop_counter``. Counting runs on the meta device (shapes only, seconds);
 a model whose forward cannot run on meta falls back to a real CPU pass. A model that fails to build or run
@@ -18,7 +18,7 @@ import time
 import torch
 
 import reference_models
-from reference_models.flops import count_macs, count_parameters
+from reference_models.inference.flops import count_macs, count_parameters
 
 SIZES = ["32x32", "64x64", "64x112"]
 

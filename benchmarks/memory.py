@@ -1,6 +1,6 @@
 """Peak memory of DASAA and MAFnet per preset and LR size, run as ``python -m reference_models run`` would.
 
-For each row: the estimate of :func:`reference_models.memory_budget.estimate_memory` (live tensor bytes, probes
+For each row: the estimate of :func:`reference_models.inference.memory_budget.estimate_memory` (live tensor bytes, probes
 at 32 and 48 pixels, extrapolated linearly), the tile ``run`` would choose under the budget, and, for sizes up
 to ``--measure-up-to`` LR pixels, the peak resident memory of the (tiled) pass measured in a fresh process
 (:mod:`benchmarks.peak_memory`). ``--before`` measures with the explicit ``HW x HW`` maps of PAM instead of the
@@ -24,7 +24,7 @@ SIZES = ((90, 120), (180, 320), (480, 640))
 _ROW = """
 import json, sys, torch
 from benchmarks.peak_memory import PeakMemory
-from reference_models.inference import forward_tiled
+from reference_models.inference.upscale import forward_tiled
 from reference_models.registry import create_model
 from vsrblocks.attention import PositionAttention
 name, preset, h, w, tile, before = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
@@ -64,7 +64,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from reference_models.memory_budget import choose_tile, default_budget, estimate_memory, parse_size
+    from reference_models.inference.memory_budget import choose_tile, default_budget, estimate_memory, parse_size
     from reference_models.registry import create_model
 
     torch.set_num_threads(2)

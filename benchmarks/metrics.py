@@ -55,7 +55,7 @@ _VID4 = {"calendar": (41, 576, 720), "city": (34, 576, 704), "foliage": (49, 480
 
 
 def _time_evaluate(total: int) -> None:
-    from reference_models.__main__ import main as cli_main
+    from reference_models.cli import main as cli_main
     from reference_models.data import bicubic_downsample
 
     with tempfile.TemporaryDirectory() as tmp:

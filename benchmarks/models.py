@@ -27,7 +27,7 @@ and with a small glibc mmap threshold (``benchmarks/peak_memory.py``), which wou
 ``--pairs N`` adds, per model, the ratio ours / dense from ``N`` back-to-back pairs of passes in one process (the
 two models side by side, same weights): on a machine whose speed drifts this ratio is steadier than the one between
 the rounds' medians. Per row: seconds per output frame, the ratio to the dense form, peak memory, the achieved rate in GFLOP/s
-(every multiply-add of the forward pass counted by ``reference_models.flops.count_macs`` in this checkout; a
+(every multiply-add of the forward pass counted by ``reference_models.inference.flops.count_macs`` in this checkout; a
 training step counts 3x the forward) and that rate as a fraction of this machine's fp32 matrix-product rate
 measured in the same subprocess just before (``torch.mm`` of 2048x2048 matrices, best of 3).
 """
@@ -56,7 +56,7 @@ import reference_models  # noqa: E402
 from attention import dense_readout, distance_matrix  # noqa: E402 (sibling script module)
 from official_vsrt import make_official  # noqa: E402 (sibling script module)
 from peak_memory import SUBPROCESS_ENV, PeakMemory  # noqa: E402 (sibling script module)
-from reference_models.flops import count_macs  # noqa: E402
+from reference_models.inference.flops import count_macs  # noqa: E402
 
 #: The paper configuration of each model: frames come from the preset, the LR size from the paper's training.
 PAPER_SIZES = {"mana": "64x112", "vsrt": "64x64"}
@@ -84,7 +84,7 @@ def make_dense(model: torch.nn.Module, height: int, width: int) -> Callable[[], 
 
     from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention  # noqa: PLC0415
 
-    from reference_models.vsrt import VSRT  # noqa: PLC0415
+    from reference_models.networks.vsrt import VSRT  # noqa: PLC0415
 
     official = make_official(model) if isinstance(model, VSRT) else contextlib.nullcontext
     dist = distance_matrix(height, width).to(next(model.parameters()).device)

@@ -1,6 +1,6 @@
 """VSR-Transformer computed the way the official code computes it, for ``benchmarks/models.py``'s dense form.
 
-Same weights and the same numbers as :class:`reference_models.vsrt.VSRT` at sizes that are multiples of the
+Same weights and the same numbers as :class:`reference_models.networks.vsrt.VSRT` at sizes that are multiples of the
 patch size; only the way of computing differs, where the official ``vsrTransformer`` differs:
 
 - STCSA (official ``globalAttention``): patches cut and put back with ``nn.Unfold``/``nn.Fold`` (im2col copies),
@@ -58,7 +58,7 @@ def official_residual_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def make_official(model: nn.Module) -> Callable[[], contextlib.AbstractContextManager]:
-    """Switch a :class:`~reference_models.vsrt.VSRT` to the official computation (in place) and return what makes
+    """Switch a :class:`~reference_models.networks.vsrt.VSRT` to the official computation (in place) and return what makes
     the context to run it in (the official flows replace :func:`~vsrblocks.align.bidirectional_flows` inside)."""
     from vsrblocks.attention.stcsa import STCSA  # noqa: PLC0415
     from vsrblocks.residual import ResidualBlockNoBN  # noqa: PLC0415
@@ -74,7 +74,7 @@ def make_official(model: nn.Module) -> Callable[[], contextlib.AbstractContextMa
 
 @contextlib.contextmanager
 def _official_flows() -> Iterator[None]:
-    import reference_models.vsrt as vsrt_module  # noqa: PLC0415
+    import reference_models.networks.vsrt as vsrt_module  # noqa: PLC0415
 
     ours = vsrt_module.bidirectional_flows
     vsrt_module.bidirectional_flows = official_flows

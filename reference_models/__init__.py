@@ -9,8 +9,8 @@ from __future__ import annotations
 from reference_models.lazy_exports import lazy_exports
 
 _EXPORTS = {
-    "compile_model": "reference_models.compiled",
-    "create_model": "reference_models.registry",
+    "compile_model": "reference_models.inference.compiled",
+    "create_model": "reference_models.checkpoint",
     "from_official": "reference_models.registry",
     "list_models": "reference_models.registry",
     "list_presets": "reference_models.registry",
@@ -18,8 +18,8 @@ _EXPORTS = {
     "model_from_checkpoint": "reference_models.checkpoint",
     "model_spec": "reference_models.registry",
     "save_checkpoint": "reference_models.checkpoint",
-    "upscale_clip": "reference_models.inference",
-    "upscale_frames": "reference_models.inference",
+    "upscale_clip": "reference_models.inference.upscale",
+    "upscale_frames": "reference_models.inference.upscale",
 }
 
 __all__ = sorted(_EXPORTS)

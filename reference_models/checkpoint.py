@@ -34,8 +34,9 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from reference_models.partial_output import create_partial_file, current_umask, remove_stale_partials
-from reference_models.registry import create_model, list_models, model_spec
+from reference_models.io.partial_output import create_partial_file, current_umask, remove_stale_partials
+from reference_models import registry
+from reference_models.registry import list_models, model_spec, network_module
 from vsrblocks.checkpoint import (
     CheckpointError,
     is_safetensors,
@@ -87,7 +88,7 @@ def _check_plain(value: Any, where: str) -> None:
 def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
     """``write(tmp)`` a file beside ``path`` and rename it onto ``path``; nothing is left behind on failure,
     and leftovers of earlier, killed saves to ``path`` are removed on success. The temporary name
-    (``.NAME.partial-<pid>-<token>``, :mod:`reference_models.partial_output`) stays within NAME_MAX and the
+    (``.NAME.partial-<pid>-<token>``, :mod:`reference_models.io.partial_output`) stays within NAME_MAX and the
     file gets the umask's permissions, not tempfile's 0600."""
     tmp = create_partial_file(path, suffix="")
     try:
@@ -126,7 +127,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **extra: Any
 
     A path ending in ``.safetensors`` writes a safetensors file (weights as tensors, model spec and extras as
     JSON metadata: the format to share, readable without pickle); any other name a ``torch.save`` file. The
-    file is written under a temporary name in the same folder (:mod:`reference_models.partial_output`) and renamed, so an
+    file is written under a temporary name in the same folder (:mod:`reference_models.io.partial_output`) and renamed, so an
     interrupted save never leaves a truncated checkpoint; it gets the umask's permissions, and temporary
     files of earlier, killed saves to the same path are removed.
 
@@ -357,9 +358,33 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], *, ema: bool
     return {k: v for k, v in ours.items() if k not in _RESERVED}
 
 
+def create_model(
+    name: str, preset: str = "paper", pretrained: str | os.PathLike[str] | None = None, **overrides: Any
+) -> nn.Module:
+    """Build reference model ``name`` from ``preset`` (:func:`reference_models.registry.create_model`) and load
+    ``pretrained`` weights into it.
+
+    Args:
+        name: one of :func:`~reference_models.registry.list_models`.
+        preset: one of :func:`~reference_models.registry.list_presets`.
+        pretrained: a local checkpoint to load (strictly) into the model: our ``.pt`` / ``.safetensors`` file, a
+            release folder (``model.safetensors`` + ``config.json``, see :func:`save_release`), or a plain or
+            official state_dict.
+        **overrides: constructor arguments.
+
+    Raises:
+        ValueError: unknown model or preset (the message lists the valid ones);
+            :class:`~vsrblocks.checkpoint.CheckpointError` (a ValueError) for weights that do not fit.
+    """
+    model = registry.create_model(name, preset, **overrides)
+    if pretrained is not None:
+        load_checkpoint(model, pretrained)
+    return model
+
+
 def _official_modules() -> dict[str, Any]:
     """The model modules that can read an official state_dict's architecture off its weights."""
-    modules = {name: importlib.import_module(f"reference_models.{name}") for name in list_models()}
+    modules = {name: network_module(name) for name in list_models()}
     return {name: m for name, m in modules.items() if hasattr(m, "official_config_from_state_dict")}
 
 
@@ -416,7 +441,7 @@ def _rebuild(ours: dict[str, Any], path: str | os.PathLike[str], **overrides: An
     if not spec:
         raise CheckpointError(f"checkpoint '{os.fspath(path)}' has no model_spec; name the model to load it into")
     try:
-        model = create_model(spec["name"], spec["preset"], **{**(spec.get("overrides") or {}), **overrides})
+        model = registry.create_model(spec["name"], spec["preset"], **{**(spec.get("overrides") or {}), **overrides})
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(
             f"checkpoint '{os.fspath(path)}' names {_describe(spec)}, which cannot be built: {exc}"

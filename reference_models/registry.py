@@ -1,6 +1,6 @@
 """The model registry: names, presets and construction of the four reference networks.
 
-Each model lives in its own module (``reference_models/mana.py`` ...), which defines
+Each model lives in its own module (``reference_models/networks/mana.py`` ...), which defines
 
 - ``MODEL``: the ``nn.Module`` class, built with ``MODEL(**preset_kwargs)``;
 - ``PRESETS``: ``{"paper": {...}, "tiny": {...}, ...}`` of constructor keyword arguments;
@@ -24,17 +24,19 @@ if TYPE_CHECKING:  # torch is imported by the model modules, on first use: `list
     import torch
     from torch import nn
 
-__all__ = ["list_models", "list_presets", "create_model", "from_official", "model_spec", "parse_model_args"]
+__all__ = ["list_models", "list_presets", "create_model", "from_official", "model_spec", "network_module", "parse_model_args"]
 
 _MODULES = {
-    "dasaa": "reference_models.dasaa",
-    "mafnet": "reference_models.mafnet",
-    "mana": "reference_models.mana",
-    "vsrt": "reference_models.vsrt",
+    "dasaa": "reference_models.networks.dasaa",
+    "mafnet": "reference_models.networks.mafnet",
+    "mana": "reference_models.networks.mana",
+    "vsrt": "reference_models.networks.vsrt",
 }
 
 
-def _module(name: str) -> ModuleType:
+def network_module(name: str) -> ModuleType:
+    """The module of network ``name`` (imported on first use): ``MODEL``, ``PRESETS`` and, where the network has
+    an official implementation, ``from_official`` and ``official_config_from_state_dict``."""
     if name not in _MODULES:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return importlib.import_module(_MODULES[name])
@@ -55,7 +57,7 @@ def list_presets(name: str) -> list[str]:
         names = _literal_preset_names(_MODULES[name])
         if names is not None:
             return names
-    return list(_module(name).PRESETS)
+    return list(network_module(name).PRESETS)
 
 
 def _literal_preset_names(module_name: str) -> list[str] | None:
@@ -79,35 +81,26 @@ def _literal_preset_names(module_name: str) -> list[str] | None:
     return None
 
 
-def create_model(
-    name: str, preset: str = "paper", pretrained: str | os.PathLike[str] | None = None, **overrides: Any
-) -> nn.Module:
+def create_model(name: str, preset: str = "paper", **overrides: Any) -> nn.Module:
     """Build reference model ``name`` from ``preset``, with constructor arguments overridden.
 
     The returned model carries ``model_spec`` (name, preset, overrides) so that a checkpoint saved
-    with it can rebuild the same network.
+    with it can rebuild the same network. ``reference_models.create_model`` is
+    :func:`reference_models.checkpoint.create_model`, which also loads ``pretrained`` weights.
 
     Args:
         name: one of :func:`list_models`.
         preset: one of :func:`list_presets`.
-        pretrained: a local checkpoint to load (strictly) into the model: our ``.pt`` / ``.safetensors`` file, a
-            release folder (``model.safetensors`` + ``config.json``, see
-            :func:`~reference_models.checkpoint.save_release`), or a plain or official state_dict.
         **overrides: constructor arguments.
 
     Raises:
         ValueError: unknown model or preset (the message lists the valid ones);
-            :class:`~vsrblocks.checkpoint.CheckpointError` (a ValueError) for weights that do not fit.
     """
-    module = _module(name)
+    module = network_module(name)
     if preset not in module.PRESETS:
         raise ValueError(f"unknown preset {preset!r} for model {name!r}; available: {', '.join(module.PRESETS)}")
     model = module.MODEL(**{**module.PRESETS[preset], **overrides})
     model.model_spec = {"name": name, "preset": preset, "overrides": dict(overrides)}
-    if pretrained is not None:
-        from reference_models.checkpoint import load_checkpoint  # imports this module
-
-        load_checkpoint(model, pretrained)
     return model
 
 
@@ -142,7 +135,7 @@ def from_official(name: str, state_dict: dict[str, torch.Tensor], **official_kwa
     Raises:
         ValueError: the model has no official implementation, or the state_dict does not fit.
     """
-    module = _module(name)
+    module = network_module(name)
     if not hasattr(module, "from_official"):
         raise ValueError(f"model {name!r} has no official implementation to load from; models that do: mana, vsrt")
     return module.from_official(state_dict, **official_kwargs).eval()

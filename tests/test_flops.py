@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from reference_models.flops import count_macs, count_parameters
+from reference_models.inference.flops import count_macs, count_parameters
 from vsrblocks.attention import PositionAttention
 
 

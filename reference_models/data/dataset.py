@@ -3,7 +3,7 @@
 A *clip* is a sequence of RGB frames: a sub-folder of image files (sorted in natural order, so
 ``frame_2.png`` comes before ``frame_10.png``), a video file (decoded with PyAV, the ``video`` extra), or an
 in-memory tensor. Files are read and converted as ``python -m reference_models run`` reads them
-(:mod:`reference_models.video_io`). :func:`load_clips` finds them under a root folder.
+(:mod:`reference_models.io.video`). :func:`load_clips` finds them under a root folder.
 
 :class:`TrainClips` draws, for sample ``i``, a random temporal window of ``num_frames`` frames, a random
 ``patch_size * scale`` HR crop (aligned to the scale grid), random flips and a transpose (together the eight
@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from reference_models.data.dataset_error import DatasetError
 from reference_models.data.degradation import DEGRADATIONS, degradation_margin, degrade
-from reference_models.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FolderSource, VideoIOError, VideoSource, _to_rgb8, natural_key
+from reference_models.io.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FolderSource, VideoIOError, VideoSource, _to_rgb8, natural_key
 
 __all__ = ["check_lr_pairs", "Clip", "FrameCache", "FrameListClip", "FrameFolderClip", "VideoFileClip", "TensorClip", "load_clips", "TrainClips", "ValClips"]
 

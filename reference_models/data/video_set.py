@@ -8,7 +8,7 @@ from pathlib import Path
 
 from reference_models.data.dataset import Clip, FrameCache, FrameFolderClip, check_lr_pairs
 from reference_models.data.dataset_error import DatasetError
-from reference_models.video_io import IMAGE_EXTENSIONS, natural_key
+from reference_models.io.video import IMAGE_EXTENSIONS, natural_key
 
 __all__ = ["DEGRADATION_KINDS", "VideoSet", "clip_folders", "paired_lr_folders", "require_dir"]
 

@@ -91,7 +91,7 @@ def evaluate_dataset(
     Args:
         dataset: the clips (and the provided LR clips, if any).
         upscaler: LR frames of a clip to SR frames (:func:`bicubic_upscaler`, or a model through
-            :func:`reference_models.inference.upscale_frames`).
+            :func:`reference_models.inference.upscale.upscale_frames`).
         model_name: the name written in the result.
         degradation: ``"bi"`` or ``"bd"``: how LR frames are made when the dataset provides none.
         crop_border: pixels ignored on every side by the metrics.

@@ -29,7 +29,7 @@ INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 class InferenceModel(nn.Module):
     """A reference model's inference forward (the first output when it returns several), for export.
 
-    Carries the attributes :func:`reference_models.inference.upscale_frames` needs (``num_frames``,
+    Carries the attributes :func:`reference_models.inference.upscale.upscale_frames` needs (``num_frames``,
     ``scale``, ``output_mode``).
 
     Shape:

@@ -1,7 +1,7 @@
 """What an exported file records about its model, so that it runs without the Python class.
 
 Every format stores the same string-to-string map: ONNX in ``metadata_props``, ``.pt2`` and TorchScript
-archives in an extra file ``reference_models.json``. :func:`reference_models.inference.upscale_frames` needs
+archives in an extra file ``reference_models.json``. :func:`reference_models.inference.upscale.upscale_frames` needs
 ``num_frames``, ``scale`` and ``output_mode``; the rest documents where the file came from.
 """
 

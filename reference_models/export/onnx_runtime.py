@@ -1,7 +1,7 @@
 """An exported ONNX file run by ONNX Runtime, wrapped to look like a reference model.
 
 :class:`OnnxRuntimeModel` has the ``num_frames``, ``scale`` and ``output_mode`` that
-:func:`reference_models.inference.upscale_frames` needs (read from the file's ``metadata_props``) and a
+:func:`reference_models.inference.upscale.upscale_frames` needs (read from the file's ``metadata_props``) and a
 ``forward`` taking and returning tensors, so ``run --backend onnxruntime`` uses the same windows, tiles and
 video I/O as the PyTorch models.
 """

@@ -2,7 +2,7 @@
 
 >>> from reference_models.training import TrainClips, TrainConfig, Trainer, load_clips
 
-The names are imported on first use (PEP 562), so ``reference_models.training.cli`` can parse its
+The names are imported on first use (PEP 562), so ``reference_models.cli.train`` can parse its
 arguments (and answer ``--help``) before torch is imported.
 """
 

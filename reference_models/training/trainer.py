@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from reference_models import partial_output
+from reference_models.io import partial_output
 from reference_models.data.degradation import bicubic_upsample
 from reference_models.training import distributed
 from reference_models.training.ema import WeightEMA

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference_models.memory_budget import LiveTensorBytes
+from reference_models.inference.memory_budget import LiveTensorBytes
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
 from tests.strategies import seeded_randn, seeds, sizes
 from vsrblocks.attention import ChannelSelfAttention, DualAttention, PositionAttention

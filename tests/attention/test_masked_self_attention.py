@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference_models.memory_budget import LiveTensorBytes
+from reference_models.inference.memory_budget import LiveTensorBytes
 from tests.attention.passrnet_reference import reference_attention
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
 from tests.strategies import seeded_randn, seeds, sizes

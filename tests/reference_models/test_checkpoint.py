@@ -18,7 +18,7 @@ from reference_models.checkpoint import (
     save_checkpoint,
     save_release,
 )
-from reference_models.partial_output import NAME_MAX, partial_prefix, remove_stale_partials
+from reference_models.io.partial_output import NAME_MAX, partial_prefix, remove_stale_partials
 from tests.official import MANA_FIXTURE, load_official
 from tests.reference_models.helpers import LocalVSR
 

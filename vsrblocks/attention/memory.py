@@ -180,7 +180,7 @@ class MANAAttention(nn.Module):
     block is the identity on the centre frame. Submodule ``cross`` holds ``norm, g, theta, phi, W_z,
     std``, submodule ``memory`` holds ``mb, W_z1``: the official ``nonloc_spatial.<name>`` keys map to
     ``cross.<name>`` / ``memory.<name>`` (``D`` is dropped, see
-    :func:`reference_models.mana.from_official`).
+    :func:`reference_models.networks.mana.from_official`).
 
     Args:
         channels: feature channels C.

@@ -2,7 +2,7 @@
 
 import pytest
 
-from reference_models.training.cli import main as train_main
+from reference_models.cli.train import main as train_main
 from tests.reference_models.data.test_layouts import write_clip
 
 

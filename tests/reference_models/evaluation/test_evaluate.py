@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference_models.__main__ import main as cli_main
+from reference_models.cli import main as cli_main
 from reference_models.data import bicubic_upsample, degrade, vid4
 from reference_models.evaluation.protocol import bicubic_upscaler, evaluate_dataset, to_uint8
 from tests.reference_models.data.test_layouts import write_clip, write_vid4, write_vimeo

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from reference_models import create_model, save_checkpoint
-from reference_models.__main__ import main
+from reference_models.cli import main
 from reference_models.export.torchscript import load_torchscript
 from tests.reference_models.helpers import random_frames, write_folder
 

@@ -26,7 +26,7 @@ from reference_models.training import (
     extend_schedule,
     make_schedule,
 )
-from reference_models.training.cli import main as train_main
+from reference_models.cli.train import main as train_main
 from tests.reference_models.training.tiny import REPO, TinyVSR, clip_folder, config, photo_clip, python_env, run_python
 
 
@@ -211,7 +211,7 @@ def test_train_help_imports_no_training_code():
         "import sys\n"
         "import reference_models\n"
         "base = set(sys.modules)\n"
-        "from reference_models.training.cli import build_parser\n"
+        "from reference_models.cli.train import build_parser\n"
         "try:\n"
         "    build_parser().parse_args(['--help'])\n"
         "except SystemExit:\n"

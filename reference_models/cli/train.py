@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from reference_models.training import distributed
     from reference_models.training.trainer import NonFiniteLossError
-    from reference_models.video_io import VideoIOError
+    from reference_models.io.video import VideoIOError
     from vsrblocks.checkpoint import CheckpointError
 
     previous = _on_sigterm_raise()

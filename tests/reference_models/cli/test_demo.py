@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from reference_models.demo import DemoSettings, demo_clips, load_photo, main, pan_zoom_clip, run_demo
+from reference_models.cli.demo import DemoSettings, demo_clips, load_photo, main, pan_zoom_clip, run_demo
 from reference_models.training import TensorClip
 
 

@@ -5,7 +5,7 @@ natural sort order (``f2.png`` before ``f10.png``); video files are decoded and 
 ``video`` extra: ``pip install av``). Greyscale, palette, RGBA and 16-bit frames are converted to 8-bit RGB
 with a warning.
 
-Writers put everything under a partial name beside the destination (:mod:`reference_models.partial_output`)
+Writers put everything under a partial name beside the destination (:mod:`reference_models.io.partial_output`)
 and move it into place only when :meth:`close` succeeds; :meth:`abort` (also called on an exception or an
 interrupt inside a ``with`` block) removes it. A video written from a video keeps its time base, frame
 timestamps and audio and subtitle streams.
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from reference_models.partial_output import (
+from reference_models.io.partial_output import (
     create_partial_dir,
     create_partial_file,
     remove_partial,

@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 import reference_models
-from reference_models.__main__ import main
+from reference_models.cli import main
 from reference_models.checkpoint import save_checkpoint
-from reference_models.partial_output import NAME_MAX, create_partial_dir, partial_prefix, stale_partials
+from reference_models.io.partial_output import NAME_MAX, create_partial_dir, partial_prefix, stale_partials
 from tests.reference_models.helpers import random_frames, write_folder
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run(capsys, *argv):
@@ -177,14 +177,14 @@ def test_resume_skips_complete_frames_and_redoes_broken_ones(tmp_path, capsys, c
 
 SLOW_RUN = """
 import sys, time
-import reference_models.inference as inference
+import reference_models.inference.upscale as inference
 original = inference.upscale_frames
 def slow(*args, **kwargs):
     for out in original(*args, **kwargs):
         time.sleep(0.2)
         yield out
 inference.upscale_frames = slow
-from reference_models.__main__ import main
+from reference_models.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -246,7 +246,7 @@ def test_an_interrupted_resume_run_is_finished_by_the_next(tmp_path, capsys, che
 def test_help_and_list_do_not_import_torch():
     code = (
         "import sys\n"
-        "from reference_models.__main__ import main\n"
+        "from reference_models.cli import main\n"
         "for argv in (['--help'], ['run', '--help'], ['demo', '--help']):\n"
         "    try:\n"
         "        main(argv)\n"
@@ -263,7 +263,7 @@ def test_help_and_list_do_not_import_torch():
 
 
 def test_signals_wait_while_frames_move_into_place():
-    from reference_models.partial_output import signals_deferred
+    from reference_models.io.partial_output import signals_deferred
 
     seen = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 import reference_models
-from reference_models.__main__ import main
+from reference_models.cli import main
 from reference_models.checkpoint import model_from_checkpoint, save_checkpoint
-from reference_models.inference import upscale_clip
+from reference_models.inference.upscale import upscale_clip
 from tests.reference_models.helpers import random_frames, write_folder, write_video
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +261,7 @@ def test_list_prints_models_and_presets(capsys):
 
 
 @pytest.mark.parametrize(
-    "command, module", [("demo", "reference_models.demo"), ("train", "reference_models.training.cli")]
+    "command, module", [("demo", "reference_models.cli.demo"), ("train", "reference_models.cli.train")]
 )
 def test_demo_and_train_are_delegated(monkeypatch, capsys, command, module):
     seen = []
@@ -298,12 +298,12 @@ def test_compile_option_runs_the_compiled_model(tmp_path, capsys, checkpoint, mo
     takes minutes) and writes the frames the eager model writes."""
     import torch._dynamo.testing
 
-    import reference_models.compiled
+    import reference_models.inference.compiled
 
     torch._dynamo.reset()
     counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
-    original = reference_models.compiled.compile_model
-    monkeypatch.setattr(reference_models.compiled, "compile_model", lambda model: original(model, backend=counter))
+    original = reference_models.inference.compiled.compile_model
+    monkeypatch.setattr(reference_models.inference.compiled, "compile_model", lambda model: original(model, backend=counter))
     frames = random_frames(3, 12, 16)
     src = write_folder(tmp_path / "in", frames, [f"f{i}.png" for i in range(3)])
     code, _, err = run_cli(capsys, "run", "--checkpoint", checkpoint, "-i", src, "-o", tmp_path / "out", "--compile")

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(+ train_sharp_bicubic/X4/); vimeo90k-t: sequences/<a>/<b>/im1..im7.png, sep_testlist.txt (+ BIx4/, BDx4/); "
         "folder: sub-folders of HR frames or video files. LR frames a dataset lacks are made with --degradation.",
     )
-    from reference_models.__main__ import add_model_options
+    from reference_models.cli.options import add_model_options
 
     add_model_options(p, "a reference model, or 'bicubic'; may be left out with a --checkpoint")
     p.add_argument("--dataset", required=True, choices=EVAL_DATASETS, help="the test set's layout")
@@ -60,11 +60,11 @@ def _upscaler(args: argparse.Namespace, scale: int):
         if args.checkpoint:
             raise ValueError("the bicubic baseline takes no --checkpoint")
         return bicubic_upscaler(scale), "bicubic"
-    from reference_models.__main__ import _build_model
-    from reference_models.inference import upscale_frames
+    from reference_models.cli.options import build_model
+    from reference_models.inference.upscale import upscale_frames
     from reference_models.registry import model_spec
 
-    model = _build_model(args)
+    model = build_model(args)
     if model.scale != scale:
         raise ValueError(f"the model upscales x{model.scale}, the dataset's LR frames are x{scale}")
     spec = model_spec(model) or {}
@@ -123,6 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.model and not args.checkpoint:
         print("error: name a model (or 'bicubic'), or give a --checkpoint saved by this package", file=sys.stderr)
         return 1
-    from reference_models.__main__ import run_reporting_errors
+    from reference_models.cli.options import run_reporting_errors
 
     return run_reporting_errors(lambda: _evaluate(args))

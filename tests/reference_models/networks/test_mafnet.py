@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference_models import create_model, list_presets
-from reference_models.mafnet import PRESETS, FeatureFlowEstimator, MAFnet
+from reference_models.networks.mafnet import PRESETS, FeatureFlowEstimator, MAFnet
 from tests.checks import assert_base_path_flip_consistent, assert_batch_independent
 from tests.strategies import seeded_rand, seeded_randn
 

@@ -112,7 +112,7 @@ class DASAA(nn.Module):
     frames that would exceed a budget.
 
     FLOPs: the abstract's 6.39 G is read as thop-style conv-only MACs (see
-    :func:`reference_models.flops.count_macs`) at an unknown input size. At ``(1, 5, 3, 32, 32)`` the
+    :func:`reference_models.inference.flops.count_macs`) at an unknown input size. At ``(1, 5, 3, 32, 32)`` the
     spec's default (4 extraction blocks, 0.75 M parameters) counts 5.80 G (plus 1.22 G in attention
     products, 1.52 G executed: the fused kernel runs PAM's query/key products at the value width); the ``paper`` preset uses 6 blocks (0.90 M parameters), 6.55 G (+2.5 %), the closest block
     count (5 blocks: 6.17 G, -3.4 %).

@@ -248,7 +248,7 @@ def automatic_tile(
     """What ``run`` does without ``--tile``: the tile side that keeps ``batch`` windows of ``height x width``
     frames within ``max_memory`` (:func:`parse_size`; ``None``: :func:`default_budget`), or ``None`` when whole
     frames fit; the tile is at least ``minimum`` (what the model needs, see
-    :func:`reference_models.inference.minimum_tile`). Choosing tiles issues one warning that says so. Under the
+    :func:`reference_models.inference.upscale.minimum_tile`). Choosing tiles issues one warning that says so. Under the
     default budget, frames no larger
     than :func:`estimate_memory`'s probes run whole without probing (the probes would cost as much).
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reference_models.video_io import (
+from reference_models.io.video import (
     FolderWriter,
     VideoIOError,
     VideoSource,

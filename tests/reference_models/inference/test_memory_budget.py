@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 import reference_models
-from reference_models.__main__ import main
-from reference_models.memory_budget import (
+from reference_models.cli import main
+from reference_models.inference.memory_budget import (
     SAFETY_FACTOR,
     LiveTensorBytes,
     MemoryEstimate,
@@ -25,7 +25,7 @@ from reference_models.memory_budget import (
 )
 from tests.reference_models.helpers import random_frames, write_folder
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_parse_and_format_sizes():
@@ -94,8 +94,8 @@ def test_estimate_is_linear_and_grows_with_batch():
 _MEASURE = """
 import sys, torch
 from benchmarks.peak_memory import PeakMemory
-from reference_models.inference import forward_tiled
-from reference_models.memory_budget import choose_tile, estimate_memory
+from reference_models.inference.upscale import forward_tiled
+from reference_models.inference.memory_budget import choose_tile, estimate_memory
 from reference_models.registry import create_model
 torch.manual_seed(0)
 model = create_model("dasaa", "tiny").eval()

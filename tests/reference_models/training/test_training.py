@@ -33,7 +33,7 @@ from reference_models.training import (
     make_schedule,
     memory_parameter_names,
 )
-from reference_models.training.cli import main as train_main
+from reference_models.cli.train import main as train_main
 from vsrblocks.metrics import psnr, ssim
 
 

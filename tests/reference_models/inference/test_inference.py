@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import reference_models
-from reference_models.inference import (
+from reference_models.inference.upscale import (
     center_window,
     clip_windows,
     forward_tiled,
@@ -284,7 +284,7 @@ def test_fully_skipped_windows_are_not_run():
 
 
 def test_minimum_tile_of_the_reference_models():
-    from reference_models.inference import minimum_tile
+    from reference_models.inference.upscale import minimum_tile
 
     sizes = {name: minimum_tile(reference_models.create_model(name, "tiny")) for name in ("mana", "mafnet", "vsrt")}
     assert sizes == {"mana": 1, "mafnet": 4, "vsrt": 4}

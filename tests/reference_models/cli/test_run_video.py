@@ -5,7 +5,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from reference_models.__main__ import main
+from reference_models.cli import main
 
 av = pytest.importorskip("av")
 

@@ -15,6 +15,8 @@ import time
 import warnings
 from collections.abc import Sequence
 
+from reference_models.cli.options import UserError
+
 __all__ = ["main", "FORMATS", "onnx_run_model"]
 
 FORMATS = ("onnx", "torchscript", "exported-program")
@@ -27,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Export a reference model for deployment. onnx and exported-program files take any batch, "
         "height and width (within the constraints printed at export); torchscript is traced at --height x --width.",
     )
-    from reference_models.__main__ import add_model_options
+    from reference_models.cli.options import add_model_options
 
     add_model_options(parser)
     parser.add_argument("--format", required=True, choices=FORMATS)
@@ -40,10 +42,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _UserError(ValueError):
-    """A failure to report as one line."""
-
-
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -53,20 +51,20 @@ def _export(args: argparse.Namespace) -> int:
     from reference_models.export.torchscript import export_torchscript
 
     if args.opset is not None and args.format != "onnx":
-        raise _UserError("--opset applies to --format onnx only")
+        raise UserError("--opset applies to --format onnx only")
     if args.frames is not None and args.frames < 1:
-        raise _UserError(f"--frames must be >= 1, got {args.frames}")
+        raise UserError(f"--frames must be >= 1, got {args.frames}")
     if min(args.height, args.width) < 1:
-        raise _UserError(f"--height and --width must be >= 1, got {args.height} x {args.width}")
+        raise UserError(f"--height and --width must be >= 1, got {args.height} x {args.width}")
     output = Path(args.output)
     if output.suffix != _SUFFIXES[args.format]:
         warnings.warn(f"--format {args.format} files usually end in {_SUFFIXES[args.format]}, not {output.suffix or '(none)'}")
     if not output.parent.is_dir():
-        raise _UserError(f"--output: folder '{output.parent}' does not exist")
-    from reference_models.__main__ import _build_model
+        raise UserError(f"--output: folder '{output.parent}' does not exist")
+    from reference_models.cli.options import build_model
 
     args.device, args.dtype = "cpu", "float32"
-    model = _build_model(args, **({} if args.frames is None else {"num_frames": args.frames}))
+    model = build_model(args, **({} if args.frames is None else {"num_frames": args.frames}))
     example = example_clip(model, args.height, args.width)
     start = time.perf_counter()
     if args.format == "onnx":
@@ -106,7 +104,7 @@ def onnx_run_model(onnx_file: str | None, model: str | None, checkpoint: str | N
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m reference_models export``; returns the exit status."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    from reference_models.__main__ import run_reporting_errors
+    from reference_models.cli.options import run_reporting_errors
 
     return run_reporting_errors(lambda: _export(args))
 
