@@ -136,6 +136,7 @@ def test_presets_build_the_released_widths():
     assert PRESETS["edvr-l-deblur"]["hr_in"] and PRESETS["edvr-l-deblur"]["with_predeblur"]
 
 
+@pytest.mark.slow
 def test_compile_matches_eager_without_recompiles():
     torch._dynamo.reset()
     torch.manual_seed(0)
