@@ -30,6 +30,8 @@ _MODULES = {
     "basicvsr": "reference_models.networks.basicvsr",
     "basicvsrpp": "reference_models.networks.basicvsrpp",
     "dasaa": "reference_models.networks.dasaa",
+    "edvr": "reference_models.networks.edvr",
+    "iconvsr": "reference_models.networks.iconvsr",
     "mafnet": "reference_models.networks.mafnet",
     "mana": "reference_models.networks.mana",
     "vsrt": "reference_models.networks.vsrt",
@@ -45,7 +47,7 @@ def network_module(name: str) -> ModuleType:
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`: ``["basicvsr", "basicvsrpp", "dasaa", "mafnet", "mana", "vsrt"]``."""
+    """Names accepted by :func:`create_model`: ``["basicvsr", "basicvsrpp", "dasaa", "edvr", "iconvsr", "mafnet", "mana", "vsrt"]``."""
     return sorted(_MODULES)
 
 

@@ -48,6 +48,7 @@ from vsrblocks.attention import (
     MorphologicalMask,
     PositionAttention,
     SpatialAttention,
+    TSAFusion,
     attention_map,
     local_attention,
     memory_read,
@@ -69,10 +70,13 @@ def _deform_conv2d(backend: str) -> Case:
     )
 
 
-def _pcd(b: int) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-    pcd = PCDAlignment(4, deform_groups=2, num_levels=2, backend="torch")
-    src = [_r(b, 4, 6, 5), _r(b, 4, 3, 3)]
-    return pcd, (src, [t + 1 for t in src])
+def _pcd(cascade: bool) -> Case:
+    def case(b: int) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        pcd = PCDAlignment(4, deform_groups=2, num_levels=2, backend="torch", cascade=cascade)
+        src = [_r(b, 4, 6, 5), _r(b, 4, 3, 3)]
+        return pcd, (src, [t + 1 for t in src])
+
+    return case
 
 
 def _model(name: str) -> Case:
@@ -88,7 +92,8 @@ CASES: dict[str, Case] = {
     "deform_conv2d-torch": _deform_conv2d("torch"),
     "deform_conv2d-torchvision": _deform_conv2d("torchvision"),
     "DeformConv2d": lambda b: (DeformConv2d(4, 6, deform_groups=2, backend="torch"), (_r(b, 4, 5, 6),)),
-    "PCDAlignment": _pcd,
+    "PCDAlignment": _pcd(cascade=False),
+    "PCDAlignment-cascade": _pcd(cascade=True),
     "EasyPCD": lambda b: (EasyPCD(4, deform_groups=2, num_levels=2, backend="torch"), (_r(b, 4, 5, 6), _r(b, 4, 5, 6))),
     "flow_warp": lambda b: (flow_warp, (_r(b, 3, 5, 6), _r(b, 2, 5, 6))),
     "FlowWarp": lambda b: (FlowWarp(), (_r(b, 3, 5, 6), _r(b, 2, 5, 6))),
@@ -116,6 +121,7 @@ CASES: dict[str, Case] = {
     "OfficialPositionEncoding3D": lambda b: (OfficialPositionEncoding3D(num_frames=2), (_r(b, 2, 4, 3, 3),)),
     "ChannelAttention": lambda b: (ChannelAttention(8, reduction=4), (_r(b, 8, 5, 6),)),
     "SpatialAttention": lambda b: (SpatialAttention(8), (_r(b, 8, 5, 6),)),
+    "TSAFusion": lambda b: (TSAFusion(8, num_frames=3), (_r(b, 3, 8, 5, 6),)),
     "LeakyResidualBlock": lambda b: (LeakyResidualBlock(4), (_r(b, 4, 5, 6),)),
     "attention_map": lambda b: (attention_map, (_r(b, 4, 3, 5), _r(b, 4, 3, 5))),
     "local_attention": lambda b: (
@@ -142,6 +148,7 @@ CASES: dict[str, Case] = {
     "MaskedSelfAttention": lambda b: (MaskedSelfAttention(8), (_r(b, 8, 5, 6), _r(b, 8, 5, 6))),
     "MorphologicalMask": lambda b: (MorphologicalMask(3, "close"), ((_r(b, 1, 6, 6) > 0).float(),)),
     "model-dasaa": _model("dasaa"),
+    "model-edvr": _model("edvr"),
     "model-mafnet": _model("mafnet"),
     "model-mana": _model("mana"),
     "model-vsrt": _model("vsrt"),
