@@ -141,7 +141,8 @@ def from_official(name: str, state_dict: dict[str, torch.Tensor], **official_kwa
     """
     module = network_module(name)
     if not hasattr(module, "from_official"):
-        raise ValueError(f"model {name!r} has no official implementation to load from; models that do: basicvsr, basicvsrpp, edvr, iconvsr, mana, vsrt")
+        able = ", ".join(n for n in list_models() if hasattr(network_module(n), "from_official"))
+        raise ValueError(f"model {name!r} has no official implementation to load from; models that do: {able}")
     return module.from_official(state_dict, **official_kwargs).eval()
 
 
