@@ -36,7 +36,9 @@ class SpatialAttention(nn.Module):
     ``edvr_exact=True`` restores the three places where EDVR's TSA differs from MAFnet's text: feature 1
     goes through ``lrelu(spatial_attn3(.))`` (3x3) before the addition in step 4, the additive branch is
     ``spatial_attn_add2(lrelu(spatial_attn_add1(z)))`` (a second 1x1, no final activation), and the gate is
-    doubled, ``out = x * sigmoid(z) * 2 + add``. Parameter names follow BasicSR's ``TSAFusion``.
+    doubled, ``out = x * sigmoid(z) * 2 + add``. Parameter names follow BasicSR's ``TSAFusion``; EDVR's whole
+    fusion module (temporal attention, fusion, and this pyramid gating the fused feature) is
+    :class:`~vsrblocks.attention.TSAFusion`.
 
     Args:
         channels: input (= output) channels C.

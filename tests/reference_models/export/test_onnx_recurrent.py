@@ -1,9 +1,11 @@
-"""ONNX export of tiny BasicVSR and BasicVSR++ (SPyNet flows, flow warping, and BasicVSR++'s second-order
+"""ONNX export of tiny BasicVSR, IconVSR and BasicVSR++ (SPyNet flows, flow warping, and BasicVSR++'s second-order
 deformable alignment in pure PyTorch: no compiled operator in the graph), checked against eager PyTorch in ONNX
 Runtime at two LR sizes other than the export example.
 
 The propagation unrolls over the frames, so the clips are as short as cover every path: two frames for BasicVSR
-(both sweeps warp once), three for BasicVSR++ (its second-order alignment starts at a sweep's third frame)."""
+(both sweeps warp once), three for BasicVSR++ (its second-order alignment starts at a sweep's third frame), two
+for IconVSR (both are keyframes: an EDVR extractor each, refilled in both sweeps; the sizes checked are not
+multiples of 4, so its spatial padding counts)."""
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ pytest.importorskip("onnxscript")
 
 #: (batch, height, width) checked after exporting at the example's (2, 34, 38): batch 1, smaller, odd.
 SIZES = [(1, 16, 20), (1, 13, 19)]
-FRAMES = {"basicvsr": 2, "basicvsrpp": 3}
+FRAMES = {"basicvsr": 2, "basicvsrpp": 3, "iconvsr": 2}
 
 
 @pytest.fixture(scope="module", params=sorted(FRAMES))
