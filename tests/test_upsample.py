@@ -119,3 +119,48 @@ def test_batch_independent_compiles_and_half():
 
 def test_repr_mentions_hyperparameters():
     assert "scale=4" in repr(PixelShuffleUpsampler(channels=4, scale=4))
+
+
+def _basicsr_x4_tail(up: PixelShuffleUpsampler, x: torch.Tensor) -> torch.Tensor:
+    """BasicSR's tail written out: lrelu(shuffle(upconv1)), lrelu(shuffle(upconv2)), lrelu(conv_hr), conv_last."""
+    out = F.leaky_relu(F.pixel_shuffle(up.stages[0].conv(x), 2), 0.1)
+    out = F.leaky_relu(F.pixel_shuffle(up.stages[1].conv(out), 2), 0.1)
+    out = F.leaky_relu(up.conv_hr(out), 0.1)
+    return up.conv_last(out)
+
+
+@pytest.mark.parametrize("channels", [8, 32, 64])
+def test_basicsr_x4_tail_at_any_width(channels):
+    torch.manual_seed(0)
+    up = PixelShuffleUpsampler(channels, 4, hidden_channels=64, hr_conv=True, icnr=False).double()
+    shapes = {name: tuple(p.shape) for name, p in up.named_parameters()}
+    assert shapes["stages.0.conv.weight"] == (4 * channels, channels, 3, 3)
+    assert shapes["stages.1.conv.weight"] == (4 * 64, channels, 3, 3)
+    assert shapes["conv_hr.weight"] == (64, 64, 3, 3)
+    assert shapes["conv_last.weight"] == (3, 64, 3, 3)
+    x = seeded_randn((1, channels, 5, 7), 3, torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(up(x), _basicsr_x4_tail(up, x), atol=1e-12, rtol=0)
+    assert "hidden_channels=64, hr_conv=True" in repr(up)
+
+
+@given(
+    b=batches,
+    h=sizes,
+    w=sizes,
+    scale=st.sampled_from(SCALES),
+    hidden=st.sampled_from([2, 5]),
+    hr=st.booleans(),
+    out=st.sampled_from([3, None]),
+    seed=seeds,
+)
+def test_hidden_width_any_size(b, h, w, scale, hidden, hr, out, seed):
+    torch.manual_seed(seed)
+    up = PixelShuffleUpsampler(channels=4, scale=scale, out_channels=out, hidden_channels=hidden, hr_conv=hr)
+    y = up(seeded_randn((b, 4, h, w), seed))
+    assert y.shape == (b, out or hidden, scale * h, scale * w)
+    # stages before the last keep C; ICNR still holds at the changed width
+    assert all(stage.conv.in_channels == 4 for stage in up.stages)
+    last = up.stages[-1]
+    assert last.conv.out_channels == hidden * last.factor**2
+    assert torch.equal(last.conv.weight[0], last.conv.weight[last.factor**2 - 1])

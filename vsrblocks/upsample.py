@@ -10,7 +10,16 @@ from torch import nn
 
 from vsrblocks.shapes import check_shape
 
-__all__ = ["PixelShuffleUpsampler", "icnr_"]
+__all__ = ["BASICSR_TAIL_NAMES", "PixelShuffleUpsampler", "icnr_"]
+
+#: BasicSR's names of the x4 tail's convolutions (EDVR, BasicVSR, IconVSR) -> ours in
+#: ``PixelShuffleUpsampler(C, 4, hidden_channels=64, hr_conv=True)``.
+BASICSR_TAIL_NAMES: dict[str, str] = {
+    "upconv1": "stages.0.conv",
+    "upconv2": "stages.1.conv",
+    "conv_hr": "conv_hr",
+    "conv_last": "conv_last",
+}
 
 
 def icnr_(
@@ -46,12 +55,19 @@ def icnr_(
 
 
 class _UpsampleStage(nn.Module):
-    """conv(C -> r^2 C) + PixelShuffle(r) (+ activation)."""
+    """conv(C_in -> r^2 C_out) + PixelShuffle(r) (+ activation)."""
 
-    def __init__(self, channels: int, factor: int, kernel_size: int, act_layer: Callable[[], nn.Module] | None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        factor: int,
+        kernel_size: int,
+        act_layer: Callable[[], nn.Module] | None,
+    ) -> None:
         super().__init__()
         self.factor = factor
-        self.conv = nn.Conv2d(channels, channels * factor * factor, kernel_size, padding=kernel_size // 2)
+        self.conv = nn.Conv2d(in_channels, out_channels * factor * factor, kernel_size, padding=kernel_size // 2)
         self.shuffle = nn.PixelShuffle(factor)
         self.act = act_layer() if act_layer is not None else nn.Identity()
 
@@ -71,26 +87,38 @@ class PixelShuffleUpsampler(nn.Module):
     """Sub-pixel convolution upsampler (ESPCN, Shi et al., CVPR 2016) with ICNR initialisation.
 
     For ``scale = 2**n``: ``n`` stages of conv3x3 ``C -> 4C``, ``PixelShuffle(2)`` and an activation;
-    for ``scale = 3``: one stage conv3x3 ``C -> 9C``, ``PixelShuffle(3)``, activation. Then a final
-    conv3x3 ``C -> out_channels`` (skipped when ``out_channels is None``, as in BasicSR's
-    ``Upsample``). This is the upsampling tail of EDVR, BasicVSR, MANA and VSR-Transformer
-    (``upconv1``/``upconv2`` + LeakyReLU(0.1)).
+    for ``scale = 3``: one stage conv3x3 ``C -> 9C``, ``PixelShuffle(3)``, activation. The last stage may
+    change the width to ``hidden_channels`` (its conv goes ``C -> r^2 hidden_channels``). Then, with
+    ``hr_conv``, a conv3x3 ``hidden -> hidden`` and the activation, and a final conv3x3
+    ``hidden -> out_channels`` (skipped when ``out_channels is None``, as in BasicSR's ``Upsample``).
+
+    This is the upsampling tail of EDVR, BasicVSR, IconVSR, MANA and VSR-Transformer. BasicSR's x4 tail
+    (EDVR, BasicVSR, IconVSR: ``upconv1`` C -> 4C, shuffle, ``upconv2`` C -> 4 * 64, shuffle, ``conv_hr``
+    64 -> 64, ``conv_last`` 64 -> 3, LeakyReLU(0.1) after every conv but the last) is
+    ``PixelShuffleUpsampler(C, 4, hidden_channels=64, hr_conv=True)`` at any width C; its weights map
+    ``upconv1 -> stages.0.conv``, ``upconv2 -> stages.1.conv``, ``conv_hr -> conv_hr``,
+    ``conv_last -> conv_last`` (:data:`BASICSR_TAIL_NAMES`).
 
     Every stage's conv is ICNR-initialised (:func:`icnr_`), so a fresh upsampler's stages are exactly
     nearest-neighbour upsampling of a convolution and show no checkerboard pattern.
 
     Args:
-        channels: feature channels C of the input (kept through every stage).
+        channels: feature channels C of the input (kept through every stage but the last).
         scale: upsampling factor, 3 or a power of 2.
-        out_channels: channels of the final conv; ``None``: no final conv, the output has C channels.
+        out_channels: channels of the final conv; ``None``: no final conv, the output has
+            ``hidden_channels`` channels.
         kernel_size: odd kernel size of every conv.
-        act_layer: activation factory applied after each pixel shuffle (``None``: none).
-            Default ``LeakyReLU(0.1)``.
+        act_layer: activation factory applied after each pixel shuffle and after ``conv_hr``
+            (``None``: none). Default ``LeakyReLU(0.1)``.
         icnr: ICNR initialisation of the stage convs (otherwise PyTorch's default).
+        hidden_channels: channels after the last stage (and of ``conv_hr``); default C.
+        hr_conv: a conv3x3 + activation at the output resolution before the final conv (BasicSR's
+            ``conv_hr``).
 
     Shape:
         - Input: ``(B, C, H, W)``
-        - Output: ``(B, out_channels, scale * H, scale * W)`` (``out_channels = C`` when ``None``)
+        - Output: ``(B, out_channels, scale * H, scale * W)`` (``hidden_channels`` channels when
+          ``out_channels`` is ``None``)
 
     Examples:
         >>> up = PixelShuffleUpsampler(channels=16, scale=4)
@@ -98,6 +126,9 @@ class PixelShuffleUpsampler(nn.Module):
         torch.Size([2, 3, 20, 28])
         >>> PixelShuffleUpsampler(channels=8, scale=3, out_channels=None)(torch.randn(1, 8, 4, 4)).shape
         torch.Size([1, 8, 12, 12])
+        >>> tail = PixelShuffleUpsampler(channels=32, scale=4, hidden_channels=64, hr_conv=True)
+        >>> tail(torch.randn(1, 32, 5, 6)).shape, tail.stages[1].conv.out_channels
+        (torch.Size([1, 3, 20, 24]), 256)
     """
 
     def __init__(
@@ -108,18 +139,31 @@ class PixelShuffleUpsampler(nn.Module):
         kernel_size: int = 3,
         act_layer: Callable[[], nn.Module] | None = partial(nn.LeakyReLU, 0.1),
         icnr: bool = True,
+        hidden_channels: int | None = None,
+        hr_conv: bool = False,
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        factors = _factors(scale)
         self.channels = channels
         self.scale = scale
         self.out_channels = out_channels
         self.icnr = icnr
-        self.stages = nn.ModuleList(_UpsampleStage(channels, f, kernel_size, act_layer) for f in _factors(scale))
+        self.hidden_channels = channels if hidden_channels is None else hidden_channels
+        widths = [channels] * len(factors) + [self.hidden_channels]
+        self.stages = nn.ModuleList(
+            _UpsampleStage(widths[i], widths[i + 1], f, kernel_size, act_layer) for i, f in enumerate(factors)
+        )
+        padding = kernel_size // 2
+        self.conv_hr = None
+        self.act_hr = nn.Identity()
+        if hr_conv:
+            self.conv_hr = nn.Conv2d(self.hidden_channels, self.hidden_channels, kernel_size, padding=padding)
+            self.act_hr = act_layer() if act_layer is not None else nn.Identity()
         self.conv_last = None
         if out_channels is not None:
-            self.conv_last = nn.Conv2d(channels, out_channels, kernel_size, padding=kernel_size // 2)
+            self.conv_last = nn.Conv2d(self.hidden_channels, out_channels, kernel_size, padding=padding)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -128,14 +172,20 @@ class PixelShuffleUpsampler(nn.Module):
             if self.icnr:
                 icnr_(stage.conv.weight, stage.factor)
                 nn.init.zeros_(stage.conv.bias)
-        if self.conv_last is not None:
-            self.conv_last.reset_parameters()
+        for conv in (self.conv_hr, self.conv_last):
+            if conv is not None:
+                conv.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", C=self.channels)
         for stage in self.stages:
             x = stage(x)
+        if self.conv_hr is not None:
+            x = self.act_hr(self.conv_hr(x))
         return self.conv_last(x) if self.conv_last is not None else x
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, scale={self.scale}, out_channels={self.out_channels}, icnr={self.icnr}"
+        return (
+            f"channels={self.channels}, scale={self.scale}, out_channels={self.out_channels}, "
+            f"hidden_channels={self.hidden_channels}, hr_conv={self.conv_hr is not None}, icnr={self.icnr}"
+        )

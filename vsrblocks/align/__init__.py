@@ -5,3 +5,4 @@ from vsrblocks.align.spynet import SPyNet, SPyNetBasicModule, bidirectional_flow
 from vsrblocks.align.boff import BOFF, ResidualBlocksWithInputConv
 from vsrblocks.align.deform_conv import DeformConv2d, deform_conv2d
 from vsrblocks.align.pcd import EasyPCD, PCDAlignment
+from vsrblocks.align.second_order_deformable import SecondOrderDeformableAlignment
