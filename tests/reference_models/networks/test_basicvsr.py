@@ -12,7 +12,11 @@ import torch
 
 import reference_models
 from reference_models import create_model
-from reference_models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from reference_models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from reference_models.inference.upscale import upscale_clip
 from tests.basicsr_fixtures import load_basicsr
 from tests.checks import assert_compiles
