@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # torch is imported by the model modules, on first use: `list
 __all__ = ["list_models", "list_presets", "create_model", "from_official", "model_spec", "network_module", "parse_model_args"]
 
 _MODULES = {
+    "basicvsr": "reference_models.networks.basicvsr",
+    "basicvsrpp": "reference_models.networks.basicvsrpp",
     "dasaa": "reference_models.networks.dasaa",
     "mafnet": "reference_models.networks.mafnet",
     "mana": "reference_models.networks.mana",
