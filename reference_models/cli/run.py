@@ -230,6 +230,8 @@ class _SweepBars:
         self.quiet = quiet
         self.bar = None
         self.sweep = 0
+        self.seconds: dict[str, float] = {}  # per sweep, in order: where the time went
+        self.started = 0.0
 
     def __call__(self, state) -> None:
         from tqdm.auto import tqdm
@@ -237,6 +239,8 @@ class _SweepBars:
         if state.sweep != self.sweep:
             self.close()
             self.sweep = state.sweep
+            self.seconds[state.branch] = 0.0
+            self.started = time.perf_counter()
             self.bar = tqdm(total=state.frames, unit="frame", desc=f"sweep {state.sweep}/{state.sweeps} {state.branch}",
                             disable=self.quiet, dynamic_ncols=True)
         self.bar.update(state.done - self.bar.n)
@@ -247,6 +251,12 @@ class _SweepBars:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+            self.seconds[next(reversed(self.seconds))] = time.perf_counter() - self.started
+
+    def summary(self) -> str:
+        """``; sweeps: backward 3.1 s, forward 4.2 s (...)``: the time of each sweep, for the summary line."""
+        parts = [f"{branch} {seconds:.1f} s" for branch, seconds in self.seconds.items()]
+        return f"; sweeps: {', '.join(parts)} (the last with reconstruction and writing)" if parts else ""
 
 
 def _clock(seconds: float) -> str:
@@ -334,7 +344,7 @@ def _run(args: argparse.Namespace) -> int:
         kept = f" (kept {len(skip)} finished frames)" if skip else ""
         print(
             f"wrote {written} frames of {scale * source.width}x{scale * source.height} to {args.output}{kept} "
-            f"in {seconds:.1f} s ({written / seconds:.2f} frames/s)",
+            f"in {seconds:.1f} s ({written / seconds:.2f} frames/s){sweeps.summary() if sweeps else ''}",
             file=sys.stderr,
         )
     return 0

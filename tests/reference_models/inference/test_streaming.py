@@ -240,3 +240,30 @@ def test_interrupted_run_leaves_no_spill_files_and_no_output(tmp_path, signum):
     assert f"interrupted by {signal.Signals(signum).name}" in err
     assert not list(spill.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "spill"]  # no output, no partial
+
+
+def test_run_on_a_video_decodes_once_into_the_store_and_matches_the_forward(tmp_path, monkeypatch):
+    pytest.importorskip("av")
+    from PIL import Image
+
+    from reference_models import registry
+    from reference_models.cli.run import main
+    from reference_models.io.video import open_frames
+    from tests.reference_models.cli.test_run_video import write_clip
+
+    monkeypatch.setitem(registry._MODULES, "recurrent_toy", "tests.reference_models.inference.recurrent_toy")
+    video = write_clip(tmp_path / "in.mkv", frames=6)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    torch.manual_seed(5)
+    status = main(["recurrent_toy", "--random-weights", "--device", "cpu", "--quiet", "-i", str(video),
+                   "-o", str(tmp_path / "out"), "--max-memory", "1K", "--spill-dir", str(spill)])
+    assert status == 0 and not list(spill.iterdir())
+    torch.manual_seed(5)
+    model = create_model("recurrent_toy", "paper").eval()
+    clip = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in open_frames(video)]).float() / 255
+    with torch.no_grad():
+        want = model(clip[None])[0].clamp(0, 1).mul(255).round()
+    got = torch.stack([torch.from_numpy(np.array(Image.open(tmp_path / "out" / f"{i:08d}.png"))).permute(2, 0, 1)
+                       for i in range(6)]).float()
+    assert (got - want).abs().max() <= 1  # a value on a rounding boundary may land either side
