@@ -106,7 +106,8 @@ class SpillingFeatureStore(FeatureStore):
 
     ``put`` keeps the tensor itself (no copy) while it fits; a tensor larger than the whole budget goes
     straight to the next tier. ``get`` returns a tensor equal to the one put (dtype, shape, device, bits;
-    contiguous). Use the store as a context manager, or call :meth:`close`, to remove its folder at once.
+    contiguous; for inference: a spilled tensor comes back without its autograd history). Use the store as a
+    context manager, or call :meth:`close`, to remove its folder at once.
 
     Args:
         max_bytes: budget of resident tensors (on their own device; CPU or GPU memory).
@@ -252,7 +253,6 @@ class SpillingFeatureStore(FeatureStore):
             return  # its file is still there: a tensor that was read back is never changed in the store
         size = _nbytes(value)
         spilled = _Spilled(value.shape, value.dtype, value.device, size)
-        self._spilled[item] = spilled
         if value.is_cuda and size <= self.max_pinned_bytes:
             while self.pinned_bytes_used + size > self.max_pinned_bytes:
                 oldest = next(iter(self._pinned_order))
@@ -261,8 +261,9 @@ class SpillingFeatureStore(FeatureStore):
             spilled.pinned.copy_(_as_bytes(value))
             self._pinned_order[item] = None
             self.pinned_bytes_used += size
-            return
-        self._write(spilled, _as_bytes(value).cpu())
+        else:
+            self._write(spilled, _as_bytes(value).cpu())
+        self._spilled[item] = spilled  # only once it is somewhere: a failed write leaves no entry behind
 
     def _pinned_to_disk(self, item: tuple[str, int], spilled: _Spilled) -> None:
         pinned = spilled.pinned
