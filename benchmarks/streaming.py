@@ -119,8 +119,9 @@ def make_frames(folder: Path, count: int, size: int) -> None:
         image.save(folder / f"{i:05d}.png")
 
 
-def measure(mode: str, frames: Path, out: Path, extra: list[str]) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def measure(mode: str, frames: Path, out: Path, extra: list[str], threads: int) -> dict:
+    threads_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **threads_env}
     result = subprocess.run([sys.executable, "-c", _CHILD, mode, str(frames), str(out), *extra], cwd=ROOT, env=env,
                             capture_output=True, text=True)
     if result.returncode != 0:
@@ -148,7 +149,13 @@ def main() -> None:
     parser.add_argument("--max-memory", default="64M", help="budget of the streamed run's feature store (default 64M)")
     parser.add_argument("--modes", nargs="+", default=["stream", "forward", "segments"])
     parser.add_argument("--max-seq-len", type=int, default=30)
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(),
+        help="torch threads of every run (OMP_NUM_THREADS; default: the logical CPUs). On a loaded machine use 1: "
+        "spinning OpenMP threads then cost several times the work",
+    )
     args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     print(f"CPU: {cpu_description()}")
     print(f"basicvsrpp paper (64 ch x 7 blocks, random weights), {args.size}x{args.size} LR -> x4; stream budget "
           f"--max-memory {args.max_memory}; segments --max-seq-len {args.max_seq_len} (overlap {args.max_seq_len // 4})")
@@ -166,7 +173,7 @@ def main() -> None:
             work = Path(work)
             make_frames(work / "in", count, args.size)
             for mode in args.modes:
-                row = measure(mode, work / "in", work / mode, extras[mode])
+                row = measure(mode, work / "in", work / mode, extras[mode], args.threads)
                 quality = ""
                 if mode != "stream" and (work / "stream").exists():
                     quality = f"{psnr_folders(work / 'stream', work / mode):.2f}"

@@ -284,6 +284,7 @@ def stream_frames(
     """
     handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2)
     stop = threading.Event()
+    threads = torch.get_num_threads()  # OpenMP's thread count is per thread: the worker takes the caller's
 
     def check() -> None:
         if stop.is_set():
@@ -299,6 +300,7 @@ def stream_frames(
                 continue
 
     def work() -> None:
+        torch.set_num_threads(threads)
         try:
             stream_upscale(
                 model, frames, emit=lambda i, sr: hand(("frame", (i, None if i in skip else sr))), check=check, **options
