@@ -22,7 +22,7 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[st
     Examples:
         >>> import reference_models
         >>> reference_models.list_models()
-        ['dasaa', 'mafnet', 'mana', 'vsrt']
+        ['basicvsr', 'basicvsrpp', 'dasaa', 'edvr', 'iconvsr', 'mafnet', 'mana', 'vsrt']
     """
 
     def __getattr__(name: str) -> Any:

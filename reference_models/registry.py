@@ -30,6 +30,8 @@ _MODULES = {
     "basicvsr": "reference_models.networks.basicvsr",
     "basicvsrpp": "reference_models.networks.basicvsrpp",
     "dasaa": "reference_models.networks.dasaa",
+    "edvr": "reference_models.networks.edvr",
+    "iconvsr": "reference_models.networks.iconvsr",
     "mafnet": "reference_models.networks.mafnet",
     "mana": "reference_models.networks.mana",
     "vsrt": "reference_models.networks.vsrt",
@@ -45,7 +47,7 @@ def network_module(name: str) -> ModuleType:
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`: ``["dasaa", "mafnet", "mana", "vsrt"]``."""
+    """Names accepted by :func:`create_model`: ``["basicvsr", "basicvsrpp", "dasaa", "edvr", "iconvsr", "mafnet", "mana", "vsrt"]``."""
     return sorted(_MODULES)
 
 
@@ -139,7 +141,8 @@ def from_official(name: str, state_dict: dict[str, torch.Tensor], **official_kwa
     """
     module = network_module(name)
     if not hasattr(module, "from_official"):
-        raise ValueError(f"model {name!r} has no official implementation to load from; models that do: mana, vsrt")
+        able = ", ".join(n for n in list_models() if hasattr(network_module(n), "from_official"))
+        raise ValueError(f"model {name!r} has no official implementation to load from; models that do: {able}")
     return module.from_official(state_dict, **official_kwargs).eval()
 
 

@@ -33,6 +33,10 @@ __all__ = ["timm_name"]
 # timm's defaults describe an image classifier; these keys would be passed to our constructors as arguments
 _CLASSIFIER_KWARGS = ("num_classes", "in_chans", "global_pool")
 _PAPERS = {
+    "basicvsr": "BasicVSR: The Search for Essential Components in Video Super-Resolution and Beyond (CVPR 2021)",
+    "basicvsrpp": "BasicVSR++: Improving Video Super-Resolution with Enhanced Propagation and Alignment (CVPR 2022)",
+    "iconvsr": "BasicVSR: The Search for Essential Components in Video Super-Resolution and Beyond (CVPR 2021), IconVSR",
+    "edvr": "EDVR: Video Restoration with Enhanced Deformable Convolutional Networks (CVPRW 2019)",
     "dasaa": "Dual Attention with the Self-Attention Alignment for efficient video super-resolution (2022)",
     "mafnet": "Multi-attention combined with optical flow for video super-resolution",
     "mana": "Memory-Augmented Non-Local Attention for Video Super-Resolution (CVPR 2022)",

@@ -36,3 +36,13 @@ def seeded_randn(shape, seed: int, dtype: torch.dtype = torch.float32) -> torch.
     """A reproducible standard-normal tensor that does not touch the global RNG."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=generator, dtype=dtype)
+
+
+def seeded_parameters_(module: torch.nn.Module, seed: int, std: float = 0.2) -> torch.nn.Module:
+    """Every parameter re-drawn from ``N(0, std^2)`` with a seeded generator, zero-initialised ones (offset
+    convolutions, gates) included, so that no path of the block is trivial. Returns ``module``."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(std * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+    return module

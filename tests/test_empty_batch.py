@@ -1,4 +1,4 @@
-"""An empty batch (B = 0) gives an empty output of the right shape, for every public block and the four
+"""An empty batch (B = 0) gives an empty output of the right shape, for every public block and the
 reference models' tiny presets (as torchvision's operators do).
 
 Each case builds a block and its inputs for a batch size ``b``; the expected output shapes are those of
@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from reference_models import create_model
 from vsrblocks import (
@@ -29,6 +30,7 @@ from vsrblocks.align import (
     FlowWarp,
     PCDAlignment,
     ResidualBlocksWithInputConv,
+    SecondOrderDeformableAlignment,
     SPyNet,
     SPyNetBasicModule,
     bidirectional_flows,
@@ -48,11 +50,19 @@ from vsrblocks.attention import (
     MorphologicalMask,
     PositionAttention,
     SpatialAttention,
+    TSAFusion,
     attention_map,
     local_attention,
     memory_read,
 )
-from vsrblocks.recurrent import ConvLSTM, ConvLSTMCell, DeformableConvLSTM
+from vsrblocks.recurrent import (
+    BidirectionalPropagation,
+    ConcatCell,
+    ConvLSTM,
+    ConvLSTMCell,
+    DeformableConvLSTM,
+    SecondOrderGridPropagation,
+)
 
 Case = Callable[[int], tuple[Callable[..., Any], tuple[Any, ...]]]
 
@@ -69,10 +79,30 @@ def _deform_conv2d(backend: str) -> Case:
     )
 
 
-def _pcd(b: int) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-    pcd = PCDAlignment(4, deform_groups=2, num_levels=2, backend="torch")
-    src = [_r(b, 4, 6, 5), _r(b, 4, 3, 3)]
-    return pcd, (src, [t + 1 for t in src])
+def _pcd(cascade: bool) -> Case:
+    def case(b: int) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        pcd = PCDAlignment(4, deform_groups=2, num_levels=2, backend="torch", cascade=cascade)
+        src = [_r(b, 4, 6, 5), _r(b, 4, 3, 3)]
+        return pcd, (src, [t + 1 for t in src])
+
+    return case
+
+
+def _bidirectional(b: int) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    def cell() -> nn.Module:
+        return ConcatCell(nn.Conv2d(3 + 4, 4, 3, padding=1))
+
+    return BidirectionalPropagation(4, cell(), cell(), SPyNet(hidden_channels=(4, 4, 4, 4))), (_r(b, 3, 3, 9, 7),)
+
+
+def _grid(b: int) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    names = ("backward_1", "forward_1")
+    prop = SecondOrderGridPropagation(
+        4, nn.Conv2d(3, 4, 3, padding=1), {n: SecondOrderDeformableAlignment(4, deform_groups=2, backend="torch") for n in names},
+        {n: ConcatCell(nn.Conv2d((k + 2) * 4, 4, 3, padding=1)) for k, n in enumerate(names)},
+        SPyNet(hidden_channels=(4, 4, 4, 4)), branches=names,
+    )
+    return prop, (_r(b, 3, 3, 9, 7),)
 
 
 def _model(name: str) -> Case:
@@ -88,7 +118,8 @@ CASES: dict[str, Case] = {
     "deform_conv2d-torch": _deform_conv2d("torch"),
     "deform_conv2d-torchvision": _deform_conv2d("torchvision"),
     "DeformConv2d": lambda b: (DeformConv2d(4, 6, deform_groups=2, backend="torch"), (_r(b, 4, 5, 6),)),
-    "PCDAlignment": _pcd,
+    "PCDAlignment": _pcd(cascade=False),
+    "PCDAlignment-cascade": _pcd(cascade=True),
     "EasyPCD": lambda b: (EasyPCD(4, deform_groups=2, num_levels=2, backend="torch"), (_r(b, 4, 5, 6), _r(b, 4, 5, 6))),
     "flow_warp": lambda b: (flow_warp, (_r(b, 3, 5, 6), _r(b, 2, 5, 6))),
     "FlowWarp": lambda b: (FlowWarp(), (_r(b, 3, 5, 6), _r(b, 2, 5, 6))),
@@ -116,6 +147,7 @@ CASES: dict[str, Case] = {
     "OfficialPositionEncoding3D": lambda b: (OfficialPositionEncoding3D(num_frames=2), (_r(b, 2, 4, 3, 3),)),
     "ChannelAttention": lambda b: (ChannelAttention(8, reduction=4), (_r(b, 8, 5, 6),)),
     "SpatialAttention": lambda b: (SpatialAttention(8), (_r(b, 8, 5, 6),)),
+    "TSAFusion": lambda b: (TSAFusion(8, num_frames=3), (_r(b, 3, 8, 5, 6),)),
     "LeakyResidualBlock": lambda b: (LeakyResidualBlock(4), (_r(b, 4, 5, 6),)),
     "attention_map": lambda b: (attention_map, (_r(b, 4, 3, 5), _r(b, 4, 3, 5))),
     "local_attention": lambda b: (
@@ -141,7 +173,16 @@ CASES: dict[str, Case] = {
     "DualAttention": lambda b: (DualAttention(8), (_r(b, 8, 5, 6),)),
     "MaskedSelfAttention": lambda b: (MaskedSelfAttention(8), (_r(b, 8, 5, 6), _r(b, 8, 5, 6))),
     "MorphologicalMask": lambda b: (MorphologicalMask(3, "close"), ((_r(b, 1, 6, 6) > 0).float(),)),
+    "SecondOrderDeformableAlignment": lambda b: (
+        SecondOrderDeformableAlignment(4, deform_groups=2, backend="torch"),
+        (_r(b, 4, 5, 6), _r(b, 4, 5, 6), _r(b, 4, 5, 6), _r(b, 2, 5, 6), _r(b, 2, 5, 6)),
+    ),
+    "BidirectionalPropagation": _bidirectional,
+    "SecondOrderGridPropagation": _grid,
+    "model-basicvsr": _model("basicvsr"),
+    "model-basicvsrpp": _model("basicvsrpp"),
     "model-dasaa": _model("dasaa"),
+    "model-edvr": _model("edvr"),
     "model-mafnet": _model("mafnet"),
     "model-mana": _model("mana"),
     "model-vsrt": _model("vsrt"),

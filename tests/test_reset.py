@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vsrblocks.attention import ChannelAttention, DualAttention, MaskedSelfAttention, SpatialAttention
+from vsrblocks.attention import ChannelAttention, DualAttention, MaskedSelfAttention, SpatialAttention, TSAFusion
 from vsrblocks.reset import reset_submodules
 
 
@@ -37,6 +37,7 @@ def test_inner_layers_are_reset_before_their_container():
     [
         lambda: ChannelAttention(16, 4, "avg+max", kernel_size=3, shared=False),
         lambda: SpatialAttention(8),
+        lambda: TSAFusion(8, num_frames=3),
         lambda: DualAttention(8, inter_channels=8, reduction=2),
         lambda: MaskedSelfAttention(8),
     ],

@@ -298,8 +298,16 @@ def run_demo(settings: DemoSettings) -> dict[str, dict[str, float]]:
     (out_dir / "metrics.md").write_text(table + "\n")
     print()
     print(table)
-    print(f"\nwrote {out_dir}/: sr/ ({len(centres)} frames), side_by_side.png, metrics.md, model.pt, train/ (log.csv, curve.png)")
+    print(f"\nwrote {out_dir}/: {', '.join(_written(out_dir, len(centres)))}")
     return summary
+
+
+def _written(out_dir: Path, frames: int) -> list[str]:
+    """What the demo wrote, as found on disk (a file that is not there is not listed)."""
+    names = [f"sr/ ({frames} frames)"] if (out_dir / "sr").is_dir() else []
+    names += [n for n in ("side_by_side.png", "metrics.md", "model.pt") if (out_dir / n).exists()]
+    logs = [n for n in ("log.csv", "curve.png") if (out_dir / "train" / n).exists()]
+    return names + ([f"train/ ({', '.join(logs)})"] if logs else [])
 
 
 def _table(summary: dict[str, dict[str, float]], name: str, frames: int, held: TensorClip, steps: int, seconds: float) -> str:

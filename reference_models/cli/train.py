@@ -3,12 +3,16 @@ the training loop.
 
 Every option left out takes its default, or, with ``--resume``, the value the checkpoint's run used, so
 ``train mana --data clips --resume runs/mana/last.pt`` continues exactly (give ``--steps`` to extend it:
-a cosine schedule then anneals smoothly from the step's learning rate to the new end).
+a cosine schedule then anneals smoothly from the step's learning rate to the new end). ``--resume auto``
+continues from ``OUTPUT/last.pt`` when it exists and starts a new run when it does not, and says which: the way
+to launch under ``torchrun --max-restarts N`` or a scheduler that requeues jobs, so that a restart costs only
+the steps since the last checkpoint.
 
 Under ``torchrun --nproc-per-node N -m reference_models train ...`` the run is data-parallel over N
-processes (``--batch-size`` stays the global batch). SIGINT and SIGTERM stop a run with status 130 and
-143, leaving no half-written checkpoint. torch is imported only once the arguments are parsed, so
-``--help`` is immediate.
+processes (``--batch-size`` stays the global batch), across nodes with torchrun's c10d rendezvous. All ranks
+leave the group together; a rank that dies or hangs is named by the others within ``--dist-timeout``. SIGINT
+and SIGTERM stop a run with status 130 and 143 within seconds, even in a collective, leaving no half-written
+checkpoint. torch is imported only once the arguments are parsed, so ``--help`` is immediate.
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ _DATA_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Options that describe this launch, not the run: never taken from a resumed checkpoint.
+_NOT_SAVED = ("model", "data", "dataset", "root", "resume", "dist_timeout")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from reference_models import list_models
 
@@ -56,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="the --dataset's folder")
     p.add_argument("--preset", help="model preset (default: tiny)")
     p.add_argument("--weights", help="start from these weights (a reference_models checkpoint or a state_dict file)")
-    p.add_argument("--resume", help="continue the run saved in this checkpoint (last.pt)")
+    p.add_argument(
+        "--resume", metavar="PATH|auto",
+        help="continue the run saved in this checkpoint (last.pt); auto: OUTPUT/last.pt if it exists, else a new run "
+        "(for torchrun --max-restarts and requeueing schedulers)",
+    )
     p.add_argument("--output", dest="output_dir", help="folder for checkpoints and logs (default: runs/MODEL)")
 
     g = p.add_argument_group("data")
@@ -88,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     amp.add_argument("--no-amp", dest="amp", action="store_false", help="full precision")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    g.add_argument(
+        "--dist-timeout", type=float, metavar="SECONDS",
+        help="torchrun: how long a rank waits for the others before reporting the one that died or hangs (default: 300)",
+    )
     g.add_argument("--seed", type=int, help="seed of the initial weights, the data stream and the model's randomness: the same seed gives the same run on CPU (default: 0)")
     g.add_argument("--ema", type=float, metavar="DECAY", help="keep a moving average of the weights (BasicSR: 0.999), validated and saved as params_ema (default: off)")
     g.add_argument("--on-nonfinite", choices=NONFINITE_POLICIES, help="a NaN/inf loss or gradient: stop the run (default), or skip that step's update")
@@ -108,7 +124,7 @@ def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str
 
     defaults = {**TrainConfig().to_dict(), **_DATA_DEFAULTS, "output_dir": f"runs/{args.model}"}
     base = {**defaults, **(saved or {})}
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("model", "data", "dataset", "root", "resume")}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in _NOT_SAVED}
     return {**base, **given}
 
 
@@ -123,15 +139,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = argv[1:]
     args = build_parser().parse_args(argv)
 
+    from reference_models.io.video import VideoIOError
     from reference_models.training import distributed
     from reference_models.training.trainer import NonFiniteLossError
-    from reference_models.io.video import VideoIOError
     from vsrblocks.checkpoint import CheckpointError
 
     previous = _on_sigterm_raise()
+    clean = False
     try:
-        return _train(args)
-    except (CheckpointError, VideoIOError, ValueError, OSError, NonFiniteLossError) as exc:
+        with distributed.exit_watchdog(on_exit=_killed_in_native_code):
+            status = _train(args)
+            distributed.shutdown(clean=True)
+            clean = True
+            return status
+    except (CheckpointError, VideoIOError, ValueError, OSError, NonFiniteLossError, distributed.PeerFailure) as exc:
         _error(" ".join(str(exc).split()))
         return 1
     except KeyboardInterrupt:
@@ -143,7 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        distributed.shutdown()
+        if not clean:
+            distributed.shutdown(clean=False)
+
+
+def _killed_in_native_code(signum: int) -> None:
+    name = signal.Signals(signum).name
+    _error(f"{name} while waiting for the other processes; stopped. --resume from the last saved last.pt continues the run")
 
 
 class _Terminated(BaseException):
@@ -179,6 +206,19 @@ def _check_options(opts: dict[str, Any]) -> None:
             raise ValueError(f"{flag} must be >= 0, got {opts[key]}")
 
 
+def _auto_path(args: argparse.Namespace) -> Path:
+    """Where ``--resume auto`` looks: ``OUTPUT/last.pt``."""
+    return Path(args.output_dir or f"runs/{args.model}") / "last.pt"
+
+
+def _resume_path(args: argparse.Namespace) -> tuple[str | None, bool]:
+    """The checkpoint to resume from (``None``: a new run), and whether ``--resume auto`` found one."""
+    if args.resume != "auto":
+        return args.resume, False
+    path = _auto_path(args)
+    return (str(path), True) if path.exists() else (None, False)
+
+
 def _train(args: argparse.Namespace) -> int:
     import torch
 
@@ -189,15 +229,19 @@ def _train(args: argparse.Namespace) -> int:
     from reference_models.training import distributed
     from reference_models.training.trainer import TrainConfig, Trainer, seed_everything
 
+    resume, auto_found = _resume_path(args)
     saved = None
-    if args.resume:
+    if resume is not None:
         from reference_models.checkpoint import read_checkpoint
 
-        checkpoint = read_checkpoint(args.resume)
+        checkpoint = read_checkpoint(resume)
         training = checkpoint.get("training") or {}
         saved = training.get("metadata", {}).get("options")
         if saved is None:
-            raise ValueError(f"{args.resume} holds no training state to resume from")
+            raise ValueError(f"{resume} holds no training state to resume from")
+        held = (checkpoint.get("model_spec") or {}).get("name")
+        if held is not None and held != args.model:
+            raise ValueError(f"{resume} holds a {held} run, not {args.model}: give another --output or --resume")
     opts = _resolve(args, saved)
     _check_options(opts)
     if str(opts["device"] or "").startswith("cuda") and not torch.cuda.is_available():
@@ -205,14 +249,24 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {"aux_losses": True} if opts["aux_losses"] else {}
     if overrides and args.model != "dasaa":
         raise ValueError(f"--aux-losses: only dasaa has auxiliary losses, not {args.model}")
-    distributed.init_from_env(distributed.local_device(opts["device"]))
+    distributed.init_from_env(
+        distributed.local_device(opts["device"]), timeout_s=args.dist_timeout or distributed.DEFAULT_TIMEOUT_S
+    )
+    if args.resume == "auto" and distributed.broadcast_flag(auto_found) != auto_found:
+        raise ValueError(
+            f"--resume auto: rank 0 and rank {distributed.rank()} disagree on whether {_auto_path(args)} exists: "
+            "--output must be a folder that every node sees (a shared filesystem)"
+        )
     main_rank = distributed.is_main()
+    say = print if main_rank else (lambda *_: None)
     if not main_rank:
         opts["progress"] = False
     # Seeded before the model is built: its initial weights are part of the run the seed names.
     seed_everything(opts["seed"])
     model = create_model(args.model, opts["preset"], **overrides)
-    if opts["weights"] and not args.resume:
+    if args.resume == "auto" and resume is None:
+        say(f"--resume auto: no {_auto_path(args)} yet; starting a new run")
+    if opts["weights"] and resume is None:
         load_checkpoint(model, opts["weights"])
 
     if (args.data is None) == (args.dataset is None) or (args.dataset is None) != (args.root is None):
@@ -258,10 +312,9 @@ def _train(args: argparse.Namespace) -> int:
         )
     config = TrainConfig.from_dict(opts)
     trainer = Trainer(model, train_data, config, val_data, metadata={"options": opts})
-    say = print if main_rank else (lambda *_: None)
-    if args.resume:
-        trainer.load_checkpoint(args.resume)
-        say(f"resumed {args.resume} at step {trainer.step} of {config.steps}")
+    if resume is not None:
+        trainer.load_checkpoint(resume)
+        say(f"resumed {resume} at step {trainer.step} of {config.steps}")
         if trainer.schedule.name == "extended":
             say(f"--steps {config.steps}: the schedule anneals from lr {trainer.schedule.lr(trainer.step):.3g} at step {trainer.step} to {config.eta_min:g} at step {config.steps}")
     if val_data is None:
@@ -273,12 +326,14 @@ def _train(args: argparse.Namespace) -> int:
         f"{config.steps} steps of batch {config.batch_size}, lr {trainer.lr:g}, betas {trainer.betas}, {config.schedule} schedule, "
         f"device {trainer.device}{world}; writing {out}/"
     )
-    trainer.fit()
+    with distributed.failures_named():
+        trainer.fit()
     if trainer.val_results:
         last = trainer.val_results[-1]
         say(f"final: PSNR-Y {last['psnr_y']:.2f} dB (bicubic {last['bicubic_psnr_y']:.2f} dB), SSIM-Y {last['ssim_y']:.4f}")
     if trainer.skipped_steps:
         say(f"warning: {trainer.skipped_steps} step(s) skipped for a non-finite loss or gradient (log.json: skipped_steps)")
-    say(f"checkpoints: {out / 'last.pt'}" + (f", {out / 'best.pt'}" if (out / "best.pt").exists() else "") + f"; log: {out / 'log.csv'}, {out / 'curve.png'}")
+    written = [out / name for name in ("last.pt", "best.pt", "log.csv", "log.json", "curve.png") if (out / name).exists()]
+    say(f"wrote {', '.join(str(path) for path in written)}")
     return 0
 

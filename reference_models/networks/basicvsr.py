@@ -16,16 +16,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reference_models.networks.basicsr_keys import MMAGIC_TAIL, count_trunk_blocks, rename_prefixes, spynet_weights, tail_renames
+from reference_models.networks.basicsr_keys import (
+    MMAGIC_TAIL,
+    count_trunk_blocks,
+    rename_prefixes,
+    spynet_weights,
+    tail_renames,
+)
 from vsrblocks.align.boff import ResidualBlocksWithInputConv
 from vsrblocks.align.spynet import SPyNet
 from vsrblocks.checkpoint import load_state_dict_checked
 from vsrblocks.fused_conv import conv2d_activation
-from vsrblocks.recurrent import BidirectionalPropagation, ConcatCell, FeatureStore, FrameSource
+from vsrblocks.recurrent import (
+    BidirectionalPropagation,
+    ConcatCell,
+    FeatureStore,
+    FrameSource,
+)
 from vsrblocks.shapes import check_shape
 from vsrblocks.upsample import PixelShuffleUpsampler
 
-__all__ = ["BasicVSR", "MODEL", "PRESETS", "from_official", "convert_official_state_dict", "official_config_from_state_dict"]
+__all__ = ["MODEL", "PRESETS", "BasicVSR", "convert_official_state_dict", "from_official", "official_config_from_state_dict"]
 
 _SPYNET_CHANNELS = (32, 64, 32, 16)
 

@@ -19,16 +19,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reference_models.networks.basicsr_keys import MMAGIC_TAIL, count_trunk_blocks, rename_prefixes, spynet_weights, tail_renames
+from reference_models.networks.basicsr_keys import (
+    MMAGIC_TAIL,
+    count_trunk_blocks,
+    rename_prefixes,
+    spynet_weights,
+    tail_renames,
+)
 from reference_models.networks.basicvsr import _load_official, as_frame_source, stacked
 from vsrblocks.align.boff import ResidualBlocksWithInputConv
 from vsrblocks.align.second_order_deformable import SecondOrderDeformableAlignment
 from vsrblocks.align.spynet import SPyNet
-from vsrblocks.recurrent import ConcatCell, FeatureStore, FrameSource, SecondOrderGridPropagation
+from vsrblocks.recurrent import (
+    ConcatCell,
+    FeatureStore,
+    FrameSource,
+    SecondOrderGridPropagation,
+)
 from vsrblocks.upsample import PixelShuffleUpsampler
 
 __all__ = [
-    "BasicVSRPlusPlus", "MODEL", "PRESETS", "from_official", "convert_official_state_dict", "official_config_from_state_dict",
+    "MODEL",
+    "PRESETS",
+    "BasicVSRPlusPlus",
+    "convert_official_state_dict",
+    "from_official",
+    "official_config_from_state_dict",
 ]
 
 BRANCHES = ("backward_1", "forward_1", "backward_2", "forward_2")

@@ -523,6 +523,7 @@ class Trainer:
 
         try:
             for batch in loader:
+                distributed.report_step(self.step)
                 step, stage, lr = self.step, self.schedule.stage(self.step).name, self.schedule.lr(self.step)
                 skipped_before = self.skipped_steps
                 try:

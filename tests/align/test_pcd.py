@@ -1,22 +1,16 @@
-"""PCDAlignment and EasyPCD against the Zooming Slow-Mo definition (``PCD_Align`` / ``Easy_PCD``) written out
-level by level with ZSM's fixed ``scale_factor=2`` upsampling, on sizes where that is defined."""
+"""PCDAlignment and EasyPCD against the Zooming Slow-Mo definition (``PCD_Align`` / ``Easy_PCD``) and EDVR's
+(with the cascading stage) written out level by level with the fixed ``scale_factor=2`` upsampling, on sizes
+where that is defined; any size otherwise."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
 
-from tests.strategies import seeded_randn
+from tests.strategies import batches, seeded_parameters_, seeded_randn, seeds, sizes
 from vsrblocks.align import EasyPCD, PCDAlignment
-
-
-def _randomise_(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
-    """Random values for every parameter, the zero-initialised offset convs included, so offsets are non-zero."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.copy_(std * torch.randn(param.shape, generator=generator, dtype=param.dtype))
 
 
 def _lrelu(x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +41,7 @@ def _zsm_pcd_align(pcd: PCDAlignment, src: list[torch.Tensor], guide: list[torch
 def test_pcd_alignment_matches_zsm_levels(backend):
     torch.manual_seed(0)
     pcd = PCDAlignment(4, deform_groups=2, num_levels=3, backend=backend)
-    _randomise_(pcd, seed=1)
+    seeded_parameters_(pcd, 1)
     src = [seeded_randn((2, 4, 12 // 2**i, 8 // 2**i), 10 + i, torch.float64) for i in range(3)]
     guide = [seeded_randn((2, 4, 12 // 2**i, 8 // 2**i), 20 + i, torch.float64) for i in range(3)]
     pcd = pcd.double()
@@ -62,7 +56,7 @@ def test_easy_pcd_matches_zsm_definition():
     """Shared-weight pyramids of f1 and f2, ``align_1``: f1 guided by f2, ``align_2``: f2 guided by f1, fusion [a1, a2]."""
     torch.manual_seed(0)
     pcd = EasyPCD(4, deform_groups=2, num_levels=3, backend="torch")
-    _randomise_(pcd, seed=2)
+    seeded_parameters_(pcd, 2)
     pcd = pcd.double()
     f1, f2 = seeded_randn((2, 4, 12, 16), 0, torch.float64), seeded_randn((2, 4, 12, 16), 1, torch.float64)
 
@@ -93,3 +87,60 @@ def test_pcd_shape_errors_and_repr():
         PCDAlignment(4, deform_groups=2, num_levels=0)
     assert "deform_groups=2, num_levels=2" in repr(pcd)
     assert "deform_groups=2, num_levels=3" in repr(EasyPCD(4, deform_groups=2))
+
+
+def _edvr_pcd_align(pcd: PCDAlignment, src: list[torch.Tensor], guide: list[torch.Tensor]) -> torch.Tensor:
+    """EDVR's ``PCDAlignment`` (BasicSR): the three-level pyramid, then the cascading stage."""
+    feat = _zsm_pcd_align(pcd, src, guide)
+    off = _lrelu(pcd.cas_offset_conv2(_lrelu(pcd.cas_offset_conv1(torch.cat((feat, guide[0]), 1)))))
+    return _lrelu(pcd.cas_dcnpack(feat, off))
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_cascade_matches_edvr(backend):
+    torch.manual_seed(0)
+    pcd = PCDAlignment(4, deform_groups=2, num_levels=3, backend=backend, cascade=True)
+    seeded_parameters_(pcd, 3)
+    pcd = pcd.double()
+    src = [seeded_randn((2, 4, 12 // 2**i, 16 // 2**i), 30 + i, torch.float64) for i in range(3)]
+    guide = [seeded_randn((2, 4, 12 // 2**i, 16 // 2**i), 40 + i, torch.float64) for i in range(3)]
+    with torch.no_grad():
+        out = pcd(src, guide)
+        torch.testing.assert_close(out, _edvr_pcd_align(pcd, src, guide), atol=1e-10, rtol=1e-10)
+        # the cascade's offsets matter: zeroing them changes the result
+        pcd.cas_dcnpack.conv_offset.weight.zero_()
+        assert not torch.allclose(pcd(src, guide), out)
+
+
+@settings(deadline=None, max_examples=10)
+@given(b=batches, h=sizes, w=sizes, seed=seeds)
+def test_cascade_any_size_and_batch_independent(b, h, w, seed):
+    torch.manual_seed(seed)
+    pcd = PCDAlignment(4, deform_groups=2, num_levels=3, cascade=True)
+    seeded_parameters_(pcd, seed)
+    shapes = [(h, w), ((h + 1) // 2, (w + 1) // 2), ((h + 3) // 4, (w + 3) // 4)]
+    src = [seeded_randn((b, 4, *s), seed + i) for i, s in enumerate(shapes)]
+    guide = [seeded_randn((b, 4, *s), seed + 10 + i) for i, s in enumerate(shapes)]
+    with torch.no_grad():
+        out = pcd(src, guide)
+        assert out.shape == (b, 4, h, w) and torch.isfinite(out).all()
+        for i in range(b):
+            single = pcd([s[i : i + 1] for s in src], [g[i : i + 1] for g in guide])
+            torch.testing.assert_close(out[i : i + 1], single, atol=1e-5, rtol=1e-4)
+
+
+def test_cascade_is_optional_and_named_as_basicsr():
+    plain = PCDAlignment(4, deform_groups=2)
+    edvr = PCDAlignment(4, deform_groups=2, cascade=True)
+    assert not any(k.startswith("cas_") for k in plain.state_dict())
+    assert set(edvr.state_dict()) - set(plain.state_dict()) == {
+        "cas_offset_conv1.weight",
+        "cas_offset_conv1.bias",
+        "cas_offset_conv2.weight",
+        "cas_offset_conv2.bias",
+        "cas_dcnpack.weight",
+        "cas_dcnpack.bias",
+        "cas_dcnpack.conv_offset.weight",
+        "cas_dcnpack.conv_offset.bias",
+    }
+    assert "cascade=True" in repr(edvr) and "cascade=False" in repr(plain)

@@ -1,8 +1,9 @@
-"""Pyramid, cascading and deformable (PCD) alignment, in the Zooming Slow-Mo form.
+"""Pyramid, cascading and deformable (PCD) alignment, in the EDVR and the Zooming Slow-Mo forms.
 
-EDVR (Wang et al., CVPRW 2019) introduced PCD alignment; Zooming Slow-Mo (Xiang et al., CVPR 2020,
-``Sakuya_arch.py``: ``PCD_Align``, ``Easy_PCD``) uses a variant without the cascading stage, runs it in
-both directions and fuses the two results. These modules follow ZSM, with two generalisations: any
+EDVR (Wang et al., CVPRW 2019, BasicSR ``edvr_arch.py``: ``PCDAlignment``) introduced PCD alignment, with a
+cascading stage after the pyramid; Zooming Slow-Mo (Xiang et al., CVPR 2020, ``Sakuya_arch.py``:
+``PCD_Align``, ``Easy_PCD``) uses a variant without the cascading stage, runs it in both directions and
+fuses the two results. :class:`PCDAlignment` is either (``cascade``); both have two generalisations: any
 number of pyramid levels (``num_levels``), and any ``H, W`` (upsampling goes to the stored size of the
 finer level instead of a fixed factor 2, so odd sizes work; on sizes divisible by ``2 ** (num_levels - 1)``
 it is identical).
@@ -42,7 +43,7 @@ class _PCDLevel(nn.Module):
 
 class PCDAlignment(nn.Module):
     """Deformable alignment of ``src`` guided by ``guide``, coarse to fine over a feature pyramid (ZSM's
-    ``PCD_Align`` branch; EDVR's ``PCDAlignment`` without the cascading stage).
+    ``PCD_Align`` branch; with ``cascade=True`` EDVR's ``PCDAlignment``).
 
     At the coarsest level: ``off = lrelu(offset_conv2(lrelu(offset_conv1([src, guide]))))`` and
     ``feat = lrelu(dcn(src, off))``. At each finer level:
@@ -52,12 +53,19 @@ class PCDAlignment(nn.Module):
     coarser level are doubled when upsampled. Upsampling is bilinear (``align_corners=False``) to the finer
     level's size. Each :class:`DeformConv2d` starts with zero offsets and mask 0.5.
 
+    EDVR's cascading stage (``cascade=True``) refines the pyramid's result ``feat`` once more at full size:
+    ``off = lrelu(cas_offset_conv2(lrelu(cas_offset_conv1([feat, guide_0]))))`` and
+    ``out = lrelu(cas_dcnpack(feat, off))``. Parameter names follow BasicSR for the cascade
+    (``cas_offset_conv1/2``, ``cas_dcnpack``); BasicSR's per-level ``offset_conv1.l3`` ... are
+    ``levels.2.offset_conv1`` ... here (``l{i}`` is ``levels.{i - 1}``, ``dcn_pack`` is ``dcn``).
+
     Args:
         channels: C, channels of every level of both pyramids.
         deform_groups: deformable groups of the DCN packs.
         num_levels: pyramid levels (ZSM / EDVR: 3).
         negative_slope: of the LeakyReLUs (0.1).
         backend: of :class:`DeformConv2d`.
+        cascade: EDVR's cascading stage after the pyramid (ZSM, MAFnet: none).
 
     Shape:
         - src, guide: lists of ``num_levels`` tensors, finest first, ``(B, C, H_l, W_l)``
@@ -68,6 +76,10 @@ class PCDAlignment(nn.Module):
         >>> src = [torch.randn(1, 8, 9, 9), torch.randn(1, 8, 5, 5)]
         >>> pcd(src, [t + 1 for t in src]).shape
         torch.Size([1, 8, 9, 9])
+        >>> edvr_pcd = PCDAlignment(8, deform_groups=2, cascade=True)
+        >>> src = [torch.randn(1, 8, 9, 7), torch.randn(1, 8, 5, 4), torch.randn(1, 8, 3, 2)]
+        >>> edvr_pcd(src, src).shape
+        torch.Size([1, 8, 9, 7])
     """
 
     def __init__(
@@ -77,6 +89,7 @@ class PCDAlignment(nn.Module):
         num_levels: int = 3,
         negative_slope: float = 0.1,
         backend: Backend = "auto",
+        cascade: bool = False,
     ) -> None:
         super().__init__()
         if num_levels < 1:
@@ -85,11 +98,18 @@ class PCDAlignment(nn.Module):
         self.deform_groups = deform_groups
         self.num_levels = num_levels
         self.negative_slope = negative_slope
+        self.cascade = cascade
         # levels[0] is the finest (full size), levels[-1] the coarsest, as in the input lists.
         self.levels = nn.ModuleList(
             _PCDLevel(channels, deform_groups, coarsest=level == num_levels - 1, backend=backend)
             for level in range(num_levels)
         )
+        if cascade:
+            self.cas_offset_conv1 = nn.Conv2d(2 * channels, channels, 3, padding=1)
+            self.cas_offset_conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+            self.cas_dcnpack = DeformConv2d(
+                channels, channels, 3, padding=1, deform_groups=deform_groups, backend=backend
+            )
 
     def _lrelu(self, x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(x, self.negative_slope)
@@ -115,10 +135,17 @@ class PCDAlignment(nn.Module):
                 aligned = block.feat_conv(torch.cat((block.dcn(src[level], off), _up(feat, off)), dim=1))
             feat = aligned if level == 0 else self._lrelu(aligned)
             offset = off
+        if self.cascade:
+            off = self._lrelu(self.cas_offset_conv1(torch.cat((feat, guide[0]), dim=1)))
+            off = self._lrelu(self.cas_offset_conv2(off))
+            feat = self._lrelu(self.cas_dcnpack(feat, off))
         return feat
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, deform_groups={self.deform_groups}, num_levels={self.num_levels}"
+        return (
+            f"channels={self.channels}, deform_groups={self.deform_groups}, num_levels={self.num_levels}, "
+            f"cascade={self.cascade}"
+        )
 
 
 class EasyPCD(nn.Module):

@@ -3,6 +3,7 @@
 from vsrblocks.attention.stcsa import STCSA
 from vsrblocks.attention.channel_attention import ChannelAttention
 from vsrblocks.attention.spatial_attention import SpatialAttention
+from vsrblocks.attention.tsa import TSAFusion
 from vsrblocks.attention.position_attention import PositionAttention, position_attention
 from vsrblocks.attention.channel_self_attention import ChannelSelfAttention, channel_self_attention
 from vsrblocks.attention.dual_attention import DualAttention

@@ -91,7 +91,14 @@ class SpatialAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", C=self.channels)
-        s1 = self._lrelu(self.spatial_attn1(x))
+        attn, add = self._pyramid(x)
+        if self.edvr_exact:
+            return x * torch.sigmoid(attn) * 2 + add
+        return x * torch.sigmoid(attn) + add
+
+    def _pyramid(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 1-5 from ``source`` (the input of ``spatial_attn1``): the gate logits ``z`` and the additive term."""
+        s1 = self._lrelu(self.spatial_attn1(source))
         feature1 = self._lrelu(self.spatial_attn2(self._pool(s1)))
         level = self._lrelu(self.spatial_attn_l1(feature1))
         level = self._lrelu(self.spatial_attn_l2(self._pool(level)))
@@ -99,12 +106,12 @@ class SpatialAttention(nn.Module):
         feature2 = self._up(level, feature1)
         if self.edvr_exact:
             feature1 = self._lrelu(self.spatial_attn3(feature1))
-        attn = self._up(self._lrelu(self.spatial_attn4(feature1 + feature2)), x)
+        attn = self._up(self._lrelu(self.spatial_attn4(feature1 + feature2)), source)
         attn = self.spatial_attn5(attn)
         add = self._lrelu(self.spatial_attn_add1(attn))
         if self.edvr_exact:
-            return x * torch.sigmoid(attn) * 2 + self.spatial_attn_add2(add)
-        return x * torch.sigmoid(attn) + add
+            add = self.spatial_attn_add2(add)
+        return attn, add
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, edvr_exact={self.edvr_exact}, negative_slope={self.negative_slope}"

@@ -21,7 +21,8 @@ class FeatureStore:
 
     The interface (``put``, ``get``, ``discard``, ``clear``) is what the propagation blocks use; subclasses
     may keep the tensors anywhere (a disk spill, pinned memory) as long as ``get`` returns an equal tensor
-    on the device and in the dtype it was ``put`` with.
+    on the device and in the dtype it was ``put`` with. The in-memory store keeps autograd graphs (training runs
+    through it); a store that spills is for inference.
 
     Keys used by the propagation blocks: the branch names (``"backward"``, ``"forward"``,
     ``"backward_1"``, ...), ``"spatial"`` (BasicVSR++'s per-frame features) and ``"flows_backward"`` /

@@ -158,7 +158,6 @@ class BidirectionalPropagation(nn.Module):
         extra = cell_inputs if cell_inputs is not None else (lambda branch, index: _NO_INPUTS)
         for direction in self.branches:
             cell = self.backward_cell if direction == "backward" else self.forward_cell
-            step = 1 if direction == "backward" else -1  # the frame the carried feature comes from: i + step
             propagated = previous = None
             for i in _sweep_order(direction, reader.length):
                 frame = reader[i]

@@ -31,6 +31,17 @@ def test_demo_end_to_end_beats_bicubic(tmp_path, monkeypatch, capsys):
     assert {"side_by_side.png", "metrics.md", "model.pt"} <= {p.name for p in out.iterdir()}
     assert (out / "train" / "curve.png").exists() and (out / "train" / "log.csv").exists()
     assert "| bicubic |" in printed and "gain over bicubic" in printed and "beats bicubic" in printed
+    assert "train/ (log.csv, curve.png)" in printed
+
+
+def test_demo_lists_only_what_it_wrote(tmp_path):
+    from reference_models.cli.demo import _written
+
+    (tmp_path / "sr").mkdir()
+    (tmp_path / "train").mkdir()
+    for name in ("side_by_side.png", "metrics.md", "train/log.csv"):
+        (tmp_path / name).write_text("x")
+    assert _written(tmp_path, 3) == ["sr/ (3 frames)", "side_by_side.png", "metrics.md", "train/ (log.csv)"]
 
 
 def test_demo_command_writes_to_the_output_folder(tmp_path, monkeypatch):
