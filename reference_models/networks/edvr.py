@@ -44,9 +44,11 @@ __all__ = [
     "EDVRFeatureExtractor",
     "MODEL",
     "PRESETS",
+    "basicsr_from_mmagic",
     "convert_official_state_dict",
     "from_official",
     "official_config_from_state_dict",
+    "ours_from_basicsr",
 ]
 
 _SLOPE = 0.1
@@ -104,7 +106,7 @@ class EDVRFeatureExtractor(nn.Module):
 
     Args:
         channels: C, feature width (EDVR-M 64, EDVR-L 128).
-        num_frames: T, input frames (5 for video SR, 5 for the deblurring models).
+        num_frames: T, input frames (REDS 5, Vimeo-90K 7).
         deform_groups: of the PCD deformable convolutions (8).
         extract_blocks: residual blocks of the per-frame feature extraction (5).
         center_index: the reference frame (default ``num_frames // 2``).
@@ -268,6 +270,15 @@ PRESETS: dict[str, dict] = {
         "with_tsa": True,
         "with_predeblur": True,
         "hr_in": True,
+    },
+    # EDVR-L x4 SR of blurred input (BasicSR EDVR_L_x4_SRblur_REDS): pre-deblur module on LR input.
+    "edvr-l-srblur": {
+        "channels": 128,
+        "num_frames": 5,
+        "extract_blocks": 5,
+        "reconstruct_blocks": 40,
+        "with_tsa": True,
+        "with_predeblur": True,
     },
     "tiny": {"channels": 16, "num_frames": 5, "deform_groups": 2, "extract_blocks": 1, "reconstruct_blocks": 1},
 }

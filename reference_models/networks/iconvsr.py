@@ -70,14 +70,16 @@ class _Padded:
         self.source = source
         height, width = source[0].shape[-2:]
         self.pad = (0, -width % 4, 0, -height % 4)
-        self.mode = "reflect" if self.pad[1] < width and self.pad[3] < height else "replicate"
+        # exported: one graph for every size (a zero pad is a no-op), frames of at least 4 pixels
+        self.exporting = torch.compiler.is_exporting()
+        self.mode = "reflect" if self.exporting or (self.pad[1] < width and self.pad[3] < height) else "replicate"
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         frame = self.source[index]
-        return F.pad(frame, self.pad, mode=self.mode) if any(self.pad) else frame
+        return F.pad(frame, self.pad, mode=self.mode) if self.exporting or any(self.pad) else frame
 
 
 def keyframe_window(index: int, length: int, padding: int) -> list[int]:

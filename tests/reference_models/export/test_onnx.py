@@ -17,8 +17,9 @@ SIZES = [(1, 16, 20), (1, 13, 19)]
 
 
 #: MAFnet's bidirectional deformable ConvLSTM unrolls per frame, EDVR's PCD alignment and TSA take every frame;
-#: 3 frames take the same paths as 5 and export in a fraction of the time.
-OVERRIDES = {"mafnet": {"num_frames": 3}, "edvr": {"num_frames": 3}}
+#: 3 frames take the same paths as 5 and export in a fraction of the time. IconVSR unrolls its sweeps, SPyNet
+#: and an EDVR extractor per keyframe: 2 frames (both keyframes, one flow each way) take every path.
+OVERRIDES = {"mafnet": {"num_frames": 3}, "edvr": {"num_frames": 3}, "iconvsr": {"num_frames": 2}}
 
 
 def randomised(name: str) -> torch.nn.Module:
@@ -32,7 +33,7 @@ def randomised(name: str) -> torch.nn.Module:
     return model
 
 
-@pytest.fixture(scope="module", params=["mana", "vsrt", "dasaa", "mafnet", "edvr"])
+@pytest.fixture(scope="module", params=["mana", "vsrt", "dasaa", "mafnet", "edvr", "iconvsr"])
 def exported(request, tmp_path_factory):
     model = randomised(request.param)
     path = tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx"
