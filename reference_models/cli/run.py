@@ -2,7 +2,7 @@
 
     python -m reference_models run MODEL --input PATH --output DIR --checkpoint FILE [--preset NAME]
         [--tile N] [--tile-overlap N] [--max-memory SIZE] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--batch N]
-        [--resume]
+        [--resume] [--max-seq-len N [--seq-overlap N]] [--spill-dir DIR]
     python -m reference_models run --checkpoint FILE --input in.mp4 --output out.mp4 [--codec NAME] [--crf N]
         [--pix-fmt NAME] [--no-audio]
     python -m reference_models run --backend onnxruntime --model FILE.onnx --input PATH --output OUT
@@ -13,6 +13,13 @@ status 1. Output is written under a partial name and only moved into place when 
 and SIGTERM remove the partial output and exit 130 / 143 (a ``--resume`` run keeps its finished frames for the
 next ``--resume``), and partials of runs that were killed outright are removed (or resumed) by the next run
 into the same output. Torch is imported only when a model runs, so ``--help`` answers at once.
+
+Recurrent models (BasicVSR, IconVSR, BasicVSR++) run the whole input as one sequence, exactly as their
+whole-clip forward, in memory bounded by ``--max-memory`` whatever the number of frames: the features of
+each sweep beyond the budget spill to a private folder under ``--spill-dir`` (default ``$TMPDIR``), removed
+after the run, also after SIGINT/SIGTERM; progress is shown per sweep with the whole run's ETA, and frames
+are written as the last sweep produces them. ``--max-seq-len N`` runs overlapping segments instead: the fast
+approximate mode (tiled with ``--tile`` or when frames exceed the budget, as for the other models).
 """
 
 from __future__ import annotations
@@ -60,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory budget of the forward passes, e.g. 4G or 512M (default: half the available memory); without "
         "--tile, frames that would exceed it run as tiles",
     )
+    run.add_argument(
+        "--max-seq-len", type=int, metavar="N",
+        help="recurrent models (basicvsr, iconvsr, basicvsrpp): run overlapping segments of N frames, faster but "
+        "approximate (less temporal context near the cuts); default: the whole input as one exact sequence, its "
+        "features spilled to disk beyond --max-memory",
+    )
+    run.add_argument("--seq-overlap", type=int, metavar="N", help="frames shared by consecutive segments (default N/4)")
+    run.add_argument(
+        "--spill-dir", help="recurrent models, whole sequence: where features beyond --max-memory are spilled "
+        "(a private folder inside it, removed after the run; default: $TMPDIR or /tmp)",
+    )
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     run.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
@@ -105,6 +123,15 @@ def _check_options(args: argparse.Namespace) -> None:
         args.tile_overlap = min(16, args.tile // 2)
     if args.tile is not None and not 0 <= args.tile_overlap <= args.tile // 2:
         raise UserError(f"--tile-overlap must be in [0, --tile/2 = {args.tile // 2}], got {args.tile_overlap}")
+    if args.max_seq_len is not None and args.max_seq_len < 1:
+        raise UserError(f"--max-seq-len must be >= 1, got {args.max_seq_len}")
+    if args.seq_overlap is not None:
+        if args.max_seq_len is None:
+            raise UserError("--seq-overlap goes with --max-seq-len")
+        if not 0 <= args.seq_overlap < args.max_seq_len:
+            raise UserError(f"--seq-overlap must be in [0, --max-seq-len = {args.max_seq_len}), got {args.seq_overlap}")
+    if args.spill_dir is not None and args.max_seq_len is not None:
+        raise UserError("--spill-dir applies to whole-sequence runs; segments (--max-seq-len) spill nothing")
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise UserError("--output must differ from --input")
     from reference_models.io.video import VIDEO_EXTENSIONS
@@ -146,6 +173,98 @@ def _open_output(args: argparse.Namespace, source, scale: int):
     return open_writer(args.output, fps=fps, names=source.names, resume_size=resume_size, **options)
 
 
+def _sequence_mode(args: argparse.Namespace, model, source) -> dict | None:
+    """How a recurrent model runs: the options of a whole-sequence stream, or ``None`` for windows (segments of
+    ``--max-seq-len``, or a model that is not recurrent); says which on stderr."""
+    import torch
+
+    from reference_models.inference.memory_budget import default_budget, format_size, parse_size
+    from reference_models.inference.streaming import is_recurrent
+
+    name = type(model).__name__
+    if not is_recurrent(model):
+        if args.max_seq_len is not None:
+            raise UserError(f"--max-seq-len applies to recurrent models (basicvsr, iconvsr, basicvsrpp), not {name}")
+        return None
+    if args.max_seq_len is not None:
+        overlap = args.max_seq_len // 4 if args.seq_overlap is None else args.seq_overlap
+        if not args.quiet:
+            print(
+                f"{name}: segments of {args.max_seq_len} frames overlapping by {overlap} (--max-seq-len): fast but "
+                "approximate, less temporal context near the cuts; leave out --max-seq-len for the exact "
+                "whole-sequence result",
+                file=sys.stderr,
+            )
+        return None
+    if args.tile is not None:
+        raise UserError(
+            "--tile: a recurrent model run as one sequence does not cut frames into tiles (its propagation carries "
+            "features across the whole frame); add --max-seq-len N to run tiled segments (approximate)"
+        )
+    device = next(model.parameters()).device
+    budget = parse_size(args.max_memory) if args.max_memory is not None else default_budget(device)
+    pinned = (default_budget("cpu", 0.25) or 0) if device.type == "cuda" else 0
+    spill_dir = args.spill_dir
+    if spill_dir is not None and not Path(spill_dir).is_dir():
+        raise UserError(f"--spill-dir '{spill_dir}' is not a folder")
+    if not args.quiet:
+        import tempfile
+
+        where = spill_dir or tempfile.gettempdir()
+        budget_text = format_size(budget) if budget is not None else "all"
+        print(
+            f"{name}: the whole input as one sequence of {len(source)} frames (exact); features beyond "
+            f"{budget_text} (--max-memory) spill to '{where}'" + (" via pinned CPU memory" if pinned else ""),
+            file=sys.stderr,
+        )
+    if args.compile:
+        warnings.warn("--compile: a recurrent model run as one sequence streams eagerly (only its forward compiles)")
+    return {"max_bytes": budget, "pinned_bytes": pinned, "spill_dir": spill_dir, "channels_last": True,
+            "length": len(source)}
+
+
+class _SweepBars:
+    """One progress bar per sweep of a whole-sequence run, with the whole run's ETA beside it."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+        self.sweep = 0
+        self.seconds: dict[str, float] = {}  # per sweep, in order: where the time went
+        self.started = 0.0
+
+    def __call__(self, state) -> None:
+        from tqdm.auto import tqdm
+
+        if state.sweep != self.sweep:
+            self.close()
+            self.sweep = state.sweep
+            self.seconds[state.branch] = 0.0
+            self.started = time.perf_counter()
+            self.bar = tqdm(total=state.frames, unit="frame", desc=f"sweep {state.sweep}/{state.sweeps} {state.branch}",
+                            disable=self.quiet, dynamic_ncols=True)
+        self.bar.update(state.done - self.bar.n)
+        if state.eta is not None:
+            self.bar.set_postfix_str(f"run ETA {_clock(state.eta)}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            self.seconds[next(reversed(self.seconds))] = time.perf_counter() - self.started
+
+    def summary(self) -> str:
+        """``; sweeps: backward 3.1 s, forward 4.2 s (...)``: the time of each sweep, for the summary line."""
+        parts = [f"{branch} {seconds:.1f} s" for branch, seconds in self.seconds.items()]
+        return f"; sweeps: {', '.join(parts)} (the last with reconstruction and writing)" if parts else ""
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes:02d}:{seconds:02d}"
+
+
 def _to_image(out, name: str):
     """The uint8 ``(H, W, 3)`` image of an SR frame; a non-finite value fails the run, naming the frame."""
     import torch
@@ -174,7 +293,10 @@ def _run(args: argparse.Namespace) -> int:
     else:
         model = build_model(args)
     smallest_tile = _check_tile(args, model)
-    if args.tile is None and isinstance(model, torch.nn.Module) and any(True for _ in model.parameters()):
+    stream_options = _sequence_mode(args, model, source)
+    if stream_options is None and args.tile is None and isinstance(model, torch.nn.Module) and any(
+        True for _ in model.parameters()
+    ):
         from reference_models.inference.memory_budget import automatic_tile
 
         args.tile = automatic_tile(
@@ -193,25 +315,36 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     frames = (torch.from_numpy(array).permute(2, 0, 1) for array in source)
     written = 0
+    sweeps = _SweepBars(args.quiet) if stream_options is not None else None
     with _open_output(args, source, scale) as writer, tqdm(
-        total=len(source), unit="frame", disable=args.quiet, dynamic_ncols=True
+        total=len(source), unit="frame", disable=args.quiet or sweeps is not None, dynamic_ncols=True
     ) as bar:
         done = getattr(writer, "done", set())
         skip = {i for i, name in enumerate(source.names) if name in done}
-        outputs = upscale_frames(
-            model, frames, tile=args.tile, tile_overlap=args.tile_overlap or 0, batch=args.batch, skip=skip
-        )
-        for name, out in zip(source.names, outputs):
-            if out is not None:
-                writer.write(name, _to_image(out, name))
-                written += 1
-            bar.update(1)
+        if stream_options is not None:
+            # frames[i] from the source itself: a folder reads any frame again, a video is decoded once into the store
+            outputs = upscale_frames(model, source, skip=skip, report=sweeps, **stream_options)
+        else:
+            outputs = upscale_frames(
+                model, frames, tile=args.tile, tile_overlap=args.tile_overlap or 0, batch=args.batch, skip=skip,
+                max_seq_len=args.max_seq_len, seq_overlap=args.seq_overlap,
+            )
+        try:
+            for name, out in zip(source.names, outputs):
+                if out is not None:
+                    writer.write(name, _to_image(out, name))
+                    written += 1
+                bar.update(1)
+        finally:
+            outputs.close()  # stops a streaming worker (and removes its spill folder) before the writer aborts
+            if sweeps is not None:
+                sweeps.close()
     if not args.quiet:
         seconds = time.perf_counter() - start
         kept = f" (kept {len(skip)} finished frames)" if skip else ""
         print(
             f"wrote {written} frames of {scale * source.width}x{scale * source.height} to {args.output}{kept} "
-            f"in {seconds:.1f} s ({written / seconds:.2f} frames/s)",
+            f"in {seconds:.1f} s ({written / seconds:.2f} frames/s){sweeps.summary() if sweeps else ''}",
             file=sys.stderr,
         )
     return 0

@@ -19,6 +19,13 @@ most ``tile_overlap // 4`` LR pixels gives exactly the untiled result; for the o
 tiling is an approximation that bounds memory.
 
 Frames stream through: at most one window (plus ``batch - 1`` more) of LR frames is held at a time.
+
+**Recurrent models** (BasicVSR, IconVSR, BasicVSR++: a ``stream`` method) run the whole input as one
+sequence by default, exactly as their whole-clip forward would, in bounded memory: per-frame features
+beyond ``max_bytes`` spill to disk (:mod:`reference_models.inference.streaming`). ``max_seq_len`` instead
+runs segments of that many frames overlapping by ``seq_overlap`` (the clip-model windows above): faster and
+lighter, but an approximation (less temporal context near the cuts). Spatial tiles apply to segments only:
+whole-sequence streaming propagates features across the whole frame and never cuts it.
 """
 
 from __future__ import annotations
@@ -235,13 +242,16 @@ def _stride(num_frames: int, stride: int | None) -> int:
     return stride
 
 
-def _clip_plan(frames: _Frames | _KnownLength, num_frames: int, stride: int) -> Iterator[tuple[list[int], int, int]]:
-    """Lazily: (indices, first kept, end kept) of each clip-model window; reads one window ahead."""
+def _clip_plan(
+    frames: _Frames | _KnownLength, num_frames: int, stride: int, pad: bool = True
+) -> Iterator[tuple[list[int], int, int]]:
+    """Lazily: (indices, first kept, end kept) of each clip-model window; reads one window ahead. A clip
+    shorter than the window is reflection-padded to it, or (``pad=False``: models of any length) run as it is."""
     if not frames.has(num_frames - 1):
         length = frames.length
         if not length:
             return
-        yield [reflect_index(j, length) for j in range(num_frames)], 0, length
+        yield [reflect_index(j, length) for j in range(num_frames if pad else length)], 0, length
         return
     centre = (num_frames - 1) / 2
     start, kept_from = 0, 0
@@ -286,6 +296,10 @@ def upscale_frames(
     batch: int = 1,
     clip_stride: int | None = None,
     skip: Container[int] = (),
+    max_seq_len: int | None = None,
+    seq_overlap: int | None = None,
+    max_bytes: int | None = None,
+    **stream_options: Any,
 ) -> Iterator[torch.Tensor | None]:
     """Super-resolve a stream of frames, yielding one SR frame per input frame, in order.
 
@@ -303,12 +317,40 @@ def upscale_frames(
             (default ``(num_frames + 1) // 2``).
         skip: indices of frames whose output is not needed (a resumed run): ``None`` is yielded for them,
             and windows whose kept outputs are all skipped are not run. The other outputs are unchanged.
+        max_seq_len: recurrent models: run segments of at most this many frames (approximate) instead of the
+            whole input as one sequence.
+        seq_overlap: frames shared by consecutive segments (default ``max_seq_len // 4``).
+        max_bytes: recurrent models, whole sequence: memory budget of the stored features, beyond which they
+            spill to disk (``None``: all in memory).
+        stream_options: recurrent models, whole sequence: more options of
+            :func:`~reference_models.inference.streaming.stream_upscale` (``spill_dir``, ``pinned_bytes``,
+            ``report``, ``length``, ``channels_last``).
 
     Yields:
         ``(3, scale * H, scale * W)`` float32 tensors on the model's device, not clamped (``None`` for
         frames in ``skip``).
     """
+    from reference_models.inference.streaming import is_recurrent, stream_frames
+
+    recurrent = is_recurrent(model)
+    if recurrent and max_seq_len is None:
+        if tile is not None:
+            raise ValueError(
+                "whole-sequence streaming does not cut frames into tiles (propagation carries features across the "
+                "whole frame); give max_seq_len to run tiled segments (approximate)"
+            )
+        yield from stream_frames(model, frames, skip=skip, max_bytes=max_bytes, **stream_options)
+        return
+    if stream_options:
+        raise TypeError(f"upscale_frames: {', '.join(stream_options)} apply to whole-sequence streaming only")
     num_frames, scale, mode = _model_attributes(model)
+    if max_seq_len is not None:
+        if not recurrent:
+            raise ValueError(f"max_seq_len applies to recurrent models; {type(model).__name__} sees {num_frames} frames")
+        overlap = max_seq_len // 4 if seq_overlap is None else seq_overlap
+        if not 0 <= overlap < max_seq_len:
+            raise ValueError(f"seq_overlap must be in [0, max_seq_len={max_seq_len}), got {overlap}")
+        num_frames, clip_stride = max_seq_len, max_seq_len - overlap
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     if tile is not None:
@@ -333,8 +375,8 @@ def upscale_frames(
                 out = forward_tiled(model, clip, tile, tile_overlap)
             else:
                 out = _model_output(model, clip).float()
-        b, _, _, h, w = clip.shape
-        expected = (b, 3, scale * h, scale * w) if mode == "center" else (b, num_frames, 3, scale * h, scale * w)
+        b, t, _, h, w = clip.shape
+        expected = (b, 3, scale * h, scale * w) if mode == "center" else (b, t, 3, scale * h, scale * w)
         if tuple(out.shape) != expected:
             raise ValueError(
                 f"{type(model).__name__} (output_mode={mode!r}, scale={scale}) returned {tuple(out.shape)} "
@@ -366,7 +408,7 @@ def upscale_frames(
         return
 
     group: list[tuple[list[int], int, int]] = []
-    for step in _clip_plan(buffer, num_frames, stride):
+    for step in _clip_plan(buffer, num_frames, stride, pad=not recurrent):
         indices, kept_from, kept_to = step
         if all(t in skip for t in range(kept_from, kept_to)):
             if group:
@@ -402,6 +444,10 @@ def upscale_clip(
     batch: int = 1,
     clip_stride: int | None = None,
     progress: bool = False,
+    max_seq_len: int | None = None,
+    seq_overlap: int | None = None,
+    max_bytes: int | None = None,
+    spill_dir: str | None = None,
 ) -> torch.Tensor:
     """Super-resolve every frame of ``clip`` (any length, any size) with ``model``; see :func:`upscale_frames`.
 
@@ -410,6 +456,9 @@ def upscale_clip(
         clip: frames in [0, 1] (float) or [0, 255] (uint8).
         tile, tile_overlap, batch, clip_stride: as for :func:`upscale_frames`.
         progress: show a tqdm progress bar.
+        max_seq_len, seq_overlap, max_bytes: recurrent models, as for :func:`upscale_frames`: by default the
+            whole clip is one sequence, its features spilled to disk beyond ``max_bytes``.
+        spill_dir: parent of the spill folder (default: the system's temporary folder).
 
     Shape:
         - clip: ``(T, 3, H, W)`` or ``(B, T, 3, H, W)``
@@ -421,16 +470,41 @@ def upscale_clip(
         >>> upscale_clip(model, torch.rand(3, 3, 10, 12)).shape
         torch.Size([3, 3, 40, 48])
     """
+    options: dict[str, Any] = dict(tile=tile, tile_overlap=tile_overlap, batch=batch, clip_stride=clip_stride,
+                                   max_seq_len=max_seq_len, seq_overlap=seq_overlap, max_bytes=max_bytes)
     if isinstance(clip, torch.Tensor) and clip.dim() == 5:
-        return torch.stack(
-            [upscale_clip(model, c, tile=tile, tile_overlap=tile_overlap, batch=batch, clip_stride=clip_stride,
-                          progress=progress) for c in clip]
-        )
+        return torch.stack([upscale_clip(model, c, progress=progress, spill_dir=spill_dir, **options) for c in clip])
     if check_shape(clip, "T C H W", name="clip", C=3)["T"] < 1:
         raise ValueError("clip has no frames")
-    frames: Iterable[Any] = upscale_frames(
-        model, clip.unbind(0), tile=tile, tile_overlap=tile_overlap, batch=batch, clip_stride=clip_stride
-    )
+    from reference_models.inference.streaming import is_recurrent, stream_upscale
+
+    if is_recurrent(model) and max_seq_len is None and tile is None:
+        # In this thread (no worker): every frame lands in the output tensor, which is allocated once.
+        height, width, scale = clip.shape[-2], clip.shape[-1], int(model.scale)
+        out = None
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=clip.shape[0], unit="frame")
+
+        def keep(i: int, sr: torch.Tensor) -> None:
+            nonlocal out
+            if out is None:
+                out = sr.new_empty(clip.shape[0], 3, scale * height, scale * width)
+            out[i] = sr
+            if bar is not None:
+                bar.update(1)
+
+        try:
+            stream_upscale(model, clip.unbind(0), emit=keep, max_bytes=max_bytes, spill_dir=spill_dir)
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+    if spill_dir is not None:
+        raise ValueError("spill_dir applies to recurrent models run as one sequence")
+    frames: Iterable[Any] = upscale_frames(model, clip.unbind(0), **options)
     if progress:
         from tqdm.auto import tqdm
 

@@ -142,6 +142,7 @@ class FolderSource(FrameSource):
     def __init__(self, folder: str | os.PathLike[str], fps: Fraction = DEFAULT_FPS) -> None:
         self.folder = Path(folder)
         self.fps = fps
+        self._warned: set[str] = set()  # each kind of conversion is warned about once per source
         self.paths = sorted(
             (p for p in self.folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
             key=lambda p: natural_key(p.name),
@@ -174,21 +175,26 @@ class FolderSource(FrameSource):
                 )
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        warned: set[str] = set()
-        for path in self.paths:
-            try:
-                with Image.open(path) as img:
-                    # Pillow reads 16-bit RGB(A) as 8-bit modes; the raw mode of the undecoded tiles tells.
-                    if img.mode in ("RGB", "RGBA") and any(";16" in str(tile.args) for tile in img.tile):
-                        _warn_once(warned, "16bit", f"'{self.folder}': {SIXTEEN_BIT_WARNING}")
-                    if img.mode == "P":
-                        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-                    elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-                        img = img.convert("RGB")
-                    array = np.array(img)
-            except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-                raise VideoIOError(f"cannot read frame '{path}': {exc}") from exc
-            yield _to_rgb8(array, f"'{self.folder}'", warned)
+        for index in range(len(self.paths)):
+            yield self[index]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        """Frame ``index``, read from its file now (random access: what whole-sequence recurrent runs use)."""
+        path = self.paths[index]
+        warned = self._warned
+        try:
+            with Image.open(path) as img:
+                # Pillow reads 16-bit RGB(A) as 8-bit modes; the raw mode of the undecoded tiles tells.
+                if img.mode in ("RGB", "RGBA") and any(";16" in str(tile.args) for tile in img.tile):
+                    _warn_once(warned, "16bit", f"'{self.folder}': {SIXTEEN_BIT_WARNING}")
+                if img.mode == "P":
+                    img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+                elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                    img = img.convert("RGB")
+                array = np.array(img)
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            raise VideoIOError(f"cannot read frame '{path}': {exc}") from exc
+        return _to_rgb8(array, f"'{self.folder}'", warned)
 
 
 class VideoSource(FrameSource):

@@ -6,3 +6,4 @@ from vsrblocks.recurrent.deform_conv_lstm import DeformableConvLSTM
 from vsrblocks.recurrent.feature_store import FeatureStore
 from vsrblocks.recurrent.frame_source import FrameSource
 from vsrblocks.recurrent.propagation import BidirectionalPropagation, SecondOrderGridPropagation
+from vsrblocks.recurrent.spilling_feature_store import SpillDiskFullError, SpillingFeatureStore
