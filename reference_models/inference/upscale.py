@@ -408,7 +408,10 @@ def upscale_clip(
     Args:
         model: a reference model in eval mode.
         clip: frames in [0, 1] (float) or [0, 255] (uint8).
-        tile, tile_overlap, batch, clip_stride: as for :func:`upscale_frames`.
+        tile: as for :func:`upscale_frames`.
+        tile_overlap: as for :func:`upscale_frames`.
+        batch: as for :func:`upscale_frames`.
+        clip_stride: as for :func:`upscale_frames`.
         progress: show a tqdm progress bar.
 
     Shape:

@@ -398,7 +398,8 @@ class VideoWriter(FrameWriter):
         codec: video encoder (default: libx264 where available, else mpeg4).
         crf: quality of the encoders in :data:`CRF_CODECS` (default 17 for those; lower is better).
         pix_fmt: pixel format of the encoded video (default yuv420p, yuv444p for odd frame sizes).
-        time_base, pts: the input video's time base and frame timestamps, kept exactly.
+        time_base: the input video's time base, kept exactly.
+        pts: the input video's frame timestamps, kept exactly.
         copy_from: a video whose audio and subtitle streams are copied (``None``: video only).
     """
 

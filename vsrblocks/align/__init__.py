@@ -5,3 +5,17 @@ from vsrblocks.align.spynet import SPyNet, SPyNetBasicModule, bidirectional_flow
 from vsrblocks.align.boff import BOFF, ResidualBlocksWithInputConv
 from vsrblocks.align.deform_conv import DeformConv2d, deform_conv2d
 from vsrblocks.align.pcd import EasyPCD, PCDAlignment
+
+__all__ = [
+    "BOFF",
+    "DeformConv2d",
+    "EasyPCD",
+    "FlowWarp",
+    "PCDAlignment",
+    "ResidualBlocksWithInputConv",
+    "SPyNet",
+    "SPyNetBasicModule",
+    "bidirectional_flows",
+    "deform_conv2d",
+    "flow_warp",
+]

@@ -214,7 +214,9 @@ def deform_conv2d(
         offset: per-tap sampling displacements in pixels.
         weight: ``(C_out, C_in / groups, kh, kw)``.
         bias: ``(C_out,)`` or ``None``.
-        stride, padding, dilation: as for :func:`torch.nn.functional.conv2d`.
+        stride: as for :func:`torch.nn.functional.conv2d`.
+        padding: as for :func:`torch.nn.functional.conv2d`.
+        dilation: as for :func:`torch.nn.functional.conv2d`.
         mask: modulation scalars (DCNv2), or ``None`` for DCNv1 (all ones).
         backend: ``"torchvision"``, ``"torch"`` (pure PyTorch) or ``"auto"`` (torchvision on CUDA when
             available, pure PyTorch elsewhere).
@@ -293,7 +295,10 @@ class DeformConv2d(nn.Module):
     Args:
         in_channels: channels of ``x``.
         out_channels: channels of the output.
-        kernel_size, stride, padding, dilation: of the deformable (and the offset) convolution.
+        kernel_size: of the deformable (and the offset) convolution.
+        stride: of the deformable (and the offset) convolution.
+        padding: of the deformable (and the offset) convolution.
+        dilation: of the deformable (and the offset) convolution.
         groups: convolution groups of the deformable convolution.
         deform_groups: G, groups of input channels sharing one set of offsets and mask.
         guide_channels: channels of ``guide`` (default ``in_channels``).

@@ -189,8 +189,10 @@ class MANAAttention(nn.Module):
         inter_channels: Ci (default ``channels // 2``).
         num_groups: GroupNorm groups (official 32).
         init_sigma: initial Gaussian width in pixels.
-        chunk_size, window_sigmas, window_radius, checkpoint: see
-            :class:`~vsrblocks.attention.GaussianCrossFrameAttention`.
+        chunk_size: see :class:`~vsrblocks.attention.GaussianCrossFrameAttention`.
+        window_sigmas: see :class:`~vsrblocks.attention.GaussianCrossFrameAttention`.
+        window_radius: see :class:`~vsrblocks.attention.GaussianCrossFrameAttention`.
+        checkpoint: see :class:`~vsrblocks.attention.GaussianCrossFrameAttention`.
         center_index: query frame (default ``num_frames // 2``).
         eps: GroupNorm epsilon.
         zero_init: zero-initialise ``W_z`` and ``W_z1``.

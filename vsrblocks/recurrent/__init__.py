@@ -2,3 +2,10 @@
 
 from vsrblocks.recurrent.conv_lstm import ConvLSTM, ConvLSTMCell, ConvLSTMState
 from vsrblocks.recurrent.deform_conv_lstm import DeformableConvLSTM
+
+__all__ = [
+    "ConvLSTM",
+    "ConvLSTMCell",
+    "ConvLSTMState",
+    "DeformableConvLSTM",
+]
