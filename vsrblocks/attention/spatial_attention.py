@@ -6,6 +6,8 @@ Deformable Convolutional Networks", CVPRW 2019 (BasicSR ``basicsr/archs/edvr_arc
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -103,7 +105,7 @@ class SpatialAttention(nn.Module):
         attn = self.spatial_attn5(attn)
         add = self._lrelu(self.spatial_attn_add1(attn))
         if self.edvr_exact:
-            return x * torch.sigmoid(attn) * 2 + self.spatial_attn_add2(add)
+            return cast(torch.Tensor, x * torch.sigmoid(attn) * 2 + self.spatial_attn_add2(add))
         return x * torch.sigmoid(attn) + add
 
     def extra_repr(self) -> str:
