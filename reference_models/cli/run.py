@@ -27,7 +27,13 @@ from fractions import Fraction
 from pathlib import Path
 
 from reference_models.cli.options import (
-    Interrupted, UserError, add_model_options, build_model, models_epilog, print_warning, signals_interrupt,
+    Interrupted,
+    UserError,
+    add_model_options,
+    build_model,
+    models_epilog,
+    print_warning,
+    signals_interrupt,
 )
 
 __all__ = ["MIN_TILE", "build_parser", "main"]
@@ -196,7 +202,7 @@ def _run(args: argparse.Namespace) -> int:
     with _open_output(args, source, scale) as writer, tqdm(
         total=len(source), unit="frame", disable=args.quiet, dynamic_ncols=True
     ) as bar:
-        done = getattr(writer, "done", set())
+        done: set[str] = getattr(writer, "done", set())
         skip = {i for i, name in enumerate(source.names) if name in done}
         outputs = upscale_frames(
             model, frames, tile=args.tile, tile_overlap=args.tile_overlap or 0, batch=args.batch, skip=skip

@@ -123,9 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = argv[1:]
     args = build_parser().parse_args(argv)
 
+    from reference_models.io.video import VideoIOError
     from reference_models.training import distributed
     from reference_models.training.trainer import NonFiniteLossError
-    from reference_models.io.video import VideoIOError
     from vsrblocks.checkpoint import CheckpointError
 
     previous = _on_sigterm_raise()

@@ -434,9 +434,9 @@ class VideoWriter(FrameWriter):
             self.tmp = create_partial_file(self.path)
         except OSError as exc:
             raise VideoIOError(f"cannot write to '{self.path.parent}': {exc}") from exc
-        self.container = None
-        self.stream = None
-        self.source = None
+        self.container: Any = None
+        self.stream: Any = None
+        self.source: Any = None
         self.frames = 0
 
     def _check_options(self, crf: int | None, pix_fmt: str | None) -> None:
@@ -471,7 +471,7 @@ class VideoWriter(FrameWriter):
     def _add_side_streams(self) -> None:
         """Output streams for the audio and subtitle streams of :attr:`copy_from`; starts their demuxer."""
         self.source = self.av.open(str(self.copy_from))
-        self.side: dict[int, tuple[object, bool]] = {}  # input index: (output stream, re-encode)
+        self.side: dict[int, tuple[Any, bool]] = {}  # input index: (output stream, re-encode)
         what = f"'{self.copy_from}'"
         for stream in self.source.streams:
             if stream.type not in ("audio", "subtitle"):

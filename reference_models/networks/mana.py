@@ -19,6 +19,7 @@ Differences from the official code (numerically the same computation wherever th
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -223,7 +224,7 @@ def from_official(
         ours = official_key_map(key)
         if ours is not None:
             converted[ours] = value
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "channels": in_channels,
         "encoder_blocks": encoder_nblocks,
         "decoder_blocks": decoder_nblocks,
@@ -235,7 +236,7 @@ def from_official(
     model = MANA(**kwargs)
     load_state_dict_checked(model, converted, what="official MANA state_dict")
     # a checkpoint saved from this model rebuilds it with create_model("mana", "paper", **kwargs)
-    model.model_spec = {"name": "mana", "preset": "paper", "overrides": kwargs}
+    model.model_spec = {"name": "mana", "preset": "paper", "overrides": kwargs}  # type: ignore[assignment]
     return model.eval()
 
 

@@ -10,6 +10,7 @@ the training loop is the same code in both cases.
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -53,7 +54,7 @@ def init_from_env(device: str | None) -> bool:
         return dist.is_initialized()
     cuda = (device or "").startswith("cuda")
     if cuda:
-        torch.cuda.set_device(torch.device(device))
+        torch.cuda.set_device(torch.device(cast(str, device)))
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     return True
 
