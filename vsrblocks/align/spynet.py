@@ -97,9 +97,6 @@ class SPyNetBasicModule(nn.Module):
 
 
 class SPyNet(nn.Module):
-    mean: torch.Tensor
-    std: torch.Tensor
-
     """SPyNet optical flow, BasicSR/MMagic flavour: ``spynet(ref, supp)`` is the flow from ``ref`` to ``supp``.
 
     ``ref(p) ≈ supp(p + flow(p))``, so ``flow_warp(supp, spynet(ref, supp), padding_mode="border")``
@@ -127,6 +124,9 @@ class SPyNet(nn.Module):
         >>> spynet(torch.rand(2, 3, 23, 37), torch.rand(2, 3, 23, 37)).shape
         torch.Size([2, 2, 23, 37])
     """
+
+    mean: torch.Tensor  # buffers (ImageNet normalisation), registered in __init__
+    std: torch.Tensor
 
     num_levels = 6
 
