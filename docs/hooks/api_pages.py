@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
 import types
+from pathlib import Path
 from typing import Any
 
 _DIRECTIVE = re.compile(r"^<!-- api: (?P<package>[\w.]+) -->$", re.MULTILINE)
@@ -58,6 +60,14 @@ def _public(package_name: str) -> list[tuple[str, str, bool]]:
 
 def _nearness(package_name: str, path: str) -> int:
     return len(package_name) if path.startswith(package_name + ".") else -1
+
+
+def on_config(config: Any) -> Any:
+    # document the checkout being built, whatever copy of the packages is installed, from any directory
+    root = str(Path(config.config_file_path).resolve().parent)
+    sys.path.insert(0, root)
+    config.mdx_configs.setdefault("pymdownx.snippets", {})["base_path"] = [root]
+    return config
 
 
 def on_files(files: Any, config: Any) -> Any:
