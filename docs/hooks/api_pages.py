@@ -53,9 +53,7 @@ def _public(package_name: str) -> list[tuple[str, str, bool]]:
     names = getattr(package, "__all__", None)
     if names is None:
         raise ValueError(f"{package_name} has no __all__: list its public names there for the API reference")
-    return [
-        (name, _defined_at(package, name), isinstance(getattr(package, name), types.ModuleType)) for name in names
-    ]
+    return [(name, _defined_at(package, name), isinstance(getattr(package, name), types.ModuleType)) for name in names]
 
 
 def _nearness(package_name: str, path: str) -> int:
@@ -73,9 +71,7 @@ def on_config(config: Any) -> Any:
 def on_files(files: Any, config: Any) -> Any:
     _owner.clear()
     packages = [
-        match["package"]
-        for file in files.documentation_pages()
-        for match in _DIRECTIVE.finditer(file.content_string)
+        match["package"] for file in files.documentation_pages() for match in _DIRECTIVE.finditer(file.content_string)
     ]
     for package_name in packages:
         for _, path, _ in _public(package_name):
