@@ -6,6 +6,9 @@ The names are read at run time because several packages build ``__all__`` from t
 (``reference_models``, ``.data``, ``.training``), which static analysis cannot evaluate. Each block names the
 object where it is defined (``vsrblocks.attention.stcsa.STCSA``), the path that mkdocstrings can load.
 
+A line ``<!-- api: networks -->`` becomes one such section per network in the registry, so a network added to
+``reference_models.registry`` gets its page section too.
+
 A name exported by several packages (``reference_models.create_model`` is ``reference_models.checkpoint``'s) is
 documented once, under the package nearest to where it is defined; the other pages link there.
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 _DIRECTIVE = re.compile(r"^<!-- api: (?P<package>[\w.]+) -->$", re.MULTILINE)
+_NETWORKS = "<!-- api: networks -->"
 _OWN_PACKAGES = ("vsrblocks", "reference_models")
 
 # path of each documented object -> the directive package that documents it in full
@@ -60,6 +64,16 @@ def _nearness(package_name: str, path: str) -> int:
     return len(package_name) if path.startswith(package_name + ".") else -1
 
 
+def _expand_networks(markdown: str) -> str:
+    if _NETWORKS not in markdown:
+        return markdown
+    from reference_models.registry import list_models, network_module
+
+    modules = [network_module(name).__name__ for name in list_models()]
+    sections = "\n".join(f"## `{module}`\n\n<!-- api: {module} -->\n" for module in modules)
+    return markdown.replace(_NETWORKS, sections)
+
+
 def on_config(config: Any) -> Any:
     # document the checkout being built, whatever copy of the packages is installed, from any directory
     root = str(Path(config.config_file_path).resolve().parent)
@@ -71,7 +85,9 @@ def on_config(config: Any) -> Any:
 def on_files(files: Any, config: Any) -> Any:
     _owner.clear()
     packages = [
-        match["package"] for file in files.documentation_pages() for match in _DIRECTIVE.finditer(file.content_string)
+        match["package"]
+        for file in files.documentation_pages()
+        for match in _DIRECTIVE.finditer(_expand_networks(file.content_string))
     ]
     for package_name in packages:
         for _, path, _ in _public(package_name):
@@ -81,17 +97,19 @@ def on_files(files: Any, config: Any) -> Any:
     return files
 
 
-def api_blocks(package_name: str) -> str:
+def api_blocks(package_name: str, on_page: set[str]) -> str:
     blocks = [f"::: {package_name}\n    options:\n      members: false\n      show_root_heading: false\n"]
     for name, path, is_module in _public(package_name):
         owner = _owner.get(path, package_name)
-        if owner != package_name:
+        if owner != package_name or path in on_page:  # e.g. a network's MODEL, the class itself
             blocks.append(f"## `{name}`\n\n[`{path}`][{path}], documented with `{owner}`.\n")
             continue
+        on_page.add(path)
         options = "      members: false\n" if is_module else ""
         blocks.append(f"::: {path}\n    options:\n      heading: {name}\n      toc_label: {name}\n{options}")
     return "\n".join(blocks)
 
 
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
-    return _DIRECTIVE.sub(lambda match: api_blocks(match["package"]), markdown)
+    on_page: set[str] = set()
+    return _DIRECTIVE.sub(lambda match: api_blocks(match["package"], on_page), _expand_networks(markdown))

@@ -55,8 +55,11 @@ class MANA(nn.Module):
         num_frames: input frames (paper 7); the centre frame ``num_frames // 2`` is super-resolved.
         num_groups: GroupNorm groups in the attention block (official 32).
         init_sigma: initial Gaussian width (LR pixels) of the cross-frame attention.
-        chunk_size, window_sigmas, window_radius, checkpoint: attention options, see
-            :class:`~vsrblocks.attention.GaussianCrossFrameAttention` (defaults: exact, automatic chunks).
+        chunk_size: attention option, see :class:`~vsrblocks.attention.GaussianCrossFrameAttention` (default:
+            automatic chunks).
+        window_sigmas: attention option, as ``chunk_size`` (default: exact, no truncation).
+        window_radius: attention option, as ``chunk_size``.
+        checkpoint: attention option, as ``chunk_size``.
         hr_channels: width of the HR head after the second pixel shuffle (official: hard-coded 64).
         zero_init: zero-initialise the attention output convs ``W_z`` / ``W_z1`` (paper).
 

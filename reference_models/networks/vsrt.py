@@ -64,9 +64,11 @@ class VSRTLayer(nn.Module):
 
     Args:
         channels: feature channels C.
-        patch_size, num_heads: of the :class:`~vsrblocks.attention.STCSA` block.
+        patch_size: of the :class:`~vsrblocks.attention.STCSA` block.
+        num_heads: of the :class:`~vsrblocks.attention.STCSA` block.
         boff_blocks: residual blocks per :class:`~vsrblocks.align.BOFF` branch.
-        norm, feat_size: the frame normalisation, see :class:`VSRT`.
+        norm: the frame normalisation, see :class:`VSRT`.
+        feat_size: of the frame normalisation, see :class:`VSRT`.
         attn_residual: STCSA's internal residual (official quirk).
 
     Shape:
