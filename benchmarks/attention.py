@@ -37,6 +37,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peak_memory import SUBPROCESS_ENV, PeakMemory  # noqa: E402  (sibling script module)
+
 from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention  # noqa: E402
 
 CHANNELS, FRAMES = 128, 7

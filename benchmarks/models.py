@@ -52,10 +52,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import reference_models  # noqa: E402
 from attention import dense_readout, distance_matrix  # noqa: E402 (sibling script module)
 from official_vsrt import make_official  # noqa: E402 (sibling script module)
 from peak_memory import SUBPROCESS_ENV, PeakMemory  # noqa: E402 (sibling script module)
+
+import reference_models  # noqa: E402
 from reference_models.inference.flops import count_macs  # noqa: E402
 
 #: The paper configuration of each model: frames come from the preset, the LR size from the paper's training.
@@ -82,9 +83,8 @@ def make_dense(model: torch.nn.Module, height: int, width: int) -> Callable[[], 
     """Switch ``model`` to the official dense form (in place) and return what makes the context to run it in."""
     from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: PLC0415
 
-    from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention  # noqa: PLC0415
-
     from reference_models.networks.vsrt import VSRT  # noqa: PLC0415
+    from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention  # noqa: PLC0415
 
     official = make_official(model) if isinstance(model, VSRT) else contextlib.nullcontext
     dist = distance_matrix(height, width).to(next(model.parameters()).device)

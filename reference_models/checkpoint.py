@@ -34,8 +34,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from reference_models.io.partial_output import create_partial_file, current_umask, remove_stale_partials
 from reference_models import registry
+from reference_models.io.partial_output import create_partial_file, current_umask, remove_stale_partials
 from reference_models.registry import list_models, model_spec, network_module
 from vsrblocks.checkpoint import (
     CheckpointError,
@@ -85,7 +85,7 @@ def _check_plain(value: Any, where: str) -> None:
     raise ValueError(f"{where} is a {type(value).__name__}; a checkpoint holds only plain values and tensors")
 
 
-def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
+def _write_atomically(path: Path, write: Callable[[str], object]) -> None:
     """``write(tmp)`` a file beside ``path`` and rename it onto ``path``; nothing is left behind on failure,
     and leftovers of earlier, killed saves to ``path`` are removed on success. The temporary name
     (``.NAME.partial-<pid>-<token>``, :mod:`reference_models.io.partial_output`) stays within NAME_MAX and the
@@ -349,6 +349,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], *, ema: bool
     """
     ours, state_dict = _read_any(path)
     if ours is None:
+        assert state_dict is not None  # _read_any returns one of the two
         fit_state_dict(model, state_dict, what=f"checkpoint '{os.fspath(path)}'")
         return {}
     spec, own = ours.get("model_spec"), model_spec(model)
@@ -472,6 +473,7 @@ def model_from_checkpoint(
     ours, state_dict = _read_any(path)
     if ours is not None:
         return _rebuild(ours, path, **overrides)
+    assert state_dict is not None  # _read_any returns one of the two
     model = _official_model(state_dict, path, report or _logger.info, **overrides)
     if model is None:
         raise _unrecognised(path)
@@ -509,10 +511,11 @@ def build_from_checkpoint(
         model = create_model(name, preset or "paper", **overrides)
         load_state_dict_checked(model, _weights(ours), what=f"checkpoint '{os.fspath(path)}'")
         return model
+    assert state_dict is not None  # _read_any returns one of the two
     if preset is None:
-        model = _official_model(state_dict, path, report or _logger.info, name, **overrides)
-        if model is not None:
-            return model
+        official = _official_model(state_dict, path, report or _logger.info, name, **overrides)
+        if official is not None:
+            return official
         if name is None:
             raise _unrecognised(path)
     if name is None:

@@ -14,11 +14,10 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
-import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:  # torch is imported by the model modules, on first use: `list` and `--help` stay fast
     import torch
@@ -72,6 +71,7 @@ def _literal_preset_names(module_name: str) -> list[str] | None:
     with open(spec.origin, encoding="utf-8") as file:
         tree = ast.parse(file.read(), spec.origin)
     for node in tree.body:
+        target: ast.expr
         if isinstance(node, ast.AnnAssign):
             target = node.target
         elif isinstance(node, ast.Assign):
@@ -81,7 +81,7 @@ def _literal_preset_names(module_name: str) -> list[str] | None:
         if isinstance(target, ast.Name) and target.id == "PRESETS" and isinstance(node.value, ast.Dict):
             keys = node.value.keys
             if all(isinstance(k, ast.Constant) and isinstance(k.value, str) for k in keys):
-                return [k.value for k in keys]
+                return [cast(str, cast(ast.Constant, k).value) for k in keys]
     return None
 
 

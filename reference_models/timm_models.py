@@ -69,7 +69,7 @@ def _entrypoint(name: str, preset: str):
             variant,
             pretrained,
             pretrained_filter_fn=_filter,
-            kwargs_filter=_CLASSIFIER_KWARGS,
+            kwargs_filter=_CLASSIFIER_KWARGS,  # type: ignore[arg-type]  # timm annotates a 1-tuple
             **kwargs,
         )
 

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.checks import assert_compiles
-from tests.official import VSRT_FIXTURE as FIXTURE, load_official
+from tests.official import VSRT_FIXTURE as FIXTURE
+from tests.official import load_official
 from tests.strategies import batches, frames, sizes
 from vsrblocks import OfficialPositionEncoding3D, SinCosPositionEncoding3D, sincos_position_encoding_3d
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +96,7 @@ def _fusable(conv: nn.Conv2d, *tensors: torch.Tensor) -> bool:
         return False
     padding, stride, dilation, groups = _conv_args(conv)
     backend = torch._C._select_conv_backend(tensors[0], conv.weight, conv.bias, stride, padding, dilation, False, [0, 0], groups, None)
-    return backend == torch._C._ConvBackend.Mkldnn
+    return cast(bool, backend == torch._C._ConvBackend.Mkldnn)  # type: ignore[attr-defined]
 
 
 def _surely_no_nan(conv: nn.Conv2d, x: torch.Tensor) -> bool:
@@ -117,7 +117,8 @@ def _largest_magnitude(t: torch.Tensor) -> float:
 
 
 def _conv_args(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
-    return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
+    padding = cast(tuple[int, ...], conv.padding)  # integer padding: _fusable checks it
+    return list(padding), list(conv.stride), list(conv.dilation), conv.groups
 
 
 def conv2d_activation(
@@ -149,7 +150,7 @@ def conv2d_activation(
         y = conv(x)
         return F.relu(y) if activation == "relu" else F.leaky_relu(y, negative_slope)
     scalars = [] if activation == "relu" else [negative_slope]
-    return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, *_conv_args(conv), activation, scalars, "")
+    return cast(torch.Tensor, torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, *_conv_args(conv), activation, scalars, ""))
 
 
 def conv2d_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -172,11 +173,12 @@ def conv2d_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.T
     if not _fusable(conv, x, other):
         y = conv(x)
         _check_residual(other, y.shape)
-        return other + y
+        return cast(torch.Tensor, other + y)
     _check_residual(other, _output_shape(conv, x))
-    return torch.ops.mkldnn._convolution_pointwise.binary(
+    out: torch.Tensor = torch.ops.mkldnn._convolution_pointwise.binary(
         x, other, conv.weight, conv.bias, *_conv_args(conv), "add", None, None, [], None
     )
+    return out
 
 
 def _check_residual(other: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -188,6 +190,8 @@ def _output_shape(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, ...]:
     """The convolution's output shape, without running it (integer padding, as :func:`_fusable` requires)."""
     sizes = [
         (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
-        for size, pad, dil, kernel, stride in zip(x.shape[-2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride)
+        for size, pad, dil, kernel, stride in zip(
+            x.shape[-2:], cast(tuple[int, ...], conv.padding), conv.dilation, conv.kernel_size, conv.stride
+        )
     ]
     return (x.shape[0], conv.out_channels, *sizes)

@@ -24,6 +24,8 @@ What we match, from ``basicsr/metrics/psnr_ssim.py`` and ``basicsr/utils/color_u
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from vsrblocks.shapes import check_shape
@@ -182,5 +184,5 @@ def ssim(
     cov = xy - mu_xy
     ssim_map = ((2 * mu_xy + c1) * (2 * cov + c2)) / ((mu_sq + c1) * (variances + c2))
     result = ssim_map.mean(dim=(1, 2, 3))
-    return result[0] if single else result
+    return cast(torch.Tensor, result[0] if single else result)
 

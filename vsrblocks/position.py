@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -97,9 +98,9 @@ class _CachedEncoding(nn.Module, ABC):
             self._cache.move_to_end(key)
         return cached.unsqueeze(0).expand(batch, -1, -1, -1, -1)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
         self._cache.clear()  # .to()/.half(): entries are rebuilt on the new device/dtype
-        return super()._apply(fn, recurse)
+        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
 
 
 class SinCosPositionEncoding3D(_CachedEncoding):

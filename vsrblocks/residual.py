@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -75,14 +76,14 @@ class ResidualBlockNoBN(nn.Module):
             if not self.pytorch_init:
                 nn.init.kaiming_normal_(conv.weight, a=0, mode="fan_in")
                 conv.weight.data.mul_(0.1)
-                nn.init.zeros_(conv.bias)
+                nn.init.zeros_(cast(torch.Tensor, conv.bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", C=self.channels)
         hidden = conv2d_activation(self.conv1, x, "relu")
         if self.res_scale == 1:  # a multiplication by 1 is exact but still a full pass over the features
             return conv2d_add(self.conv2, hidden, x)
-        return x + self.res_scale * self.conv2(hidden)
+        return cast(torch.Tensor, x + self.res_scale * self.conv2(hidden))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, res_scale={self.res_scale}"
@@ -127,7 +128,7 @@ class ResidualDenseBlock(nn.Module):
         features = [x]
         for conv in self.layers:
             features.append(F.relu(conv(torch.cat(features, dim=1))))
-        return x + self.fusion(torch.cat(features, dim=1))
+        return cast(torch.Tensor, x + self.fusion(torch.cat(features, dim=1)))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, growth_rate={self.growth_rate}, num_layers={self.num_layers}"

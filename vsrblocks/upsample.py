@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import cast
 
 import torch
 from torch import nn
@@ -72,7 +73,7 @@ class _UpsampleStage(nn.Module):
         self.act = act_layer() if act_layer is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.shuffle(self.conv(x)))
+        return cast(torch.Tensor, self.act(self.shuffle(self.conv(x))))
 
 
 def _factors(scale: int) -> list[int]:
@@ -167,11 +168,11 @@ class PixelShuffleUpsampler(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for stage in self.stages:
+        for stage in cast(list[_UpsampleStage], self.stages):
             stage.conv.reset_parameters()
             if self.icnr:
                 icnr_(stage.conv.weight, stage.factor)
-                nn.init.zeros_(stage.conv.bias)
+                nn.init.zeros_(cast(torch.Tensor, stage.conv.bias))
         for conv in (self.conv_hr, self.conv_last):
             if conv is not None:
                 conv.reset_parameters()

@@ -24,7 +24,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 # torch, numpy and the training code are imported inside the functions that use them, so that
@@ -205,7 +204,7 @@ def _side_by_side(bicubic: torch.Tensor, sr: torch.Tensor, gt: torch.Tensor, lab
         x0 = k * (w + gap)
         draw.text((x0 + 2, 2), label, fill=(0, 0, 0), font=font)
         canvas.paste(_to_image(img), (x0, label_h))
-        zoom = _to_image(img[:, top : top + ch, left : left + cw]).resize((2 * cw, 2 * ch), Image.NEAREST)
+        zoom = _to_image(img[:, top : top + ch, left : left + cw]).resize((2 * cw, 2 * ch), Image.Resampling.NEAREST)
         canvas.paste(zoom.crop((0, 0, w, 2 * ch)), (x0, label_h + h + gap))
         draw.rectangle([x0 + left, label_h + top, x0 + left + cw - 1, label_h + top + ch - 1], outline=(255, 0, 0))
     canvas.save(path)
@@ -292,6 +291,7 @@ def run_demo(settings: DemoSettings) -> dict[str, dict[str, float]]:
     summary = {k: {m: float(np.mean([r[m] for r in v])) for m in v[0]} for k, v in results.items()}
     name = f"{settings.model} ({settings.preset})"
     bic_psnr, sr_psnr = summary["bicubic"]["psnr_y"], summary["model"]["psnr_y"]
+    assert panels is not None  # the middle centre always sets them
     _side_by_side(*panels, labels=(f"bicubic {bic_psnr:.2f} dB", f"{name} {sr_psnr:.2f} dB", "ground truth"), path=out_dir / "side_by_side.png")
 
     table = _table(summary, name, len(centres), held, steps, train_seconds)

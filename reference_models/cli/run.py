@@ -34,7 +34,13 @@ from fractions import Fraction
 from pathlib import Path
 
 from reference_models.cli.options import (
-    Interrupted, UserError, add_model_options, build_model, models_epilog, print_warning, signals_interrupt,
+    Interrupted,
+    UserError,
+    add_model_options,
+    build_model,
+    models_epilog,
+    print_warning,
+    signals_interrupt,
 )
 
 __all__ = ["MIN_TILE", "build_parser", "main"]
@@ -319,7 +325,7 @@ def _run(args: argparse.Namespace) -> int:
     with _open_output(args, source, scale) as writer, tqdm(
         total=len(source), unit="frame", disable=args.quiet or sweeps is not None, dynamic_ncols=True
     ) as bar:
-        done = getattr(writer, "done", set())
+        done: set[str] = getattr(writer, "done", set())
         skip = {i for i, name in enumerate(source.names) if name in done}
         if stream_options is not None:
             # frames[i] from the source itself: a folder reads any frame again, a video is decoded once into the store

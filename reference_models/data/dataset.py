@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -30,7 +31,15 @@ from torch.utils.data import Dataset
 
 from reference_models.data.dataset_error import DatasetError
 from reference_models.data.degradation import DEGRADATIONS, degradation_margin, degrade
-from reference_models.io.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FolderSource, VideoIOError, VideoSource, _to_rgb8, natural_key
+from reference_models.io.video import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    FolderSource,
+    VideoIOError,
+    VideoSource,
+    _to_rgb8,
+    natural_key,
+)
 
 __all__ = ["check_lr_pairs", "Clip", "FrameCache", "FrameListClip", "FrameFolderClip", "VideoFileClip", "TensorClip", "load_clips", "TrainClips", "ValClips"]
 
@@ -329,7 +338,7 @@ class TrainClips(Dataset):
         if self._sizes[k] is None:
             h, w = self.clips[k].frame_size
             self._sizes[k] = (h - h % self.scale, w - w % self.scale)
-        return self._sizes[k]
+        return cast(tuple[int, int], self._sizes[k])
 
     def generator(self, index: int) -> torch.Generator:
         """The generator sample ``index`` draws from, seeded with ``(seed, index)`` through numpy's SeedSequence."""

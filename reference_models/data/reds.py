@@ -58,5 +58,5 @@ def reds(
     hr = [FrameFolderClip(f, cache=cache) for f in folders]
     lr_root = root / f"{folder}_bicubic" / f"X{scale}"
     if degradation != "bi" or not lr_root.is_dir():
-        return VideoSet(name, hr, scale=scale)
-    return VideoSet(name, hr, paired_lr_folders(hr, lr_root, cache), lr_root, scale)
+        return VideoSet(name, list(hr), scale=scale)
+    return VideoSet(name, list(hr), paired_lr_folders(hr, lr_root, cache), lr_root, scale)

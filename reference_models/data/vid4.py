@@ -30,5 +30,5 @@ def vid4(root: str | Path, degradation: str = "bi", scale: int = 4, cache: Frame
     hr = [FrameFolderClip(folder, cache=cache) for folder in clip_folders(gt)]
     lr_root = root / f"{degradation.upper()}x{scale}"
     if not lr_root.is_dir():
-        return VideoSet("vid4", hr, scale=scale)
-    return VideoSet("vid4", hr, paired_lr_folders(hr, lr_root, cache), lr_root, scale)
+        return VideoSet("vid4", list(hr), scale=scale)
+    return VideoSet("vid4", list(hr), paired_lr_folders(hr, lr_root, cache), lr_root, scale)

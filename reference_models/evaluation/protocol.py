@@ -51,7 +51,7 @@ def bicubic_upscaler(scale: int = 4) -> Upscaler:
 def frame_metrics(sr: torch.Tensor, hr: torch.Tensor, crop_border: int = 0) -> dict[str, float]:
     """PSNR and SSIM of one 8-bit ``(3, H, W)`` frame pair, on the Y channel and on RGB."""
     x, y = sr.unsqueeze(0), hr.unsqueeze(0)
-    options = {"crop_border": crop_border, "max_value": 255.0}
+    options: dict[str, Any] = {"crop_border": crop_border, "max_value": 255.0}
     return {
         "psnr_y": float(psnr(x, y, test_y_channel=True, **options)[0]),
         "ssim_y": float(ssim(x, y, test_y_channel=True, **options)[0]),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import cast
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ class InferenceModel(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.num_frames, self.scale, self.output_mode = int(model.num_frames), int(model.scale), str(model.output_mode)
+        self.num_frames, self.scale, self.output_mode = int(cast(int, model.num_frames)), int(cast(int, model.scale)), str(model.output_mode)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         out = self.model(lr)
@@ -55,7 +56,7 @@ def example_clip(model: nn.Module, height: int = 34, width: int = 38, batch: int
     a batch of 1: hence batch 2).
     """
     generator = torch.Generator().manual_seed(0)
-    return torch.rand(batch, int(model.num_frames), 3, height, width, generator=generator)
+    return torch.rand(batch, int(cast(int, model.num_frames)), 3, height, width, generator=generator)
 
 
 def export_program(model: nn.Module, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:

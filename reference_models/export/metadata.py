@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import cast
 
 from torch import nn
 
@@ -22,7 +23,7 @@ _REQUIRED = ("num_frames", "scale", "output_mode")
 def model_metadata(model: nn.Module, **extra: object) -> dict[str, str]:
     """``{"num_frames", "scale", "output_mode", "model", "preset", ...extra}`` of ``model``, as strings."""
     spec = getattr(model, "model_spec", None) or {}
-    out = {"num_frames": str(int(model.num_frames)), "scale": str(int(model.scale)), "output_mode": str(model.output_mode)}
+    out = {"num_frames": str(int(cast(int, model.num_frames))), "scale": str(int(cast(int, model.scale))), "output_mode": str(model.output_mode)}
     if spec:
         out["model"], out["preset"] = str(spec.get("name")), str(spec.get("preset"))
     out.update({key: str(value) for key, value in extra.items()})

@@ -100,6 +100,7 @@ def export_onnx(
         verbose=False,
         optimize=False,  # see the module docstring
     )
+    assert onnx_program is not None  # None only from the TorchScript-based exporter (dynamo=False)
     metadata = model_metadata(model, input_sizes=", ".join(f"{k}: {v}" for k, v in constraints.items()))
     onnx_program.model.metadata_props.update(metadata)
     onnx_program.save(os.fspath(path), external_data=False)

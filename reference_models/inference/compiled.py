@@ -12,6 +12,7 @@ frozen weights ignore later changes to the parameters.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -39,5 +40,5 @@ def compile_model(
         >>> fast.num_frames, fast.scale
         (7, 4)
     """
-    options = {"freezing": freezing} if backend == "inductor" else None
-    return torch.compile(model.eval(), dynamic=dynamic, backend=backend, options=options)
+    options: dict[str, Any] | None = {"freezing": freezing} if backend == "inductor" else None
+    return cast(nn.Module, torch.compile(model.eval(), dynamic=dynamic, backend=backend, options=options))

@@ -15,7 +15,7 @@ Elementwise work (activations, softmax, interpolation, normalisation) is in neit
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ def _module_macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int
         return 0
     if isinstance(module, nn.Linear):
         return out.numel() * module.in_features
-    weight = module.weight
+    weight = cast(torch.Tensor, module.weight)
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
         # Each input element is multiplied by C_out / groups * prod(kernel) weights.
         return inputs[0].numel() * weight.shape[1] * math.prod(weight.shape[2:])

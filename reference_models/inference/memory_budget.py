@@ -20,6 +20,7 @@ import re
 import warnings
 import weakref
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -145,7 +146,7 @@ def estimate_memory(
     small, large = _probe_sizes(model) if probe_sizes is None else probe_sizes
     if not 0 < small < large:
         raise ValueError(f"probe_sizes must be increasing and positive, got {probe_sizes}")
-    frames = int(model.num_frames)
+    frames = int(cast(int, model.num_frames))
     peaks = [_probe(model, (batch, frames, 3, s, s), device, dtype) for s in (small, large)]
     per_pixel = max(0.0, (peaks[1] - peaks[0]) / (large**2 - small**2))
     return MemoryEstimate(fixed=max(0.0, peaks[0] - per_pixel * small**2), per_pixel=per_pixel)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Container, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -139,21 +139,23 @@ def forward_tiled(model: nn.Module, clip: torch.Tensor, tile: int, tile_overlap:
         - Output: the model's output for the whole frame, ``(..., scale * H, scale * W)``
     """
     dims = check_shape(clip, "B T C H W", name="clip")
-    height, width, scale = dims["H"], dims["W"], int(model.scale)
+    height, width, scale = dims["H"], dims["W"], int(cast(int, model.scale))
     rows, cols = tile_spans(height, tile, tile_overlap), tile_spans(width, tile, tile_overlap)
-    out = total = None
+    out: torch.Tensor | None = None
+    total: torch.Tensor | None = None
     for y0, y1 in rows:
         wy = _blend_weights(y0, y1, height, tile_overlap, scale)
         for x0, x1 in cols:
             wx = _blend_weights(x0, x1, width, tile_overlap, scale)
             part = _model_output(model, clip[..., y0:y1, x0:x1]).float()
             weight = (wy[:, None] * wx[None, :]).to(part)
-            if out is None:
+            if out is None or total is None:
                 out = part.new_zeros(*part.shape[:-2], scale * height, scale * width)
                 total = part.new_zeros(scale * height, scale * width)
             region = (..., slice(scale * y0, scale * y1), slice(scale * x0, scale * x1))
             out[region] += part * weight
             total[region[1:]] += weight
+    assert out is not None and total is not None  # tile_spans gives at least one row and one column
     return out / total
 
 
@@ -174,7 +176,7 @@ def minimum_tile(model: nn.Module) -> int:
 
     need = 1
     for module in model.modules():
-        sizes = (getattr(module, "tile_size", None), getattr(module, "patch_size", None))
+        sizes: tuple[object, ...] = (getattr(module, "tile_size", None), getattr(module, "patch_size", None))
         levels = getattr(module, "num_levels", None)
         if isinstance(levels, int) and not isinstance(module, SPyNet):
             sizes += (2 ** (levels - 1),)
@@ -256,12 +258,12 @@ def _clip_plan(
     centre = (num_frames - 1) / 2
     start, kept_from = 0, 0
     while True:
-        following = start + stride
-        if not frames.has(following + num_frames - 1):
-            last = frames.length - num_frames
+        following: int | None = start + stride
+        if not frames.has(start + stride + num_frames - 1):
+            last = cast(int, frames.length) - num_frames  # known once a frame is missing
             following = last if last > start else None
         if following is None:
-            yield list(range(start, start + num_frames)), kept_from, frames.length
+            yield list(range(start, start + num_frames)), kept_from, cast(int, frames.length)
             return
         kept_to = math.floor((start + following) / 2 + centre) + 1
         yield list(range(start, start + num_frames)), kept_from, kept_to
@@ -270,7 +272,7 @@ def _clip_plan(
 
 def _model_attributes(model: nn.Module) -> tuple[int, int, str]:
     try:
-        num_frames, scale, mode = int(model.num_frames), int(model.scale), str(model.output_mode)
+        num_frames, scale, mode = int(cast(int, model.num_frames)), int(cast(int, model.scale)), str(model.output_mode)
     except AttributeError as exc:
         raise ValueError(
             f"{type(model).__name__} lacks the reference-model attributes num_frames, scale and output_mode"
@@ -401,7 +403,7 @@ def upscale_frames(
             i += 1
             # Skipped frames flush at once, so that a long skipped stretch holds no frames in memory.
             if len(pending) in (0, batch) or not buffer.has(i):
-                out = run(pending) if pending else []
+                out: torch.Tensor | list[torch.Tensor] = run(pending) if pending else []
                 yield from (None if k is None else out[k] for k in order)
                 pending, order = [], []
                 buffer.drop_before(i - before)
@@ -454,7 +456,10 @@ def upscale_clip(
     Args:
         model: a reference model in eval mode.
         clip: frames in [0, 1] (float) or [0, 255] (uint8).
-        tile, tile_overlap, batch, clip_stride: as for :func:`upscale_frames`.
+        tile: as for :func:`upscale_frames`.
+        tile_overlap: as for :func:`upscale_frames`.
+        batch: as for :func:`upscale_frames`.
+        clip_stride: as for :func:`upscale_frames`.
         progress: show a tqdm progress bar.
         max_seq_len, seq_overlap, max_bytes: recurrent models, as for :func:`upscale_frames`: by default the
             whole clip is one sequence, its features spilled to disk beyond ``max_bytes``.

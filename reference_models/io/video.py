@@ -404,7 +404,8 @@ class VideoWriter(FrameWriter):
         codec: video encoder (default: libx264 where available, else mpeg4).
         crf: quality of the encoders in :data:`CRF_CODECS` (default 17 for those; lower is better).
         pix_fmt: pixel format of the encoded video (default yuv420p, yuv444p for odd frame sizes).
-        time_base, pts: the input video's time base and frame timestamps, kept exactly.
+        time_base: the input video's time base, kept exactly.
+        pts: the input video's frame timestamps, kept exactly.
         copy_from: a video whose audio and subtitle streams are copied (``None``: video only).
     """
 
@@ -439,9 +440,9 @@ class VideoWriter(FrameWriter):
             self.tmp = create_partial_file(self.path)
         except OSError as exc:
             raise VideoIOError(f"cannot write to '{self.path.parent}': {exc}") from exc
-        self.container = None
-        self.stream = None
-        self.source = None
+        self.container: Any = None
+        self.stream: Any = None
+        self.source: Any = None
         self.frames = 0
 
     def _check_options(self, crf: int | None, pix_fmt: str | None) -> None:
@@ -476,7 +477,7 @@ class VideoWriter(FrameWriter):
     def _add_side_streams(self) -> None:
         """Output streams for the audio and subtitle streams of :attr:`copy_from`; starts their demuxer."""
         self.source = self.av.open(str(self.copy_from))
-        self.side: dict[int, tuple[object, bool]] = {}  # input index: (output stream, re-encode)
+        self.side: dict[int, tuple[Any, bool]] = {}  # input index: (output stream, re-encode)
         what = f"'{self.copy_from}'"
         for stream in self.source.streams:
             if stream.type not in ("audio", "subtitle"):

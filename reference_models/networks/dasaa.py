@@ -10,7 +10,7 @@ coherence; "FLOPS" 6.39 G. Everything else is an assumption, exposed as a constr
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -219,7 +219,7 @@ class DASAA(nn.Module):
         reference = repeat(clip[:, self.center_index], "b c h w -> (b k) c h w", k=pairs)
         neighbours = rearrange(self._neighbours(clip), "b k c h w -> (b k) c h w")
         forward, reverse, mask = (
-            rearrange(t, "b k ... -> (b k) ...")
+            rearrange(cast(torch.Tensor, t), "b k ... -> (b k) ...")  # set in training with aux_losses
             for t in (alignment.forward_attention, alignment.reverse_attention, alignment.mask)
         )
         return parallax_losses(forward, reverse, reference, neighbours, mask)

@@ -13,7 +13,7 @@ Everything else is an assumption, exposed as a constructor argument.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -80,12 +80,13 @@ class FeatureFlowEstimator(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for module in self.basic_module:
+        for module in cast(list[nn.Sequential], self.basic_module):
             for layer in module:
                 if isinstance(layer, nn.Conv2d):
                     layer.reset_parameters()
-            nn.init.zeros_(module[-1].weight)
-            nn.init.zeros_(module[-1].bias)
+            last = cast(nn.Conv2d, module[-1])
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(cast(torch.Tensor, last.bias))
 
     def forward(self, ref: torch.Tensor, supp: torch.Tensor) -> torch.Tensor:
         dims = check_shape(ref, "B C H W", name="ref", C=self.channels)
@@ -265,7 +266,7 @@ class MAFnet(nn.Module):
         self.gff = nn.Sequential(nn.Conv2d(num_rdbs * c, c, 1), nn.Conv2d(c, c, 3, padding=1))
 
         # 2. multi-attention branch
-        ca_kwargs = dict(reduction=ca_reduction, pooling="avg+max", kernel_size=ca_kernel_size, shared=shared_mlp)
+        ca_kwargs: dict[str, Any] = dict(reduction=ca_reduction, pooling="avg+max", kernel_size=ca_kernel_size, shared=shared_mlp)
         self.mab_ca = ChannelAttention(c, **ca_kwargs)
         self.mab_sa = SpatialAttention(c, edvr_exact=edvr_exact, negative_slope=negative_slope)
         self.mab_self_attention = PositionAttention(c, reduction=self_attention_reduction)
@@ -276,7 +277,7 @@ class MAFnet(nn.Module):
         self.afb_g = nn.Conv2d(2 * c, c, 1)
         if flow_net == "feature":
             self.afb_phi = nn.Conv2d(2 * c, flow_channels, 1)
-            self.flow_net = FeatureFlowEstimator(flow_channels, flow_levels, tuple(flow_hidden_channels))
+            self.flow_net: nn.Module = FeatureFlowEstimator(flow_channels, flow_levels, tuple(flow_hidden_channels))
         else:
             from vsrblocks.align.spynet import SPyNet  # optional dependency of this variant only
 

@@ -19,6 +19,7 @@ Differences from the official code (numerically the same computation wherever th
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,8 +55,11 @@ class MANA(nn.Module):
         num_frames: input frames (paper 7); the centre frame ``num_frames // 2`` is super-resolved.
         num_groups: GroupNorm groups in the attention block (official 32).
         init_sigma: initial Gaussian width (LR pixels) of the cross-frame attention.
-        chunk_size, window_sigmas, window_radius, checkpoint: attention options, see
-            :class:`~vsrblocks.attention.GaussianCrossFrameAttention` (defaults: exact, automatic chunks).
+        chunk_size: attention option, see :class:`~vsrblocks.attention.GaussianCrossFrameAttention` (default:
+            automatic chunks).
+        window_sigmas: attention option, as ``chunk_size`` (default: exact, no truncation).
+        window_radius: attention option, as ``chunk_size``.
+        checkpoint: attention option, as ``chunk_size``.
         hr_channels: width of the HR head after the second pixel shuffle (official: hard-coded 64).
         zero_init: zero-initialise the attention output convs ``W_z`` / ``W_z1`` (paper).
 
@@ -223,7 +227,7 @@ def from_official(
         ours = official_key_map(key)
         if ours is not None:
             converted[ours] = value
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "channels": in_channels,
         "encoder_blocks": encoder_nblocks,
         "decoder_blocks": decoder_nblocks,
@@ -235,7 +239,7 @@ def from_official(
     model = MANA(**kwargs)
     load_state_dict_checked(model, converted, what="official MANA state_dict")
     # a checkpoint saved from this model rebuilds it with create_model("mana", "paper", **kwargs)
-    model.model_spec = {"name": "mana", "preset": "paper", "overrides": kwargs}
+    model.model_spec = {"name": "mana", "preset": "paper", "overrides": kwargs}  # type: ignore[assignment]
     return model.eval()
 
 

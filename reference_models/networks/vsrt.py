@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -64,9 +64,11 @@ class VSRTLayer(nn.Module):
 
     Args:
         channels: feature channels C.
-        patch_size, num_heads: of the :class:`~vsrblocks.attention.STCSA` block.
+        patch_size: of the :class:`~vsrblocks.attention.STCSA` block.
+        num_heads: of the :class:`~vsrblocks.attention.STCSA` block.
         boff_blocks: residual blocks per :class:`~vsrblocks.align.BOFF` branch.
-        norm, feat_size: the frame normalisation, see :class:`VSRT`.
+        norm: the frame normalisation, see :class:`VSRT`.
+        feat_size: of the frame normalisation, see :class:`VSRT`.
         attn_residual: STCSA's internal residual (official quirk).
 
     Shape:
@@ -254,7 +256,7 @@ class VSRT(nn.Module):
         return (out + base).unflatten(0, (batch, frames)).contiguous()
 
     def _forward_tiled(self, x: torch.Tensor) -> torch.Tensor:
-        tile, s = self.tile_size, self.scale
+        tile, s = cast(int, self.tile_size), self.scale
         height, width = x.shape[-2:]
         pad_h, pad_w = max(tile - height, 0), max(tile - width, 0)
         if pad_h or pad_w:
@@ -406,7 +408,7 @@ def from_official(
     }
     model = VSRT(**kwargs)
     # a checkpoint saved from this model rebuilds it with create_model("vsrt", "paper", **kwargs)
-    model.model_spec = {"name": "vsrt", "preset": "paper", "overrides": kwargs}
+    model.model_spec = {"name": "vsrt", "preset": "paper", "overrides": kwargs}  # type: ignore[assignment]
     for wrapper in ("params_ema", "params", "state_dict"):
         if isinstance(state_dict.get(wrapper), Mapping):
             state_dict = state_dict[wrapper]

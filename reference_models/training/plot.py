@@ -26,7 +26,7 @@ def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
 
 def plot_curves(
     losses: Sequence[tuple[int, float]],
-    psnrs: Sequence[tuple[int, float]],
+    psnrs: Sequence[tuple[float, float]],
     path: str | Path,
     baseline: float | None = None,
 ) -> bool:

@@ -265,7 +265,7 @@ def memory_parameter_names(model: nn.Module) -> set[str]:
         if None in chosen:
             raise ValueError("memory_parameters() returned a tensor that is not a parameter of the model")
         return set(chosen)  # type: ignore[arg-type]
-    names = set()
+    names: set[str] = set()
     for prefix, module in model.named_modules():
         if isinstance(module, MemoryAugmentedAttention):
             names.update(f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters())

@@ -33,22 +33,29 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from reference_models.io import partial_output
 from reference_models.data.degradation import bicubic_upsample
+from reference_models.io import partial_output
 from reference_models.training import distributed
 from reference_models.training.ema import WeightEMA
 from reference_models.training.recipes import DEFAULT_RECIPE, LOSSES, NONFINITE_POLICIES, PAPER_RECIPES
-from reference_models.training.schedule import SCHEDULES, ExtendedSchedule, Schedule, extend_schedule, make_schedule, memory_parameter_names
+from reference_models.training.schedule import (
+    SCHEDULES,
+    ExtendedSchedule,
+    Schedule,
+    extend_schedule,
+    make_schedule,
+    memory_parameter_names,
+)
 from vsrblocks.losses import CharbonnierLoss, L1Loss
 from vsrblocks.metrics import psnr, ssim
 
@@ -174,6 +181,8 @@ class _Objective(nn.Module):
     memory loss and auxiliary losses. ``DistributedDataParallel`` wraps this module, so every tensor a loss
     is taken from is among its outputs (DDP finds the parameters a stage does not use from them)."""
 
+    _forward: Callable[[torch.Tensor], torch.Tensor]
+
     def __init__(self, model: nn.Module, forward: Any) -> None:
         super().__init__()
         self.model = model
@@ -193,7 +202,7 @@ class _Objective(nn.Module):
 
 def _rng_state() -> dict[str, Any]:
     """Every global RNG as tensors and plain types (``weights_only``-loadable)."""
-    np_state = np.random.get_state()
+    np_state = cast(tuple[Any, ...], np.random.get_state())
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
@@ -313,7 +322,8 @@ class Trainer:
             self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         backend = config.compile if isinstance(config.compile, str) else "inductor"
-        self.forward_model = torch.compile(self.model, backend=backend) if config.compile else self.model
+        # torch.compile of a module returns a module (OptimizedModule)
+        self.forward_model = cast(nn.Module, torch.compile(self.model, backend=backend)) if config.compile else self.model
         self._objective = _Objective(self.model, self.forward_model)
         self._train_forward: nn.Module = self._objective
         self.ema = WeightEMA(self.model, config.ema) if config.ema is not None else None
@@ -394,7 +404,7 @@ class Trainer:
         finite = torch.isfinite(loss.detach())
         if self.config.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(grads, self.config.grad_clip)
+            norm: torch.Tensor | None = torch.nn.utils.clip_grad_norm_(grads, self.config.grad_clip)
         else:
             norm = torch.nn.utils.get_total_norm(grads) if grads and not self.scaler.is_enabled() else None
         if norm is not None and not self.scaler.is_enabled():
@@ -433,7 +443,7 @@ class Trainer:
         so every clip is scored once over the group."""
         items = getattr(self.val_data, "items", None)
         if items is None:
-            return list(range(self.rank, len(self.val_data), self.world_size))
+            return list(range(self.rank, len(cast(Sized, self.val_data)), self.world_size))
         return [i for i, (clip, _) in enumerate(items) if clip % self.world_size == self.rank]
 
     @torch.no_grad()
@@ -466,11 +476,11 @@ class Trainer:
             else:
                 row += [0.0] * len(keys)
             sums += torch.tensor([*row, 1.0], dtype=torch.float64, device=self.device)
-        sums = distributed.all_reduce_sum(sums).tolist()
-        count = max(sums[-1], 1.0)
-        result = {k: sums[i] / count for i, k in enumerate(keys)}
+        totals: list[float] = distributed.all_reduce_sum(sums).tolist()
+        count = max(totals[-1], 1.0)
+        result = {k: totals[i] / count for i, k in enumerate(keys)}
         if self._baseline is None:
-            self._baseline = {f"bicubic_{k}": sums[len(keys) + i] / count for i, k in enumerate(keys)}
+            self._baseline = {f"bicubic_{k}": totals[len(keys) + i] / count for i, k in enumerate(keys)}
         return {**result, **self._baseline}
 
     # ------------------------------------------------------------------ loop
@@ -496,7 +506,7 @@ class Trainer:
         loader = DataLoader(
             self.train_data,
             batch_size=cfg.batch_size // self.world_size,
-            sampler=_StepSampler(self.step, stop, cfg.batch_size, len(self.train_data), self.rank, self.world_size),
+            sampler=_StepSampler(self.step, stop, cfg.batch_size, len(cast(Sized, self.train_data)), self.rank, self.world_size),
             num_workers=cfg.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
-from tests.official import VSRT_FIXTURE as FIXTURE, load_official
+from tests.official import VSRT_FIXTURE as FIXTURE
+from tests.official import load_official
 from tests.strategies import batches, frames, seeded_rand, seeded_randn, seeds, sizes
 from vsrblocks.align import BOFF
 from vsrblocks.align.flow_warp import flow_warp

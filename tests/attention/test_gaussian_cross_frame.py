@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
-from tests.official import MANA_FIXTURE as FIXTURE, load_official
+from tests.official import MANA_FIXTURE as FIXTURE
+from tests.official import load_official
 from tests.strategies import batches, seeded_randn, seeds, sizes
 from vsrblocks.attention.gaussian_cross_frame import (
     DEFAULT_CHUNK_BYTES,

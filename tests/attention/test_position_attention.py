@@ -8,9 +8,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reference_models.inference.memory_budget import LiveTensorBytes
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
 from tests.strategies import frame_shapes, seeded_randn, seeds
-from reference_models.inference.memory_budget import LiveTensorBytes
 from vsrblocks.attention import PositionAttention, position_attention
 
 

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
-from tests.official import VSRT_FIXTURE as FIXTURE, load_official
+from tests.official import VSRT_FIXTURE as FIXTURE
+from tests.official import load_official
 from tests.strategies import batches, frames, seeded_randn, seeds, sizes
 from vsrblocks.attention.stcsa import STCSA
 

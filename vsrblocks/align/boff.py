@@ -7,6 +7,8 @@ under ``transformer.layers.{k}.1.fn.fn.`` of an official checkpoint load unchang
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -52,8 +54,8 @@ class ResidualBlocksWithInputConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", C=self.in_channels)
-        conv, activation, blocks = self.main
-        return blocks(conv2d_activation(conv, x, "leaky_relu", activation.negative_slope))
+        conv, activation, blocks = cast(tuple[nn.Conv2d, nn.LeakyReLU, nn.Sequential], tuple(self.main))
+        return cast(torch.Tensor, blocks(conv2d_activation(conv, x, "leaky_relu", activation.negative_slope)))
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}, num_blocks={self.num_blocks}"
@@ -122,12 +124,12 @@ class BOFF(nn.Module):
         backward = self._branch(self.backward_resblocks, x[:, following], flows_backward, lr_frames)
         forward = self._branch(self.forward_resblocks, x[:, preceding], flows_forward, lr_frames)
         out = conv2d_activation(self.fusion, torch.cat((backward, forward), dim=1), "leaky_relu", 0.1)
-        return out.unflatten(0, (batch, frames))
+        return cast(torch.Tensor, out.unflatten(0, (batch, frames)))
 
     def _branch(self, resblocks: nn.Module, neighbours: torch.Tensor, flows: torch.Tensor, lr_frames: torch.Tensor) -> torch.Tensor:
         frames = neighbours.flatten(0, 1)
         warped = flow_warp(frames, flows.flatten(0, 1), padding_mode=self.padding_mode)
-        return resblocks(to_memory_format(torch.cat((lr_frames, warped), dim=1), memory_format_of(frames)))
+        return cast(torch.Tensor, resblocks(to_memory_format(torch.cat((lr_frames, warped), dim=1), memory_format_of(frames))))
 
     def extra_repr(self) -> str:
         return (

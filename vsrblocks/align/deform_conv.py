@@ -41,7 +41,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +108,7 @@ class _GridCoordinate(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, base: torch.Tensor, offset: torch.Tensor, size: int) -> torch.Tensor:
+    def forward(ctx: Any, base: torch.Tensor, offset: torch.Tensor, size: int) -> torch.Tensor:
         ctx.scale = 2.0 / size
         step = max(size, 4) * torch.finfo(offset.dtype).eps
         # In units of step (a power of two: scaling is exact, so base + offset is still rounded once).
@@ -117,7 +117,7 @@ class _GridCoordinate(torch.autograd.Function):
         return torch.add(units.new_tensor(1.0 / size - 1.0), units, alpha=step * ctx.scale)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
         return None, grad * ctx.scale, None
 
 
@@ -132,7 +132,7 @@ def _grid_coordinate(base: torch.Tensor, offset: torch.Tensor, size: int) -> tor
     if _exporting():
         position = (base + offset).clamp(-2.0, size + 1.0)
         return (2.0 * position + 1.0) / size - 1.0
-    return _GridCoordinate.apply(base, offset, size)
+    return cast(torch.Tensor, _GridCoordinate.apply(base, offset, size))
 
 
 def _deform_conv2d_torch(
@@ -214,7 +214,9 @@ def deform_conv2d(
         offset: per-tap sampling displacements in pixels.
         weight: ``(C_out, C_in / groups, kh, kw)``.
         bias: ``(C_out,)`` or ``None``.
-        stride, padding, dilation: as for :func:`torch.nn.functional.conv2d`.
+        stride: as for :func:`torch.nn.functional.conv2d`.
+        padding: as for :func:`torch.nn.functional.conv2d`.
+        dilation: as for :func:`torch.nn.functional.conv2d`.
         mask: modulation scalars (DCNv2), or ``None`` for DCNv1 (all ones).
         backend: ``"torchvision"``, ``"torch"`` (pure PyTorch) or ``"auto"`` (torchvision on CUDA when
             available, pure PyTorch elsewhere).
@@ -232,7 +234,7 @@ def deform_conv2d(
         >>> torch.allclose(out, F.conv2d(x, w, padding=1), atol=1e-5)
         True
     """
-    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    stride, padding, dilation = cast(tuple[tuple[int, int], ...], (_pair(stride), _pair(padding), _pair(dilation)))
     dims = check_shape(x, "B C H W", name="x")
     c_out, c_per_group, kh, kw = check_shape(weight, "O I kh kw", name="weight").values()
     if dims["C"] % c_per_group != 0 or c_out % (dims["C"] // c_per_group) != 0:
@@ -269,7 +271,7 @@ def deform_conv2d(
         )
     else:
         out = _deform_conv2d_torch(x, offset, weight, bias, stride, padding, dilation, mask)
-    return out.to(out_dtype)
+    return cast(torch.Tensor, out.to(out_dtype))
 
 
 class DeformConv2d(nn.Module):
@@ -293,7 +295,10 @@ class DeformConv2d(nn.Module):
     Args:
         in_channels: channels of ``x``.
         out_channels: channels of the output.
-        kernel_size, stride, padding, dilation: of the deformable (and the offset) convolution.
+        kernel_size: of the deformable (and the offset) convolution.
+        stride: of the deformable (and the offset) convolution.
+        padding: of the deformable (and the offset) convolution.
+        dilation: of the deformable (and the offset) convolution.
         groups: convolution groups of the deformable convolution.
         deform_groups: G, groups of input channels sharing one set of offsets and mask.
         guide_channels: channels of ``guide`` (default ``in_channels``).
@@ -363,7 +368,7 @@ class DeformConv2d(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
         nn.init.zeros_(self.conv_offset.weight)
-        nn.init.zeros_(self.conv_offset.bias)
+        nn.init.zeros_(cast(torch.Tensor, self.conv_offset.bias))
 
     def offset_and_mask(self, guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The offsets ``(B, 2 G kh kw, H_out, W_out)`` and mask ``(B, G kh kw, H_out, W_out)`` for ``guide``."""

@@ -11,6 +11,8 @@ it is identical).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -122,19 +124,22 @@ class PCDAlignment(nn.Module):
         for level, (s, g) in enumerate(zip(src, guide)):
             dims = check_shape(s, "B C H W", name=f"src[{level}]", C=self.channels)
             check_shape(g, "B C H W", name=f"guide[{level}]", B=dims["B"], C=self.channels, H=dims["H"], W=dims["W"])
-        offset = feat = None
+        offset: torch.Tensor | None = None
+        feat: torch.Tensor | None = None
         for level in reversed(range(self.num_levels)):
-            block = self.levels[level]
+            block = cast(_PCDLevel, self.levels[level])
             off = self._lrelu(block.offset_conv1(torch.cat((src[level], guide[level]), dim=1)))
             if block.coarsest:
                 off = self._lrelu(block.offset_conv2(off))
                 aligned = block.dcn(src[level], off)
             else:
+                assert offset is not None and feat is not None  # set by the coarser level
                 off = self._lrelu(block.offset_conv2(torch.cat((off, 2 * _up(offset, off)), dim=1)))
                 off = self._lrelu(block.offset_conv3(off))
                 aligned = block.feat_conv(torch.cat((block.dcn(src[level], off), _up(feat, off)), dim=1))
             feat = aligned if level == 0 else self._lrelu(aligned)
             offset = off
+        assert feat is not None  # num_levels >= 1
         if self.cascade:
             off = self._lrelu(self.cas_offset_conv1(torch.cat((feat, guide[0]), dim=1)))
             off = self._lrelu(self.cas_offset_conv2(off))
@@ -208,7 +213,7 @@ class EasyPCD(nn.Module):
     def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``num_levels`` features, finest (``x`` itself) first."""
         levels = [x]
-        for block in self.downsample:
+        for block in cast(list[nn.ModuleDict], self.downsample):
             y = F.leaky_relu(block["conv1"](levels[-1]), self.negative_slope)
             levels.append(F.leaky_relu(block["conv2"](y), self.negative_slope))
         return levels
@@ -226,7 +231,7 @@ class EasyPCD(nn.Module):
         pyr1 = [level[:batch] for level in both]
         pyr2 = [level[batch:] for level in both]
         aligned = torch.cat((self.align_1(pyr1, pyr2), self.align_2(pyr2, pyr1)), dim=1)
-        return self.fusion(aligned)
+        return cast(torch.Tensor, self.fusion(aligned))
 
     # The deformable ConvLSTM calls this twice per time step with the same shapes: torch.compile traces
     # and compiles it once and reuses it, instead of unrolling every call into one huge graph (MAFnet
@@ -243,7 +248,7 @@ class EasyPCD(nn.Module):
         gradients are 0 until ``fusion`` / ``feat_conv`` move). Returns ``self``.
         """
         c = self.channels
-        finest = self.align_2.levels[0]
+        finest = cast(_PCDLevel, self.align_2.levels[0])
         dcn = finest.dcn
         taps = dcn.kernel_size[0] * dcn.kernel_size[1]
         dcn.weight.zero_()
@@ -251,15 +256,16 @@ class EasyPCD(nn.Module):
         if dcn.bias is not None:
             dcn.bias.zero_()
         dcn.conv_offset.weight.zero_()
-        dcn.conv_offset.bias.zero_()
-        dcn.conv_offset.bias[2 * dcn.deform_groups * taps :] = 40.0
+        offset_bias = cast(torch.Tensor, dcn.conv_offset.bias)
+        offset_bias.zero_()
+        offset_bias[2 * dcn.deform_groups * taps :] = 40.0
         if self.num_levels > 1:
             finest.feat_conv.weight.zero_()
             finest.feat_conv.weight[:, :c, 1, 1] = torch.eye(c)
-            finest.feat_conv.bias.zero_()
+            cast(torch.Tensor, finest.feat_conv.bias).zero_()
         self.fusion.weight.zero_()
         self.fusion.weight[:, c:, 0, 0] = torch.eye(c)
-        self.fusion.bias.zero_()
+        cast(torch.Tensor, self.fusion.bias).zero_()
         return self
 
     def extra_repr(self) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -84,13 +84,13 @@ class SPyNetBasicModule(nn.Module):
 
     def reset_parameters(self) -> None:
         # mmcv ConvModule's initialisation, as in MMagic/VSRT.
-        for layer in self.basic_module:
+        for layer in cast(list[_ConvReLU], self.basic_module):
             nn.init.kaiming_normal_(layer.conv.weight, a=0, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(layer.conv.bias)
+            nn.init.zeros_(cast(torch.Tensor, layer.conv.bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", name="x", C=self.channels[0])
-        return self.basic_module(x)
+        return cast(torch.Tensor, self.basic_module(x))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
@@ -125,6 +125,9 @@ class SPyNet(nn.Module):
         torch.Size([2, 2, 23, 37])
     """
 
+    mean: torch.Tensor  # buffers (ImageNet normalisation), registered in __init__
+    std: torch.Tensor
+
     num_levels = 6
 
     def __init__(self, hidden_channels: tuple[int, ...] = _SPYNET_HIDDEN) -> None:
@@ -136,7 +139,7 @@ class SPyNet(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def reset_parameters(self) -> None:
-        for module in self.basic_module:
+        for module in cast(list[SPyNetBasicModule], self.basic_module):
             module.reset_parameters()
 
     # ------------------------------------------------------------------ forward
@@ -173,7 +176,7 @@ class SPyNet(nn.Module):
                 flow = 2.0 * F.interpolate(flow, size=refs[level].shape[-2:], mode="bilinear", align_corners=True)
             warped = flow_warp(supps[level], flow, padding_mode="border")
             flow = flow + module(torch.cat((refs[level], warped, flow), dim=1))
-        return flow
+        return cast(torch.Tensor, flow)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -247,7 +250,7 @@ class SPyNet(nn.Module):
                 )
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # type: ignore[override]
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """Load MMagic/VSRT or BasicSR weights (see :meth:`convert_state_dict`).
 
         Raises:
@@ -262,7 +265,7 @@ class SPyNet(nn.Module):
     def stored_hidden_channels(state_dict: Mapping[str, Any]) -> tuple[int, ...] | None:
         """The hidden widths of the basic modules in a state_dict converted by :meth:`convert_state_dict`
         (output channels of level 0's convolutions but the last), or ``None`` if it holds no such weights."""
-        widths = []
+        widths: list[int] = []
         while (weight := state_dict.get(f"basic_module.0.basic_module.{len(widths)}.conv.weight")) is not None:
             widths.append(int(weight.shape[0]))
         return tuple(widths[:-1]) if len(widths) > 1 else None

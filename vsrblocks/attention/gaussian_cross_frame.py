@@ -13,6 +13,7 @@ working set bounded by one chunk, in the forward *and* (by recomputing each chun
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -308,7 +309,10 @@ class _FusedAttention(torch.autograd.Function):
     tensors linear in the number of pixels (plus one query chunk's bias)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, sigma, height, width, radius, chunk_size):  # noqa: D102
+    def forward(  # noqa: D102
+        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, height: int, width: int,
+        radius: float | None, chunk_size: int,
+    ) -> torch.Tensor:
         out, lse0, lse1 = _fused_attention(q, k, v, sigma, height, width, radius, chunk_size)
         ctx.save_for_backward(q, k, v, sigma, out, lse0, lse1)
         ctx.geometry = (height, width, radius, chunk_size)
@@ -316,7 +320,7 @@ class _FusedAttention(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # noqa: D102
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: D102
         q, k, v, sigma, out, lse0, lse1 = ctx.saved_tensors
         sigma = sigma.detach().requires_grad_(ctx.needs_input_grad[3])
         grads = _fused_backward(grad.contiguous(), q, k, v, sigma, out, lse0, lse1, *ctx.geometry)
@@ -444,7 +448,7 @@ def gaussian_cross_frame_attention(
             out = _FusedAttention.apply(q, k, v, sigma, h, w, radius, fused_chunk)
         else:
             out = _fused_attention(q, k, v, sigma, h, w, radius, fused_chunk)[0]
-        return rearrange(out, "b t (h w) c -> b (t c) h w", h=h)
+        return cast(torch.Tensor, rearrange(out, "b t (h w) c -> b (t c) h w", h=h))
     reads = []
     for start in [0] if exporting else range(0, n, chunk_size):
         stop = n if exporting else min(start + chunk_size, n)
@@ -567,7 +571,7 @@ class GaussianCrossFrameAttention(nn.Module):
             conv.reset_parameters()
         if self.zero_init:
             nn.init.zeros_(self.W_z.weight)
-            nn.init.zeros_(self.W_z.bias)
+            nn.init.zeros_(cast(torch.Tensor, self.W_z.bias))
         with torch.no_grad():
             self.std.fill_(self.init_sigma)
 
@@ -582,7 +586,7 @@ class GaussianCrossFrameAttention(nn.Module):
     def normalize(self, clip: torch.Tensor) -> torch.Tensor:
         """GroupNorm of every frame separately: ``(B, T, C, H, W) -> (B, T, C, H, W)``."""
         self._check(clip)
-        return self.norm(clip.flatten(0, 1)).unflatten(0, clip.shape[:2])
+        return cast(torch.Tensor, self.norm(clip.flatten(0, 1)).unflatten(0, clip.shape[:2]))
 
     def attend(self, normed: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Read-outs for given normalised frames and queries: ``(B, T, C, H, W)``, ``(B, Ci, H, W)`` ->
@@ -609,7 +613,7 @@ class GaussianCrossFrameAttention(nn.Module):
         return self.attend(normed, self.phi(normed[:, self.center_index]))
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
-        return self.W_z(self.readout(clip))
+        return cast(torch.Tensor, self.W_z(self.readout(clip)))
 
     def extra_repr(self) -> str:
         parts = [

@@ -10,7 +10,7 @@ and 1(d)). Parameter names (``rb``, ``b1``, ``b2``, ``b3``, ``fusion``) follow P
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ class LeakyResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", C=self.channels)
-        return x + self.body(x)
+        return cast(torch.Tensor, x + self.body(x))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
@@ -201,7 +201,7 @@ def local_attention(
         attn = torch.softmax(logits, dim=-1)
         weights.append(attn.squeeze(2))
         if value_padded is not None:
-            v = rearrange(F.unfold(value_padded[:, :, band], size), "b (e k) n -> b n k e", e=value.shape[1])
+            v = rearrange(F.unfold(value_padded[:, :, band], size), "b (e k) n -> b n k e", e=value_padded.shape[1])
             outputs.append(rearrange(attn @ v, "b (h w) 1 e -> b e h w", w=w))
     attn_all = torch.cat(weights, dim=1)
     # fold sums the weight of query i for window offset o into key pixel i + o: the column sums.
@@ -443,14 +443,14 @@ class MaskedSelfAttention(nn.Module):
             )
         result = AlignmentOutput(fused, warped, mask, *maps)
         if several:  # split by K, not B: an empty batch leaves nothing to divide by
-            return AlignmentOutput(*(None if t is None else rearrange(t, "(b k) ... -> b k ...", k=k) for t in result))
+            return AlignmentOutput._make(None if t is None else rearrange(t, "(b k) ... -> b k ...", k=k) for t in result)
         return result
 
     def _clean(self, mask: torch.Tensor) -> torch.Tensor:
         # The clean-up is data dependent; on the meta device (shape-only tracing, FLOP counts) it is skipped.
         if self.mask is None or mask.device.type == "meta":
             return mask
-        return self.mask(mask)
+        return cast(torch.Tensor, self.mask(mask))
 
     def forward(self, query: torch.Tensor, key_value: torch.Tensor | None = None) -> torch.Tensor:
         return self.align(query, key_value).output

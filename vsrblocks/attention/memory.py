@@ -12,6 +12,8 @@ Yu, Liu, Bo, Mei, "Memory-Augmented Non-Local Attention for Video Super-Resoluti
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -137,14 +139,14 @@ class MemoryAugmentedAttention(nn.Module):
         self.W_z1.reset_parameters()
         if self.zero_init:
             nn.init.zeros_(self.W_z1.weight)
-            nn.init.zeros_(self.W_z1.bias)
+            nn.init.zeros_(cast(torch.Tensor, self.W_z1.bias))
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
         """``phi(norm(x))``: ``(B, C, H, W) -> (B, Ci, H, W)`` (only with ``project_query=True``)."""
         if not self.project_query:
             raise RuntimeError("this block was built with project_query=False: pass the query to forward/read")
         check_shape(x, "B C H W", name="frame", C=self.channels)
-        return self.phi(self.norm(x))
+        return cast(torch.Tensor, self.phi(self.norm(x)))
 
     def read(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory read-out (input of ``W_z1``) and memory loss for queries ``(B, Ci, H, W)``."""
@@ -189,8 +191,10 @@ class MANAAttention(nn.Module):
         inter_channels: Ci (default ``channels // 2``).
         num_groups: GroupNorm groups (official 32).
         init_sigma: initial Gaussian width in pixels.
-        chunk_size, window_sigmas, window_radius, checkpoint: see
-            :class:`~vsrblocks.attention.GaussianCrossFrameAttention`.
+        chunk_size: see :class:`~vsrblocks.attention.GaussianCrossFrameAttention`.
+        window_sigmas: see :class:`~vsrblocks.attention.GaussianCrossFrameAttention`.
+        window_radius: see :class:`~vsrblocks.attention.GaussianCrossFrameAttention`.
+        checkpoint: see :class:`~vsrblocks.attention.GaussianCrossFrameAttention`.
         center_index: query frame (default ``num_frames // 2``).
         eps: GroupNorm epsilon.
         zero_init: zero-initialise ``W_z`` and ``W_z1``.

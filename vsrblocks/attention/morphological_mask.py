@@ -16,7 +16,8 @@ occlusion mask by 3 pixels before its closing), give :class:`MorphologicalMask` 
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -309,7 +310,7 @@ def remove_small_holes(x: torch.Tensor, min_size: int, connectivity: int = 2) ->
     return filled if x.dtype == torch.bool else filled.to(x.dtype)
 
 
-def _skimage_size_filter(function, mask: np.ndarray, min_size: int, connectivity: int) -> np.ndarray:
+def _skimage_size_filter(function: Callable[..., np.ndarray], mask: np.ndarray, min_size: int, connectivity: int) -> np.ndarray:
     """Call scikit-image's ``remove_small_objects`` / ``remove_small_holes`` with "smaller than
     ``min_size``" semantics across versions (0.26 renamed the exclusive ``min_size`` /
     ``area_threshold`` to the inclusive ``max_size``)."""
@@ -326,9 +327,14 @@ def _skimage_operation(operation: str, image: np.ndarray, footprint: np.ndarray)
     from skimage import morphology
 
     grey = image.astype(np.float64)
-    dilation = lambda a: morphology.dilation(a, footprint, mode="ignore")  # noqa: E731
-    erosion = lambda a: morphology.erosion(a, footprint, mode="ignore")  # noqa: E731
-    result = {
+
+    def dilation(a: np.ndarray) -> np.ndarray:
+        return cast(np.ndarray, morphology.dilation(a, footprint, mode="ignore"))
+
+    def erosion(a: np.ndarray) -> np.ndarray:
+        return cast(np.ndarray, morphology.erosion(a, footprint, mode="ignore"))
+
+    result: np.ndarray = {  # type: ignore[no-untyped-call]
         "dilate": lambda: dilation(grey),
         "erode": lambda: erosion(grey),
         "open": lambda: dilation(erosion(grey)),

@@ -6,6 +6,8 @@ the official class is ``globalAttention`` in caojiezhang/VSR-Transformer.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -139,7 +141,7 @@ class STCSA(nn.Module):
         )
         out = self.conv(to_memory_format(crop_padding(out, height, width), memory_format_of(frames_flat)))
         out = rearrange(out, "(b t) c h w -> b t c h w", t=frames)
-        return out + x if self.residual else out
+        return cast(torch.Tensor, out + x if self.residual else out)
 
     def extra_repr(self) -> str:
         return (

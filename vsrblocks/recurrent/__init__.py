@@ -7,3 +7,17 @@ from vsrblocks.recurrent.feature_store import FeatureStore
 from vsrblocks.recurrent.frame_source import FrameSource
 from vsrblocks.recurrent.propagation import BidirectionalPropagation, SecondOrderGridPropagation
 from vsrblocks.recurrent.spilling_feature_store import SpillDiskFullError, SpillingFeatureStore
+
+__all__ = [
+    "BidirectionalPropagation",
+    "ConcatCell",
+    "ConvLSTM",
+    "ConvLSTMCell",
+    "ConvLSTMState",
+    "DeformableConvLSTM",
+    "FeatureStore",
+    "FrameSource",
+    "SecondOrderGridPropagation",
+    "SpillDiskFullError",
+    "SpillingFeatureStore",
+]

@@ -4,6 +4,8 @@ Space-Time Video Super-Resolution", CVPR 2020; official ``Sakuya_arch.py``, ``De
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -96,7 +98,7 @@ class DeformableConvLSTM(nn.Module):
             if guide is None:
                 guide = self.input_proj(x)
             h, c = self.pcd_h(guide, h), self.pcd_c(guide, c)
-        return self.cell(x, (h, c))
+        return cast("ConvLSTMState", self.cell(x, (h, c)))
 
     def _run(
         self, frames: list[torch.Tensor], guides: list[torch.Tensor | None], state: ConvLSTMState | None
@@ -137,7 +139,9 @@ class DeformableConvLSTM(nn.Module):
         # numbers as two runs, half the operator calls (most of them are small at the 4x resolution).
         batch = dims["B"]
         both_frames = [torch.cat((f, b), dim=0) for f, b in zip(frames, reversed(frames))]
-        both_guides = [None if g is None else torch.cat((g, r), dim=0) for g, r in zip(guides, reversed(guides))]
+        both_guides = [
+            None if g is None else torch.cat((g, cast(torch.Tensor, r)), dim=0) for g, r in zip(guides, reversed(guides))
+        ]
         if state is None:
             state = self.cell.initial_state(frames[0])
         both_state = ConvLSTMState(*(torch.cat((s, torch.zeros_like(s)), dim=0) for s in state))

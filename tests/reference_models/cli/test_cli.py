@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 import reference_models
-from reference_models.cli import main
 from reference_models.checkpoint import model_from_checkpoint, save_checkpoint
+from reference_models.cli import main
 from reference_models.inference.upscale import upscale_clip
 from tests.reference_models.helpers import random_frames, write_folder, write_video
 

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 import reference_models
-from reference_models.cli import main
 from reference_models.checkpoint import save_checkpoint
+from reference_models.cli import main
 from reference_models.io.partial_output import NAME_MAX, create_partial_dir, partial_prefix, stale_partials
 from tests.reference_models.helpers import random_frames, write_folder
 

@@ -4,7 +4,6 @@ PASSRnet auxiliary losses."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference_models import create_model, list_presets
-from reference_models.networks.dasaa import DASAA, PRESETS
 from reference_models.inference.flops import count_macs, count_parameters
+from reference_models.networks.dasaa import DASAA, PRESETS
 from tests.attention.passrnet_reference import reference_attention, reference_losses
 from tests.checks import assert_base_path_flip_consistent, assert_batch_independent, assert_half_precision_finite
 from tests.strategies import seeded_rand

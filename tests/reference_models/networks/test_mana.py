@@ -10,8 +10,14 @@ from hypothesis import strategies as st
 
 import reference_models
 from reference_models.networks.mana import MANA, MODEL, PRESETS, from_official, official_key_map
-from tests.checks import assert_base_path_flip_consistent, assert_batch_independent, assert_compiles, assert_half_precision_finite
-from tests.official import MANA_FIXTURE as FIXTURE, load_official
+from tests.checks import (
+    assert_base_path_flip_consistent,
+    assert_batch_independent,
+    assert_compiles,
+    assert_half_precision_finite,
+)
+from tests.official import MANA_FIXTURE as FIXTURE
+from tests.official import load_official
 from tests.strategies import seeded_rand, seeds
 
 

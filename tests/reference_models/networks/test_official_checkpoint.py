@@ -11,8 +11,8 @@ from reference_models.networks.mana import _distance_matrix
 from reference_models.networks.mana import official_config_from_state_dict as mana_config
 from reference_models.networks.vsrt import official_config_from_state_dict as vsrt_config
 from tests.official import MANA_FIXTURE, VSRT_FIXTURE, load_official
-from tests.reference_models.helpers import LocalVSR, random_frames, write_folder
 from tests.reference_models.cli.test_cli import assert_one_line_error, run_cli
+from tests.reference_models.helpers import LocalVSR, random_frames, write_folder
 
 WRAPPERS = {
     "bare": lambda sd: sd,

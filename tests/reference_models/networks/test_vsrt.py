@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from reference_models import create_model, list_presets
 from reference_models import from_official as registry_from_official
-from reference_models.networks.vsrt import VSRT, PRESETS, _tile_spans, convert_official_state_dict, from_official
+from reference_models.networks.vsrt import PRESETS, VSRT, _tile_spans, convert_official_state_dict, from_official
 from tests.checks import assert_base_path_flip_consistent
-from tests.official import VSRT_FIXTURE as FIXTURE, load_official
+from tests.official import VSRT_FIXTURE as FIXTURE
+from tests.official import load_official
 from tests.strategies import seeded_rand
 from vsrblocks.align.spynet import SPyNet, bidirectional_flows
 from vsrblocks.checkpoint import CheckpointError

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reference_models import create_model, load_checkpoint, model_from_checkpoint
-from reference_models.training import Trainer, TrainClips, ValClips, plot_curves
+from reference_models.training import TrainClips, Trainer, ValClips, plot_curves
 from tests.reference_models.training.tiny import TinyVSR, config, photo_clip
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from reference_models.cli.train import main as train_main
 from reference_models.training import (
     ConstantSchedule,
     CosineRestartSchedule,
@@ -26,7 +27,6 @@ from reference_models.training import (
     extend_schedule,
     make_schedule,
 )
-from reference_models.cli.train import main as train_main
 from tests.reference_models.training.tiny import REPO, TinyVSR, clip_folder, config, photo_clip, python_env, run_python
 
 

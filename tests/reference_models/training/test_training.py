@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from reference_models import create_model
+from reference_models.cli.train import main as train_main
 from reference_models.training import (
     CosineRestartSchedule,
     ManaThreeStageSchedule,
@@ -33,7 +34,6 @@ from reference_models.training import (
     make_schedule,
     memory_parameter_names,
 )
-from reference_models.cli.train import main as train_main
 from vsrblocks.metrics import psnr, ssim
 
 
