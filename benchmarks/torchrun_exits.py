@@ -62,7 +62,7 @@ def main() -> int:
             else:
                 tail = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()][-3:]
                 failures.append((run, result.returncode, outputs, " | ".join(tail)[:300]))
-    print(f"| runs | clean exits | failed | median s/run |\n|---|---|---|---|")
+    print("| runs | clean exits | failed | median s/run |\n|---|---|---|---|")
     print(f"| {args.runs} | {clean} | {args.runs - clean} | {sorted(times)[len(times) // 2]:.1f} |")
     for run, code, outputs, tail in failures:
         print(f"run {run}: exit {code}, outputs {'written' if outputs else 'missing'}: {tail}")

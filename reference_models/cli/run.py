@@ -182,7 +182,6 @@ def _open_output(args: argparse.Namespace, source, scale: int):
 def _sequence_mode(args: argparse.Namespace, model, source) -> dict | None:
     """How a recurrent model runs: the options of a whole-sequence stream, or ``None`` for windows (segments of
     ``--max-seq-len``, or a model that is not recurrent); says which on stderr."""
-    import torch
 
     from reference_models.inference.memory_budget import default_budget, format_size, parse_size
     from reference_models.inference.streaming import is_recurrent

@@ -23,7 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reference_models.networks.basicsr_keys import MMAGIC_TAIL, count_trunk_blocks, rename_prefixes, spynet_weights, tail_renames
+from reference_models.networks.basicsr_keys import (
+    MMAGIC_TAIL,
+    count_trunk_blocks,
+    rename_prefixes,
+    spynet_weights,
+    tail_renames,
+)
 from reference_models.networks.basicvsr import _load_official, as_frame_source, stacked
 from reference_models.networks.edvr import EDVRFeatureExtractor, basicsr_from_mmagic, ours_from_basicsr
 from vsrblocks.align.boff import ResidualBlocksWithInputConv

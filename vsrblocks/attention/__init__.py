@@ -1,12 +1,18 @@
 """Re-exports."""
 
-from vsrblocks.attention.stcsa import STCSA
 from vsrblocks.attention.channel_attention import ChannelAttention
-from vsrblocks.attention.spatial_attention import SpatialAttention
-from vsrblocks.attention.tsa import TSAFusion
-from vsrblocks.attention.position_attention import PositionAttention, position_attention
 from vsrblocks.attention.channel_self_attention import ChannelSelfAttention, channel_self_attention
 from vsrblocks.attention.dual_attention import DualAttention
+from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention, gaussian_cross_frame_attention
+from vsrblocks.attention.masked_self_attention import (
+    AlignmentOutput,
+    LeakyResidualBlock,
+    MaskedSelfAttention,
+    attention_map,
+    local_attention,
+    received_attention,
+)
+from vsrblocks.attention.memory import MANAAttention, MemoryAugmentedAttention, memory_read
 from vsrblocks.attention.morphological_mask import (
     MorphologicalMask,
     closing,
@@ -18,14 +24,6 @@ from vsrblocks.attention.morphological_mask import (
     remove_small_holes,
     remove_small_objects,
 )
-from vsrblocks.attention.masked_self_attention import (
-    AlignmentOutput,
-    LeakyResidualBlock,
-    MaskedSelfAttention,
-    attention_map,
-    local_attention,
-    received_attention,
-)
 from vsrblocks.attention.parallax_losses import (
     attention_warp,
     cycle_loss,
@@ -33,8 +31,10 @@ from vsrblocks.attention.parallax_losses import (
     photometric_loss,
     smoothness_loss,
 )
-from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention, gaussian_cross_frame_attention
-from vsrblocks.attention.memory import MANAAttention, MemoryAugmentedAttention, memory_read
+from vsrblocks.attention.position_attention import PositionAttention, position_attention
+from vsrblocks.attention.spatial_attention import SpatialAttention
+from vsrblocks.attention.stcsa import STCSA
+from vsrblocks.attention.tsa import TSAFusion
 
 __all__ = [
     "AlignmentOutput",

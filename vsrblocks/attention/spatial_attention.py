@@ -6,8 +6,6 @@ Deformable Convolutional Networks", CVPRW 2019 (BasicSR ``basicsr/archs/edvr_arc
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
 import torch.nn.functional as F
 from torch import nn

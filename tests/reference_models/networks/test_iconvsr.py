@@ -10,7 +10,7 @@ import torch._dynamo.testing
 
 import reference_models
 from reference_models.checkpoint import model_from_checkpoint
-from reference_models.networks.iconvsr import IconVSR, PRESETS, convert_official_state_dict, keyframe_window
+from reference_models.networks.iconvsr import PRESETS, IconVSR, convert_official_state_dict, keyframe_window
 from tests.basicsr_fixtures import load_basicsr
 from tests.reference_models.networks.test_edvr import to_mmagic
 from tests.strategies import seeded_parameters_, seeded_rand

@@ -18,9 +18,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reference_models.training import Trainer, TrainClips, ValClips
-from reference_models.cli.train import main as train_main
 from reference_models import create_model
+from reference_models.cli.train import main as train_main
+from reference_models.training import TrainClips, Trainer, ValClips
 from reference_models.training.trainer import _StepSampler, seed_everything
 from tests.reference_models.training.tiny import REPO, TinyVSR, clip_folder, config, photo_clip, python_env, run_python
 
