@@ -214,7 +214,7 @@ def test_fused_activation_keeps_overflow(batch, height, width, scale, seed):
     conv = _conv(seed, 8, 8, 3, 1, 1).requires_grad_(False)
     x = scale * seeded_randn((batch, 8, height, width), seed)
     for activation in ("relu", "leaky_relu"):
-        assert_same_as_plain(lambda: conv2d_activation(conv, x, activation, 0.1))
+        assert_same_as_plain(lambda activation=activation: conv2d_activation(conv, x, activation, 0.1))
 
 
 @given(batch=fused_batches, height=sizes, width=sizes, value=non_finite, into=st.sampled_from(["x", "other"]), seed=seeds)

@@ -158,7 +158,7 @@ class PixelShuffleUpsampler(nn.Module):
         )
         padding = kernel_size // 2
         self.conv_hr = None
-        self.act_hr = nn.Identity()
+        self.act_hr: nn.Module = nn.Identity()
         if hr_conv:
             self.conv_hr = nn.Conv2d(self.hidden_channels, self.hidden_channels, kernel_size, padding=padding)
             self.act_hr = act_layer() if act_layer is not None else nn.Identity()

@@ -89,6 +89,8 @@ class BasicVSRPlusPlus(nn.Module):
         torch.Size([1, 3, 3, 40, 48])
     """
 
+    model_spec: dict[str, Any]  # set by create_model / from_official, for checkpoints to rebuild the model
+
     output_mode = "all"
 
     def __init__(

@@ -218,6 +218,8 @@ class EDVR(EDVRFeatureExtractor):
         torch.Size([1, 3, 36, 28])
     """
 
+    model_spec: dict[str, Any]  # set by create_model / from_official, for checkpoints to rebuild the model
+
     def __init__(
         self,
         channels: int = 64,

@@ -152,6 +152,8 @@ class IconVSR(nn.Module):
         torch.Size([1, 3, 3, 36, 40])
     """
 
+    model_spec: dict[str, Any]  # set by create_model / from_official, for checkpoints to rebuild the model
+
     output_mode = "all"
     scale = 4
 

@@ -137,6 +137,7 @@ def init_from_env(device: str | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> b
     _timeout_s = timeout_s
     cuda = (device or "").startswith("cuda")
     if cuda:
+        assert device is not None
         torch.cuda.set_device(torch.device(device))
     backend = "nccl" if cuda else "gloo"
     try:

@@ -116,16 +116,16 @@ def _panel(
     for value, x in ((xlo, x0), (xhi, x1)):
         draw.text((x - 6, y1 + 6), f"{value:g}", fill=(0, 0, 0), font=font)
     if hline is not None:
-        _, y = at(xlo, 10 ** hline if log else hline)
+        _, hy = at(xlo, 10 ** hline if log else hline)
         for x in range(x0, x1, 12):
-            draw.line((x, y, min(x + 6, x1), y), fill=(214, 39, 40))
+            draw.line((x, hy, min(x + 6, x1), hy), fill=(214, 39, 40))
     for pts, colour, markers in series:
         xy = [at(x, y) for x, y in pts]
         if len(xy) > 1:
             draw.line(xy, fill=colour, width=2)
         if markers or len(xy) == 1:
-            for x, y in xy:
-                draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+            for px, py in xy:
+                draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=colour)
 
 
 def _plot_with_pillow(loss: np.ndarray, val: np.ndarray, path: Path, baseline: float | None) -> None:

@@ -8,6 +8,7 @@ that the offsets are as robust as flow-based alignment and as expressive as defo
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -73,7 +74,8 @@ class SecondOrderDeformableAlignment(DeformConv2d):
         )
         self.channels = channels
         taps = self.kernel_size[0] * self.kernel_size[1]
-        self.conv_offset = nn.Sequential(
+        # replaces DeformConv2d's single offset convolution (declared nn.Conv2d there), keeping its place
+        self.add_module("conv_offset", nn.Sequential(
             nn.Conv2d(3 * channels + 4, channels, 3, padding=1),
             nn.LeakyReLU(negative_slope=0.1),
             nn.Conv2d(channels, channels, 3, padding=1),
@@ -81,21 +83,23 @@ class SecondOrderDeformableAlignment(DeformConv2d):
             nn.Conv2d(channels, channels, 3, padding=1),
             nn.LeakyReLU(negative_slope=0.1),
             nn.Conv2d(channels, 3 * taps * deform_groups, 3, padding=1),
-        )
+        ))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if not isinstance(getattr(self, "conv_offset", None), nn.Sequential):
+        conv_offset = getattr(self, "conv_offset", None)
+        if not isinstance(conv_offset, nn.Sequential):
             return  # DeformConv2d's constructor calls this before our conv_offset exists
         stdv = 1.0 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
         nn.init.uniform_(self.weight, -stdv, stdv)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
-        for layer in self.conv_offset[:-1]:
+        for layer in conv_offset[:-1]:
             if isinstance(layer, nn.Conv2d):
                 layer.reset_parameters()
-        nn.init.zeros_(self.conv_offset[-1].weight)
-        nn.init.zeros_(self.conv_offset[-1].bias)
+        last = cast(nn.Conv2d, conv_offset[-1])
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(cast(torch.Tensor, last.bias))
 
     def offsets_and_mask(
         self, feat_1: torch.Tensor, feat_2: torch.Tensor, current: torch.Tensor, flow_1: torch.Tensor, flow_2: torch.Tensor

@@ -66,7 +66,7 @@ class TSAFusion(SpatialAttention):
         self.feat_fusion = nn.Conv2d(num_frames * c, c, 1)
         self.spatial_attn1 = nn.Conv2d(num_frames * c, c, 1)
 
-    def forward(self, aligned: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, aligned: torch.Tensor) -> torch.Tensor:
         dims = check_shape(aligned, "B T C H W", name="aligned", T=self.num_frames, C=self.channels)
         reference = self.temporal_attn1(aligned[:, self.center_index])
         embedding = self.temporal_attn2(aligned.flatten(0, 1)).unflatten(0, (dims["B"], dims["T"]))

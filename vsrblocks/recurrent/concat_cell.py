@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -34,4 +36,4 @@ class ConcatCell(nn.Module):
         self.body = body
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.body(torch.cat(inputs, dim=1))
+        return cast(torch.Tensor, self.body(torch.cat(inputs, dim=1)))

@@ -164,8 +164,9 @@ class BidirectionalPropagation(nn.Module):
                 if propagated is None:
                     propagated = frame.new_zeros(reader.dims["B"], self.channels, reader.dims["H"], reader.dims["W"])
                 else:
+                    assert previous is not None  # set by the iteration that set propagated
                     propagated = flow_warp(propagated, self.flow(frame, previous))
-                earlier = ()
+                earlier: tuple[torch.Tensor, ...] = ()
                 if direction == "forward" and self.forward_sees_backward:
                     earlier = (store.get("backward", i),)
                 propagated = cell(frame, *earlier, propagated, **extra(direction, i))
@@ -326,6 +327,7 @@ class SecondOrderGridPropagation(nn.Module):
                 # BasicSR's flow indices: flows_backward[i] = flow(x_i, x_{i+1}), flows_forward[i] = flow(x_{i+1}, x_i).
                 flow_index = i if direction == "backward" else i - 1
                 if computes_flows:
+                    assert frame is not None and previous_frame is not None  # read on every frame of this sweep
                     flow_1 = self.flow(frame, previous_frame)
                     if keeps_flows:
                         store.put(flow_key, flow_index, flow_1)
@@ -336,6 +338,7 @@ class SecondOrderGridPropagation(nn.Module):
                 if feat_2 is None:
                     feat_2, flow_2 = torch.zeros_like(feat_1), torch.zeros_like(flow_1)
                 else:
+                    assert flow_prev is not None  # set on the frame that set feat_2
                     flow_2 = flow_1 + flow_warp(flow_prev, flow_1)
                 aligned = self.align[branch](feat_1, feat_2, current, flow_1, flow_2)
                 flow_prev = flow_1

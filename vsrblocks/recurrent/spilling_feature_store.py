@@ -81,7 +81,7 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_spill_folders(parent: str | os.PathLike[str]) -> list[Path]:
     """Remove the spill folders in ``parent`` that belong to this user and to processes that no longer run
     (killed before they could clean up); returns them."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(Path(parent).iterdir())
     except OSError:
@@ -151,7 +151,7 @@ class SpillingFeatureStore(FeatureStore):
         self.peak_resident_bytes = 0
         self.folder: Path | None = None
         self._files = 0
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[..., SpillingFeatureStore] | None = None
 
     def _ensure_folder(self) -> Path:
         if self.folder is None:
@@ -267,6 +267,7 @@ class SpillingFeatureStore(FeatureStore):
 
     def _pinned_to_disk(self, item: tuple[str, int], spilled: _Spilled) -> None:
         pinned = spilled.pinned
+        assert pinned is not None  # only pinned tensors move to disk from there
         self._drop_pinned(item, spilled)
         self._write(spilled, pinned)
 
@@ -282,7 +283,7 @@ class SpillingFeatureStore(FeatureStore):
         path = folder / f"{self._files}.bin"
         try:
             with open(path, "wb", buffering=0) as file:
-                view = memoryview(data.numpy())
+                view = data.numpy().data  # a memoryview of the tensor's bytes: no copy
                 written = 0
                 while written < len(view):
                     written += file.write(view[written:])
@@ -304,8 +305,9 @@ class SpillingFeatureStore(FeatureStore):
             data = spilled.pinned
         else:
             data = torch.empty(spilled.nbytes, dtype=torch.uint8)
+            assert spilled.path is not None  # neither pinned nor resident: it is on disk
             with open(spilled.path, "rb", buffering=0) as file:
-                view = memoryview(data.numpy())
+                view = data.numpy().data
                 read = 0
                 while read < spilled.nbytes:
                     count = file.readinto(view[read:])

@@ -109,7 +109,7 @@ def test_segments_are_the_forward_of_each_segment_and_short_clips_are_not_padded
 def test_peak_memory_does_not_grow_with_the_number_of_frames(tmp_path, grid):
     model = _toy(grid)
     budget = 1500
-    peaks, stores = [], []
+    peaks = []
     for frames in (4, 16):
         # separate frames: a view of one clip tensor would count the clip's whole storage
         inputs = [frame.clone() for frame in seeded_rand((frames, 3, 8, 8), frames)]

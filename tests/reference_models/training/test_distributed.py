@@ -228,14 +228,14 @@ def test_a_hung_peer_is_named_and_sigterm_ends_a_rank_blocked_in_a_collective(tm
         args = _train_args(data, 200, checkpoint_every="1", dist_timeout=str(timeout))
         proc = _launch([*args, "--output", str(tmp_path / output)], "--standalone", "--nproc-per-node", "2")
         try:
-            _wait_for(lambda: (tmp_path / output / "last.pt").exists(), 240, "the first checkpoint", proc)
-            workers = _wait_for(lambda: _workers(proc.pid) if len(_workers(proc.pid)) == 2 else None, 10, "the workers")
+            _wait_for(lambda output=output: (tmp_path / output / "last.pt").exists(), 240, "the first checkpoint", proc)
+            workers = _wait_for(lambda proc=proc: _workers(proc.pid) if len(_workers(proc.pid)) == 2 else None, 10, "the workers")
             os.kill(workers[1], signal.SIGSTOP)
             time.sleep(4 * 2.0)  # rank 0 is in a collective by now, and rank 1's heartbeat has gone stale
             start = time.monotonic()
             if output == "terminated":
                 os.kill(workers[0], signal.SIGTERM)
-            _wait_for(lambda: not Path(f"/proc/{workers[0]}").exists() or _zombie(workers[0]), 60, "rank 0 to end")
+            _wait_for(lambda workers=workers: not Path(f"/proc/{workers[0]}").exists() or _zombie(workers[0]), 60, "rank 0 to end")
             outcomes[output] = time.monotonic() - start
             os.kill(workers[1], signal.SIGKILL)
             out, err = proc.communicate(timeout=120)
