@@ -24,8 +24,9 @@ Frames stream through: at most one window (plus ``batch - 1`` more) of LR frames
 sequence by default, exactly as their whole-clip forward would, in bounded memory: per-frame features
 beyond ``max_bytes`` spill to disk (:mod:`reference_models.inference.streaming`). ``max_seq_len`` instead
 runs segments of that many frames overlapping by ``seq_overlap`` (the clip-model windows above): faster and
-lighter, but an approximation (less temporal context near the cuts). Spatial tiles apply to segments only:
-whole-sequence streaming propagates features across the whole frame and never cuts it.
+lighter, but an approximation (less temporal context near the cuts). Spatial tiles apply to segments (and,
+in :func:`upscale_clip`, to the whole clip run in memory as one segment): whole-sequence streaming
+propagates features across the whole frame and never cuts it.
 """
 
 from __future__ import annotations
@@ -462,7 +463,8 @@ def upscale_clip(
         clip_stride: as for :func:`upscale_frames`.
         progress: show a tqdm progress bar.
         max_seq_len, seq_overlap, max_bytes: recurrent models, as for :func:`upscale_frames`: by default the
-            whole clip is one sequence, its features spilled to disk beyond ``max_bytes``.
+            whole clip is one sequence, its features spilled to disk beyond ``max_bytes``; with ``tile`` (and
+            no ``max_seq_len``) each tile runs the whole clip as one sequence, in memory.
         spill_dir: parent of the spill folder (default: the system's temporary folder).
 
     Shape:
@@ -483,7 +485,10 @@ def upscale_clip(
         raise ValueError("clip has no frames")
     from reference_models.inference.streaming import is_recurrent, stream_upscale
 
-    if is_recurrent(model) and max_seq_len is None and tile is None:
+    if is_recurrent(model) and max_seq_len is None and tile is not None:
+        # Streaming never cuts frames; each tile instead runs the whole clip (in memory) as one sequence.
+        options["max_seq_len"] = clip.shape[0]
+    elif is_recurrent(model) and max_seq_len is None:
         # In this thread (no worker): every frame lands in the output tensor, which is allocated once.
         height, width, scale = clip.shape[-2], clip.shape[-1], int(model.scale)
         out = None
