@@ -29,9 +29,10 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Generator, Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any, cast
 
 from reference_models.cli.options import (
     Interrupted,
@@ -233,7 +234,7 @@ class _SweepBars:
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
-        self.bar = None
+        self.bar: Any = None
         self.sweep = 0
         self.seconds: dict[str, float] = {}  # per sweep, in order: where the time went
         self.started = 0.0
@@ -328,7 +329,7 @@ def _run(args: argparse.Namespace) -> int:
         skip = {i for i, name in enumerate(source.names) if name in done}
         if stream_options is not None:
             # frames[i] from the source itself: a folder reads any frame again, a video is decoded once into the store
-            outputs = upscale_frames(model, source, skip=skip, report=sweeps, **stream_options)
+            outputs = upscale_frames(model, cast(Iterable[Any], source), skip=skip, report=sweeps, **stream_options)
         else:
             outputs = upscale_frames(
                 model, frames, tile=args.tile, tile_overlap=args.tile_overlap or 0, batch=args.batch, skip=skip,
@@ -341,7 +342,7 @@ def _run(args: argparse.Namespace) -> int:
                     written += 1
                 bar.update(1)
         finally:
-            outputs.close()  # stops a streaming worker (and removes its spill folder) before the writer aborts
+            cast(Generator[Any, None, None], outputs).close()  # stops a streaming worker (and removes its spill folder) before the writer aborts
             if sweeps is not None:
                 sweeps.close()
     if not args.quiet:

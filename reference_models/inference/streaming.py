@@ -26,7 +26,7 @@ from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -151,12 +151,13 @@ class LazyFrames:
         self.source = source
         self.iterator: Iterator[Any] | None = None if self.indexed else iter(source)
         self.read = 0
-        self.length = len(source) if self.indexed else length
+        self.length = len(cast(Sequence[Any], source)) if self.indexed else length
         self.shape: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         if self.length is None:
             self._read_to(None)
+        assert self.length is not None  # reading to the end sets it
         return self.length
 
     def _read_to(self, index: int | None) -> None:
@@ -184,7 +185,7 @@ class LazyFrames:
         if not 0 <= index < len(self):
             raise IndexError(f"frame {index} of a sequence of {len(self)}")
         if self.indexed:
-            frame = self._as_tensor(self.source[index])
+            frame = self._as_tensor(cast(Sequence[Any], self.source)[index])
         else:
             self._read_to(index)
             frame = self.store.get("input", index)
@@ -247,7 +248,7 @@ def stream_upscale(
     if not is_recurrent(model):
         raise ValueError(f"{type(model).__name__} has no stream method (not a recurrent model)")
     device, dtype = _device_dtype(model)
-    scale = int(model.scale)
+    scale = int(cast(int, model.scale))
     if max_bytes is None:
         opened: Any = nullcontext(FeatureStore())
     else:
@@ -259,13 +260,14 @@ def stream_upscale(
 
         def receive(i: int, sr: torch.Tensor) -> None:
             if not dims:
+                assert source.shape is not None  # a frame was read before its output
                 _, h, w = source.shape
                 dims.update(H=scale * h, W=scale * w)
             check_shape(sr, "B C H W", name=f"{type(model).__name__} output of frame {i}", B=1, C=3, **dims)
             emit(i, sr[0].float())
 
         with torch.no_grad(), SweepProgress(model, total, report, check):
-            model.stream(source, store=store, emit=receive)
+            cast(Any, model).stream(source, store=store, emit=receive)
 
 
 def stream_frames(

@@ -490,7 +490,7 @@ def upscale_clip(
         options["max_seq_len"] = clip.shape[0]
     elif is_recurrent(model) and max_seq_len is None:
         # In this thread (no worker): every frame lands in the output tensor, which is allocated once.
-        height, width, scale = clip.shape[-2], clip.shape[-1], int(model.scale)
+        height, width, scale = clip.shape[-2], clip.shape[-1], int(cast(int, model.scale))
         out = None
         bar = None
         if progress:
@@ -511,6 +511,7 @@ def upscale_clip(
         finally:
             if bar is not None:
                 bar.close()
+        assert out is not None  # a clip has at least one frame
         return out
     if spill_dir is not None:
         raise ValueError("spill_dir applies to recurrent models run as one sequence")
