@@ -54,7 +54,9 @@ def bench_spynet(sizes: list[tuple[int, int]], pairs: int, reps: int, device: st
     return rows
 
 
-def bench_deform_conv(sizes: list[tuple[int, int]], channels: int, reps: int, device: str) -> list[tuple[str, str, str]]:
+def bench_deform_conv(
+    sizes: list[tuple[int, int]], channels: int, reps: int, device: str
+) -> list[tuple[str, str, str]]:
     backends = ["torchvision", "torch"] if torchvision_available() else ["torch"]
     rows = []
     for height, width in sizes:
@@ -82,7 +84,9 @@ def bench_deform_conv(sizes: list[tuple[int, int]], channels: int, reps: int, de
                 )
             )
         if "torchvision" not in backends:
-            rows.append((f"DeformConv2d {channels}->{channels} 3x3, backend=torchvision", f"{height}x{width}", "not available"))
+            rows.append(
+                (f"DeformConv2d {channels}->{channels} 3x3, backend=torchvision", f"{height}x{width}", "not available")
+            )
     return rows
 
 

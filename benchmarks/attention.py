@@ -41,11 +41,20 @@ from peak_memory import SUBPROCESS_ENV, PeakMemory  # noqa: E402  (sibling scrip
 from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention  # noqa: E402
 
 CHANNELS, FRAMES = 128, 7
-DEFAULT_ROWS = ["dense:64x112", "ours:64x112", "window:64x112", "ours:180x320", "dense:180x320", "stcsa:64x64", "stcsa:180x320"]
+DEFAULT_ROWS = [
+    "dense:64x112",
+    "ours:64x112",
+    "window:64x112",
+    "ours:180x320",
+    "dense:180x320",
+    "stcsa:64x64",
+    "stcsa:180x320",
+]
 
 
-def dense_readout(block: GaussianCrossFrameAttention, normed: torch.Tensor, query: torch.Tensor,
-                  dist: torch.Tensor) -> torch.Tensor:
+def dense_readout(
+    block: GaussianCrossFrameAttention, normed: torch.Tensor, query: torch.Tensor, dist: torch.Tensor
+) -> torch.Tensor:
     """The official ``nonlocal_attention`` cross-frame read-out as written upstream: the stored ``(HW x HW)``
     squared distances ``dist``, the full Gaussian and one full ``(HW x HW)`` softmax matrix per frame.
     Same inputs and output as :meth:`GaussianCrossFrameAttention.attend`: ``(B, T*Ci, H, W)``."""
@@ -142,13 +151,17 @@ def measure(kind: str, height: int, width: int, device: str, reps: int, warmup: 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="*", default=DEFAULT_ROWS, help="kind:HxW with kind in ours, window, dense, stcsa")
+    parser.add_argument(
+        "--rows", nargs="*", default=DEFAULT_ROWS, help="kind:HxW with kind in ours, window, dense, stcsa"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--train", action="store_true", help="time forward + backward instead of forward")
     parser.add_argument("--max-dense-gb", type=float, default=4.0, help="skip dense rows whose (HW)^2 matrix is larger")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per row before it is reported as skipped")
+    parser.add_argument(
+        "--timeout", type=float, default=1800.0, help="seconds per row before it is reported as skipped"
+    )
     parser.add_argument("--single", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -191,8 +204,18 @@ def main(argv: list[str] | None = None) -> None:
             if one > args.max_dense_gb:
                 note = f"skipped: one (HW)^2 matrix = {one:.1f} GB, needs >= 3"
         if kind in names and not note.startswith(("skipped", "not available")):
-            cmd = [sys.executable, __file__, "--single", row, "--device", args.device, "--reps", str(args.reps),
-                   "--warmup", str(args.warmup)] + (["--train"] if args.train else [])
+            cmd = [
+                sys.executable,
+                __file__,
+                "--single",
+                row,
+                "--device",
+                args.device,
+                "--reps",
+                str(args.reps),
+                "--warmup",
+                str(args.warmup),
+            ] + (["--train"] if args.train else [])
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=SUBPROCESS_ENV)
                 if done.returncode == 0:

@@ -47,7 +47,9 @@ def main() -> None:
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (default: inductor)")
     parser.add_argument("--size", type=int, default=8, help="LR frame height and width (default: 8)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, backend={args.backend}, {torch.get_num_threads()} threads, {args.size}x{args.size} LR")
+    print(
+        f"torch {torch.__version__}, backend={args.backend}, {torch.get_num_threads()} threads, {args.size}x{args.size} LR"
+    )
     print(f"{'model':8} {'first call s':>12} {'second s':>9} {'graphs':>6} {'max |diff|':>11}")
     for name in args.models:
         first, second, graphs, diff = _measure(name, args.backend, args.size)

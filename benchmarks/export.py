@@ -74,8 +74,8 @@ def measure(name: str, preset: str, height: int, width: int, reps: int, folder: 
     except Exception as exc:  # the table reports any failure instead of stopping
         guard = str(exc).split("Guard failed: ", 1)
         # a size outside the range torch.export recorded (e.g. VSRT's H, W >= 33) is a limit, not a failure
-        row["exported-program"] = f"size outside its range ({guard[1][:40]})" if len(guard) == 2 else (
-            f"failed ({type(exc).__name__})"
+        row["exported-program"] = (
+            f"size outside its range ({guard[1][:40]})" if len(guard) == 2 else (f"failed ({type(exc).__name__})")
         )
     try:
         traced_at = example_clip(model, height, width, batch=1)

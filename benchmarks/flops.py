@@ -31,8 +31,10 @@ def measure(name: str, preset: str, sizes: list[tuple[int, int]]) -> dict:
                 model = reference_models.create_model(name, preset).eval()
             row["params"] = count_parameters(model)
             for h, w in sizes:
-                clip = torch.rand(1, model.num_frames, 3, h, w, device=device) if device == "cpu" else torch.empty(
-                    1, model.num_frames, 3, h, w, device=device
+                clip = (
+                    torch.rand(1, model.num_frames, 3, h, w, device=device)
+                    if device == "cpu"
+                    else torch.empty(1, model.num_frames, 3, h, w, device=device)
                 )
                 row[(h, w)] = count_macs(model, clip)
             row["device"] = device

@@ -65,6 +65,7 @@ def run_model(name: str, preset: str, height: int, width: int, variants: list[st
             if variant == "fp32":
                 fn = lambda: model(clip)  # noqa: E731
             elif variant == "bf16":
+
                 def fn():
                     with torch.autocast("cuda", dtype=torch.bfloat16):
                         return model(clip)
@@ -93,7 +94,9 @@ def run_model(name: str, preset: str, height: int, width: int, variants: list[st
             mse = (out - reference).square().mean().item()
             psnr = 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
             note = (note + "; " if note else "") + f"vs fp32: max |diff| {diff:.2e}, PSNR {psnr:.1f} dB"
-        print(f"| {name:5s} | {height}x{width:<7d} | {variant:13s} | {1000 * seconds / outputs:9.2f} | {peak:9.0f} | {note} |")
+        print(
+            f"| {name:5s} | {height}x{width:<7d} | {variant:13s} | {1000 * seconds / outputs:9.2f} | {peak:9.0f} | {note} |"
+        )
         sys.stdout.flush()
         model.to(memory_format=torch.contiguous_format)
 
@@ -116,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         args.variants = [v for v in args.variants if v != "compiled"]
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    print(f"device={torch.cuda.get_device_name()} torch={torch.__version__} preset={args.preset} "
-          f"reps={args.reps} warmup={args.warmup}")
+    print(
+        f"device={torch.cuda.get_device_name()} torch={torch.__version__} preset={args.preset} "
+        f"reps={args.reps} warmup={args.warmup}"
+    )
     print("| model | LR size     | variant       | ms / frame | peak MiB | note |")
     print("|-------|-------------|---------------|------------|----------|------|")
     for name in args.models:

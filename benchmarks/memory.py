@@ -46,8 +46,9 @@ def _measure(name: str, preset: str, h: int, w: int, tile: int | None, before: b
     from benchmarks.peak_memory import SUBPROCESS_ENV
 
     argv = [sys.executable, "-c", _ROW, name, preset, str(h), str(w), str(tile or 0), "1" if before else "0"]
-    result = subprocess.run(argv, cwd=ROOT, env={**SUBPROCESS_ENV, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        argv, cwd=ROOT, env={**SUBPROCESS_ENV, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise RuntimeError(result.stderr.strip().splitlines()[-1])
     return json.loads(result.stdout)

@@ -70,7 +70,9 @@ def _time_evaluate(total: int) -> None:
                 lr = bicubic_downsample(hr).clamp(0, 1)
                 for folder, image in (("GT", hr), ("BIx4", lr)):
                     array = (image[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-                    Image.fromarray(np.ascontiguousarray(array)).save(Path(tmp) / folder / clip / f"{i:08d}.png", compress_level=1)
+                    Image.fromarray(np.ascontiguousarray(array)).save(
+                        Path(tmp) / folder / clip / f"{i:08d}.png", compress_level=1
+                    )
         count = sum(max(1, round(frames * total / 171)) for frames, _, _ in _VID4.values())
         start, cpu = time.perf_counter(), time.process_time()
         cli_main(["evaluate", "bicubic", "--dataset", "vid4", "--root", tmp, "--quiet"])
@@ -85,11 +87,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["576x720"], help="HxW frame sizes")
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--evaluate", action="store_true", help="also time evaluate bicubic on a synthetic Vid4-sized set")
-    parser.add_argument("--evaluate-frames", type=int, default=171, help="frames of that set, spread over the four clips as in Vid4 (default 171)")
+    parser.add_argument(
+        "--evaluate", action="store_true", help="also time evaluate bicubic on a synthetic Vid4-sized set"
+    )
+    parser.add_argument(
+        "--evaluate-frames",
+        type=int,
+        default=171,
+        help="frames of that set, spread over the four clips as in Vid4 (default 171)",
+    )
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| size | psnr RGB ms | psnr Y ms | ssim RGB ms | ssim Y ms | skimage ssim RGB ms | max abs diff to skimage |")
+    print(
+        "| size | psnr RGB ms | psnr Y ms | ssim RGB ms | ssim Y ms | skimage ssim RGB ms | max abs diff to skimage |"
+    )
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
         h, w = (int(v) for v in size.split("x"))

@@ -188,17 +188,29 @@ def _before_tree(revision: str, into: str) -> str:
 
 
 def _paired_line(name: str, preset: str, clip: str, size: str, args: argparse.Namespace) -> str:
-    cmd = [sys.executable, __file__, "--single", f"{name}:{preset}:pairs:{size}", "--device", args.device, "--pairs",
-           str(args.pairs), "--threads", str(args.threads)] + (["--train"] if args.train else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--single",
+        f"{name}:{preset}:pairs:{size}",
+        "--device",
+        args.device,
+        "--pairs",
+        str(args.pairs),
+        "--threads",
+        str(args.threads),
+    ] + (["--train"] if args.train else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "benchmarks")])}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
     if done.returncode:
         return f"{name} {preset} {clip}: paired run failed: {done.stderr.strip().splitlines()[-1:]}"
     result = json.loads(done.stdout.strip().splitlines()[-1])
     ratios = result["ratios"]
-    return (f"{name} {preset} {clip}: ours / dense over {len(ratios)} back-to-back pairs in one process: median "
-            f"{statistics.median(ratios):.2f} (range {ratios[0]:.2f}-{ratios[-1]:.2f}; ours {result['ours']:.3f} s, "
-            f"dense {result['dense']:.3f} s per output frame)")
+    return (
+        f"{name} {preset} {clip}: ours / dense over {len(ratios)} back-to-back pairs in one process: median "
+        f"{statistics.median(ratios):.2f} (range {ratios[0]:.2f}-{ratios[-1]:.2f}; ours {result['ours']:.3f} s, "
+        f"dense {result['dense']:.3f} s per output frame)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -214,9 +226,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=1, help="timed passes per run (after one warm-up)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs of every form")
     parser.add_argument("--max-dense-gb", type=float, default=1.0, help="skip the dense form above this (HW)^2 matrix")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run before it is reported as skipped")
-    parser.add_argument("--pairs", type=int, default=0,
-                        help="also time ours and dense alternately in one process this many times (ratio per pair)")
+    parser.add_argument(
+        "--timeout", type=float, default=1800.0, help="seconds per run before it is reported as skipped"
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="also time ours and dense alternately in one process this many times (ratio per pair)",
+    )
     parser.add_argument("--single", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -238,11 +256,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.before:
         trees["before"] = _before_tree(args.before, scratch.name)
     pass_name = "training step" if args.train else "forward"
-    print(f"device={args.device} threads={args.threads} batch=1 pass={pass_name} reps={args.reps} rounds={args.rounds} "
-          f"before={args.before or '-'} torch={torch.__version__}")
+    print(
+        f"device={args.device} threads={args.threads} batch=1 pass={pass_name} reps={args.reps} rounds={args.rounds} "
+        f"before={args.before or '-'} torch={torch.__version__}"
+    )
     pairs: list[str] = []
-    header = (f"| {'model':5s} | {'preset':6s} | {'clip':10s} | {'form':6s} | {'s / out frame':>13s} | {'x dense':>7s} | "
-              f"{'peak MiB':>8s} | {'GFLOP/s':>7s} | {'of GEMM':>7s} |")
+    header = (
+        f"| {'model':5s} | {'preset':6s} | {'clip':10s} | {'form':6s} | {'s / out frame':>13s} | {'x dense':>7s} | "
+        f"{'peak MiB':>8s} | {'GFLOP/s':>7s} | {'of GEMM':>7s} |"
+    )
     print(header)
     print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
     for name in args.models:
@@ -267,12 +289,23 @@ def main(argv: list[str] | None = None) -> None:
                     for form in forms:
                         if form in notes:
                             continue
-                        cmd = [sys.executable, __file__, "--single", f"{name}:{preset}:{form}:{size}", "--device",
-                               args.device, "--reps", str(1 if memory_round else args.reps), "--threads",
-                               str(args.threads)]
+                        cmd = [
+                            sys.executable,
+                            __file__,
+                            "--single",
+                            f"{name}:{preset}:{form}:{size}",
+                            "--device",
+                            args.device,
+                            "--reps",
+                            str(1 if memory_round else args.reps),
+                            "--threads",
+                            str(args.threads),
+                        ]
                         cmd += ["--train"] if args.train else []
-                        env = {**(SUBPROCESS_ENV if memory_round else os.environ),
-                               "PYTHONPATH": os.pathsep.join([trees[form], str(REPO / "benchmarks")])}
+                        env = {
+                            **(SUBPROCESS_ENV if memory_round else os.environ),
+                            "PYTHONPATH": os.pathsep.join([trees[form], str(REPO / "benchmarks")]),
+                        }
                         try:
                             done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
                         except subprocess.TimeoutExpired:
@@ -296,8 +329,10 @@ def main(argv: list[str] | None = None) -> None:
                     peak = peaks.get(form, float("nan"))
                     gemm = statistics.median(r["gemm_gflops"] for r in runs[form])
                     ratio = f"{sec / dense_s:7.2f}" if dense_s else f"{'-':>7s}"
-                    print(f"| {name:5s} | {preset:6s} | {clip:10s} | {form:6s} | {sec:13.3f} | {ratio} | {peak:8.0f} | "
-                          f"{gflop / sec:7.1f} | {gflop / sec / gemm:7.0%} |")
+                    print(
+                        f"| {name:5s} | {preset:6s} | {clip:10s} | {form:6s} | {sec:13.3f} | {ratio} | {peak:8.0f} | "
+                        f"{gflop / sec:7.1f} | {gflop / sec / gemm:7.0%} |"
+                    )
                 if args.pairs and "dense" not in notes:
                     pairs.append(_paired_line(name, preset, clip, size, args))
                 sys.stdout.flush()

@@ -96,8 +96,10 @@ def cpu_description() -> str:
             amx = "amx_tile" in cpuinfo.read()
     except OSError:
         amx = False
-    return (f"{model}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}, AMX {'yes' if amx else 'no'}, "
-            f"{torch.get_num_threads()} threads, {os.cpu_count()} logical CPUs")
+    return (
+        f"{model}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}, AMX {'yes' if amx else 'no'}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} logical CPUs"
+    )
 
 
 def make_frames(folder: Path, count: int, size: int) -> None:
@@ -122,8 +124,13 @@ def make_frames(folder: Path, count: int, size: int) -> None:
 def measure(mode: str, frames: Path, out: Path, extra: list[str], threads: int) -> dict:
     threads_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env = {**os.environ, "PYTHONPATH": str(ROOT), **threads_env}
-    result = subprocess.run([sys.executable, "-c", _CHILD, mode, str(frames), str(out), *extra], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, mode, str(frames), str(out), *extra],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{mode}: {result.stderr.strip()[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -150,18 +157,24 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["stream", "forward", "segments"])
     parser.add_argument("--max-seq-len", type=int, default=30)
     parser.add_argument(
-        "--threads", type=int, default=os.cpu_count(),
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
         help="torch threads of every run (OMP_NUM_THREADS; default: the logical CPUs). On a loaded machine use 1: "
         "spinning OpenMP threads then cost several times the work",
     )
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     print(f"CPU: {cpu_description()}")
-    print(f"basicvsrpp paper (64 ch x 7 blocks, random weights), {args.size}x{args.size} LR -> x4; stream budget "
-          f"--max-memory {args.max_memory}; segments --max-seq-len {args.max_seq_len} (overlap {args.max_seq_len // 4})")
+    print(
+        f"basicvsrpp paper (64 ch x 7 blocks, random weights), {args.size}x{args.size} LR -> x4; stream budget "
+        f"--max-memory {args.max_memory}; segments --max-seq-len {args.max_seq_len} (overlap {args.max_seq_len // 4})"
+    )
     print()
-    print(f"| {'frames':>6} | {'mode':<8} | {'wall s':>7} | {'CPU s':>7} | {'CPU s/frame':>11} | {'peak RSS MiB':>12} | "
-          f"{'after imports MiB':>17} | {'PSNR vs stream dB':>17} |")
+    print(
+        f"| {'frames':>6} | {'mode':<8} | {'wall s':>7} | {'CPU s':>7} | {'CPU s/frame':>11} | {'peak RSS MiB':>12} | "
+        f"{'after imports MiB':>17} | {'PSNR vs stream dB':>17} |"
+    )
     print(f"|{'-' * 8}|{'-' * 10}|{'-' * 9}|{'-' * 9}|{'-' * 13}|{'-' * 14}|{'-' * 19}|{'-' * 19}|")
     extras = {
         "stream": ["--max-memory", args.max_memory],
@@ -177,8 +190,11 @@ def main() -> None:
                 quality = ""
                 if mode != "stream" and (work / "stream").exists():
                     quality = f"{psnr_folders(work / 'stream', work / mode):.2f}"
-                print(f"| {count:>6} | {mode:<8} | {row['seconds']:>7.1f} | {row['cpu']:>7.1f} | {row['cpu'] / count:>11.2f} | "
-                      f"{row['peak_mib']:>12.0f} | {row['before_mib']:>17.0f} | {quality:>17} |", flush=True)
+                print(
+                    f"| {count:>6} | {mode:<8} | {row['seconds']:>7.1f} | {row['cpu']:>7.1f} | {row['cpu'] / count:>11.2f} | "
+                    f"{row['peak_mib']:>12.0f} | {row['before_mib']:>17.0f} | {quality:>17} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

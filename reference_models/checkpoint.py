@@ -182,7 +182,9 @@ def save_release(model: nn.Module, folder: str | os.PathLike[str]) -> Path:
     """
     spec = model_spec(model)
     if not spec:
-        raise ValueError("save_release: the model has no model_spec; build it with create_model so the release rebuilds it")
+        raise ValueError(
+            "save_release: the model has no model_spec; build it with create_model so the release rebuilds it"
+        )
     folder = Path(folder)
     save_checkpoint(model, folder / RELEASE_WEIGHTS)
     config = {"format": FORMAT, "version": VERSION, "model_spec": spec, "weights": RELEASE_WEIGHTS}
@@ -242,8 +244,15 @@ def _read_release(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{where}: {RELEASE_CONFIG} is not a reference_models release config")
     weights = folder / str(config.get("weights", RELEASE_WEIGHTS))
     tensors = load_safetensors(weights)[0]
-    return _ours({"format": FORMAT, "version": config.get("version", VERSION), "model_spec": config.get("model_spec"),
-                  "state_dict": tensors}, where)
+    return _ours(
+        {
+            "format": FORMAT,
+            "version": config.get("version", VERSION),
+            "model_spec": config.get("model_spec"),
+            "state_dict": tensors,
+        },
+        where,
+    )
 
 
 def _read_any(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None]:

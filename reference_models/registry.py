@@ -23,7 +23,15 @@ if TYPE_CHECKING:  # torch is imported by the model modules, on first use: `list
     import torch
     from torch import nn
 
-__all__ = ["list_models", "list_presets", "create_model", "from_official", "model_spec", "network_module", "parse_model_args"]
+__all__ = [
+    "list_models",
+    "list_presets",
+    "create_model",
+    "from_official",
+    "model_spec",
+    "network_module",
+    "parse_model_args",
+]
 
 _MODULES = {
     "basicvsr": "reference_models.networks.basicvsr",

@@ -12,7 +12,9 @@ def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def assert_compiles(module: nn.Module | Callable, *inputs: torch.Tensor, atol: float = 1e-5, backend: str = "aot_eager") -> None:
+def assert_compiles(
+    module: nn.Module | Callable, *inputs: torch.Tensor, atol: float = 1e-5, backend: str = "aot_eager"
+) -> None:
     """``torch.compile`` traces the block (forward and backward graphs with ``aot_eager``) and
     gives the eager result. ``aot_eager`` exercises Dynamo and AOTAutograd without Inductor's C++
     build, which would cost tens of seconds per block on a 2-core CI runner."""
@@ -22,7 +24,9 @@ def assert_compiles(module: nn.Module | Callable, *inputs: torch.Tensor, atol: f
     torch.testing.assert_close(_first(compiled(*inputs)), eager, atol=atol, rtol=1e-4)
 
 
-def assert_half_precision_finite(module: nn.Module, *inputs: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+def assert_half_precision_finite(
+    module: nn.Module, *inputs: torch.Tensor, dtype: torch.dtype = torch.bfloat16
+) -> torch.Tensor:
     """The block runs with parameters and inputs in ``dtype`` and returns finite values of that dtype."""
     half = module.to(dtype)
     out = _first(half(*(x.to(dtype) if x.is_floating_point() else x for x in inputs)))

@@ -35,7 +35,9 @@ def pytest_generate_tests(metafunc):
     if metafunc.definition.get_closest_marker("thread_counts") is None:
         return
     if "num_threads" not in metafunc.fixturenames:
-        raise pytest.UsageError(f"{metafunc.definition.nodeid}: a thread_counts test must request the num_threads fixture")
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid}: a thread_counts test must request the num_threads fixture"
+        )
     metafunc.parametrize(
         "num_threads", [DEFAULT_THREADS, OTHER_THREADS], indirect=True, scope="module", ids=lambda n: f"threads{n}"
     )

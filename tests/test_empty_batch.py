@@ -98,9 +98,12 @@ def _bidirectional(b: int) -> tuple[Callable[..., Any], tuple[Any, ...]]:
 def _grid(b: int) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     names = ("backward_1", "forward_1")
     prop = SecondOrderGridPropagation(
-        4, nn.Conv2d(3, 4, 3, padding=1), {n: SecondOrderDeformableAlignment(4, deform_groups=2, backend="torch") for n in names},
+        4,
+        nn.Conv2d(3, 4, 3, padding=1),
+        {n: SecondOrderDeformableAlignment(4, deform_groups=2, backend="torch") for n in names},
         {n: ConcatCell(nn.Conv2d((k + 2) * 4, 4, 3, padding=1)) for k, n in enumerate(names)},
-        SPyNet(hidden_channels=(4, 4, 4, 4)), branches=names,
+        SPyNet(hidden_channels=(4, 4, 4, 4)),
+        branches=names,
     )
     return prop, (_r(b, 3, 3, 9, 7),)
 
@@ -187,6 +190,7 @@ CASES: dict[str, Case] = {
     "model-mana": _model("mana"),
     "model-vsrt": _model("vsrt"),
 }
+
 
 def _shapes(out: Any) -> Any:
     if isinstance(out, torch.Tensor):

@@ -11,7 +11,9 @@ from tests.strategies import seeded_rand, seeded_randn, seeds, sizes
 from vsrblocks.fused_conv import conv2d_activation, conv2d_add, fusion_enabled, unfused
 from vsrblocks.residual import ResidualBlockNoBN
 
-needs_kernels = pytest.mark.skipif(not fused_conv._KERNELS, reason="this build of PyTorch has no oneDNN post-op kernels")
+needs_kernels = pytest.mark.skipif(
+    not fused_conv._KERNELS, reason="this build of PyTorch has no oneDNN post-op kernels"
+)
 formats = st.sampled_from([torch.contiguous_format, torch.channels_last])
 #: PyTorch runs small convolutions of a single image as im2col + matrix product, and from batch 2 on with oneDNN:
 #: with batches of 2 and 3 every example below takes the fused path (400 random draws checked).
@@ -31,8 +33,15 @@ def _conv(seed: int, in_channels: int, out_channels: int, kernel: int, groups: i
 
 
 @given(
-    batch=fused_batches, height=sizes, width=sizes, groups=st.sampled_from([1, 2, 4]), kernel=st.sampled_from([1, 3, 7]),
-    stride=st.sampled_from([1, 2]), slope=st.sampled_from([0.01, 0.1, 0.2]), in_format=formats, seed=seeds,
+    batch=fused_batches,
+    height=sizes,
+    width=sizes,
+    groups=st.sampled_from([1, 2, 4]),
+    kernel=st.sampled_from([1, 3, 7]),
+    stride=st.sampled_from([1, 2]),
+    slope=st.sampled_from([0.01, 0.1, 0.2]),
+    in_format=formats,
+    seed=seeds,
 )
 @settings(max_examples=25, deadline=None)
 def test_fused_activation_is_bit_identical(batch, height, width, groups, kernel, stride, slope, in_format, seed):
@@ -62,8 +71,12 @@ def test_fused_addition_is_bit_identical(batch, height, width, in_format, other_
 @needs_kernels
 @pytest.mark.parametrize(
     ("kernel", "stride", "groups", "memory_format"),
-    [(3, 1, 1, torch.contiguous_format), (3, 1, 1, torch.channels_last), (7, 2, 1, torch.contiguous_format),
-     (3, 1, 4, torch.channels_last)],
+    [
+        (3, 1, 1, torch.contiguous_format),
+        (3, 1, 1, torch.channels_last),
+        (7, 2, 1, torch.contiguous_format),
+        (3, 1, 4, torch.channels_last),
+    ],
 )
 def test_the_fused_kernels_run_where_pytorch_picks_onednn(kernel, stride, groups, memory_format):
     conv = _conv(0, 8, 8, kernel, groups, stride)
@@ -191,11 +204,20 @@ def assert_same_as_plain(run) -> torch.Tensor:
 
 
 @given(
-    batch=fused_batches, height=sizes, width=sizes, value=non_finite, where=st.sampled_from(["x", "weight", "bias"]),
-    activation=st.sampled_from(["relu", "leaky_relu"]), in_format=formats, count=st.integers(1, 3), seed=seeds,
+    batch=fused_batches,
+    height=sizes,
+    width=sizes,
+    value=non_finite,
+    where=st.sampled_from(["x", "weight", "bias"]),
+    activation=st.sampled_from(["relu", "leaky_relu"]),
+    in_format=formats,
+    count=st.integers(1, 3),
+    seed=seeds,
 )
 @settings(max_examples=20, deadline=None)
-def test_fused_activation_keeps_non_finite_values(batch, height, width, value, where, activation, in_format, count, seed):
+def test_fused_activation_keeps_non_finite_values(
+    batch, height, width, value, where, activation, in_format, count, seed
+):
     conv = _conv(seed, 8, 8, 3, 1, 1).requires_grad_(False)
     x = seeded_randn((batch, 8, height, width), seed).contiguous(memory_format=in_format)
     if where == "x":
@@ -217,11 +239,16 @@ def test_fused_activation_keeps_overflow(batch, height, width, scale, seed):
         assert_same_as_plain(lambda activation=activation: conv2d_activation(conv, x, activation, 0.1))
 
 
-@given(batch=fused_batches, height=sizes, width=sizes, value=non_finite, into=st.sampled_from(["x", "other"]), seed=seeds)
+@given(
+    batch=fused_batches, height=sizes, width=sizes, value=non_finite, into=st.sampled_from(["x", "other"]), seed=seeds
+)
 @settings(max_examples=10, deadline=None)
 def test_fused_addition_keeps_non_finite_values(batch, height, width, value, into, seed):
     conv = _conv(seed, 6, 6, 3, 1, 1).requires_grad_(False)
-    tensors = {"x": seeded_randn((batch, 6, height, width), seed), "other": seeded_randn((batch, 6, height, width), seed + 1)}
+    tensors = {
+        "x": seeded_randn((batch, 6, height, width), seed),
+        "other": seeded_randn((batch, 6, height, width), seed + 1),
+    }
     tensors[into] = _poisoned(tensors[into], value, seed)
     assert_same_as_plain(lambda: conv2d_add(conv, tensors["x"], tensors["other"]))
 
@@ -250,10 +277,14 @@ def _fused_blocks():
     return {
         "ResidualBlockNoBN": lambda seed: (ResidualBlockNoBN(channels=8), (seeded_randn((2, 8, 7, 9), seed),)),
         "ResidualBlocksWithInputConv": lambda seed: (
-            ResidualBlocksWithInputConv(5, 8, num_blocks=2), (seeded_randn((2, 5, 7, 9), seed),)
+            ResidualBlocksWithInputConv(5, 8, num_blocks=2),
+            (seeded_randn((2, 5, 7, 9), seed),),
         ),
         "SPyNetBasicModule": lambda seed: (SPyNetBasicModule((8, 16, 8, 4)), (seeded_randn((2, 8, 9, 11), seed),)),
-        "SPyNet": lambda seed: (SPyNet((8, 16, 8, 4)), (seeded_rand((2, 3, 16, 16), seed), seeded_rand((2, 3, 16, 16), seed + 1))),
+        "SPyNet": lambda seed: (
+            SPyNet((8, 16, 8, 4)),
+            (seeded_rand((2, 3, 16, 16), seed), seeded_rand((2, 3, 16, 16), seed + 1)),
+        ),
         "BOFF": lambda seed: (
             BOFF(4, num_blocks=1),
             (clip(seed, channels=4), clip(seed + 1), (clip(seed + 2, channels=2), clip(seed + 3, channels=2))),

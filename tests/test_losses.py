@@ -17,9 +17,7 @@ def test_matches_formula_in_both_conventions(shape, seed, eps):
     pred, target = seeded_rand(shape, seed, torch.float64), seeded_rand(shape, seed + 1, torch.float64)
     d = pred - target
     torch.testing.assert_close(CharbonnierLoss(eps=eps)(pred, target), torch.sqrt(d**2 + eps**2).mean())
-    torch.testing.assert_close(
-        CharbonnierLoss(eps=eps, square_eps=False)(pred, target), torch.sqrt(d**2 + eps).mean()
-    )
+    torch.testing.assert_close(CharbonnierLoss(eps=eps, square_eps=False)(pred, target), torch.sqrt(d**2 + eps).mean())
 
 
 def test_default_equals_basicsr_default():

@@ -147,7 +147,7 @@ def _reference_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The former implementation (BasicSR's ``calculate_ssim_pt``): a 2-D 11x11 float64 convolution."""
     x, y = x.double() * 255, y.double() * 255
     coords = torch.arange(11, dtype=torch.float64) - 5
-    k = torch.exp(-coords**2 / (2 * 1.5**2))
+    k = torch.exp(-(coords**2) / (2 * 1.5**2))
     k = k / k.sum()
     channels = x.shape[1]
     window = torch.outer(k, k).expand(channels, 1, 11, 11)

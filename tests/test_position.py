@@ -26,7 +26,12 @@ def test_shape_bounded_and_batch_constant(batch, frames_, channels, height, widt
     torch.testing.assert_close(out[0], out[-1], atol=0, rtol=0)
 
 
-@given(frames_=st.integers(1, 6), height=st.integers(1, 9), width=st.integers(1, 9), channels=st.sampled_from([6, 7, 8, 12]))
+@given(
+    frames_=st.integers(1, 6),
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+    channels=st.sampled_from([6, 7, 8, 12]),
+)
 def test_every_position_has_a_distinct_code(frames_, height, width, channels):
     out = SinCosPositionEncoding3D(channels)(torch.zeros(1, frames_, channels, height, width))[0]
     codes = out.permute(0, 2, 3, 1).reshape(-1, channels)
@@ -104,7 +109,9 @@ def test_official_formula_t5_and_t7():
     for t, expected in enumerate([c.sin(), c.cos(), h.sin(), h.cos(), w.sin()]):
         torch.testing.assert_close(out5[t], expected.expand(6, 4, 5), atol=1e-6, rtol=0)
     out7 = OfficialPositionEncoding3D(7)(torch.zeros(1, 7, 6, 4, 5))[0]
-    for t, expected in enumerate([c.sin(), (c / 100).sin(), c.cos(), (c / 100).cos(), h.sin(), (h / 100).sin(), h.cos()]):
+    for t, expected in enumerate(
+        [c.sin(), (c / 100).sin(), c.cos(), (c / 100).cos(), h.sin(), (h / 100).sin(), h.cos()]
+    ):
         torch.testing.assert_close(out7[t], expected.expand(6, 4, 5), atol=1e-6, rtol=0)
 
 

@@ -121,7 +121,9 @@ def load_file(path: str | os.PathLike[str]) -> object:
             ) from None
         raise CheckpointError(f"cannot read checkpoint {name!r}: a damaged PyTorch file") from None
     except Exception as exc:  # torch raises several unrelated types for a truncated or corrupt file
-        raise CheckpointError(f"cannot read checkpoint {name!r}: a damaged PyTorch file ({type(exc).__name__})") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {name!r}: a damaged PyTorch file ({type(exc).__name__})"
+        ) from None
 
 
 def unwrap_state_dict(obj: object, what: str, wrapper_keys: tuple[str, ...] = _WRAPPERS) -> dict[str, torch.Tensor]:
@@ -143,7 +145,9 @@ def unwrap_state_dict(obj: object, what: str, wrapper_keys: tuple[str, ...] = _W
         raise CheckpointError(f"{what} does not hold a state_dict of tensors")
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{what}: state_dict entry {str(key)[:80]!r} is a {type(value).__name__}, not a tensor")
+            raise CheckpointError(
+                f"{what}: state_dict entry {str(key)[:80]!r} is a {type(value).__name__}, not a tensor"
+            )
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -179,10 +183,14 @@ def count_blocks(state_dict: Mapping[str, torch.Tensor], prefix: str) -> int:
         >>> count_blocks({"body.0.conv1.weight": None, "body.1.conv1.weight": None, "body.1.conv2.weight": None}, "body")
         2
     """
-    return len({key.split(".")[1] for key in state_dict if key.startswith(prefix + ".") and key.endswith(".conv1.weight")})
+    return len(
+        {key.split(".")[1] for key in state_dict if key.startswith(prefix + ".") and key.endswith(".conv1.weight")}
+    )
 
 
-def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
+def load_state_dict_checked(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "checkpoint"
+) -> None:
     """``module.load_state_dict(state_dict, strict=True)`` with one clear error for every mismatch.
 
     Raises:

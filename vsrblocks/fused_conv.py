@@ -84,7 +84,12 @@ def _fusable(conv: nn.Conv2d, *tensors: torch.Tensor) -> bool:
         return False
     if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return False
-    if conv._forward_hooks or conv._forward_pre_hooks or _module._global_forward_hooks or _module._global_forward_pre_hooks:
+    if (
+        conv._forward_hooks
+        or conv._forward_pre_hooks
+        or _module._global_forward_hooks
+        or _module._global_forward_pre_hooks
+    ):
         return False
     if torch.is_autocast_enabled("cpu") or _get_current_dispatch_mode() is not None:
         return False
@@ -95,7 +100,9 @@ def _fusable(conv: nn.Conv2d, *tensors: torch.Tensor) -> bool:
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided for t in everything):
         return False
     padding, stride, dilation, groups = _conv_args(conv)
-    backend = torch._C._select_conv_backend(tensors[0], conv.weight, conv.bias, stride, padding, dilation, False, [0, 0], groups, None)
+    backend = torch._C._select_conv_backend(
+        tensors[0], conv.weight, conv.bias, stride, padding, dilation, False, [0, 0], groups, None
+    )
     return cast(bool, backend == torch._C._ConvBackend.Mkldnn)  # type: ignore[attr-defined]
 
 
@@ -150,7 +157,10 @@ def conv2d_activation(
         y = conv(x)
         return F.relu(y) if activation == "relu" else F.leaky_relu(y, negative_slope)
     scalars = [] if activation == "relu" else [negative_slope]
-    return cast(torch.Tensor, torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, *_conv_args(conv), activation, scalars, ""))
+    return cast(
+        torch.Tensor,
+        torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, *_conv_args(conv), activation, scalars, ""),
+    )
 
 
 def conv2d_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:

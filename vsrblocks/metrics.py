@@ -185,4 +185,3 @@ def ssim(
     ssim_map = ((2 * mu_xy + c1) * (2 * cov + c2)) / ((mu_sq + c1) * (variances + c2))
     result = ssim_map.mean(dim=(1, 2, 3))
     return cast(torch.Tensor, result[0] if single else result)
-

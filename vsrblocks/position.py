@@ -76,7 +76,9 @@ class _CachedEncoding(nn.Module, ABC):
         self._cache: OrderedDict[tuple[Any, ...], torch.Tensor] = OrderedDict()
 
     @abstractmethod
-    def _build(self, frames: int, channels: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    def _build(
+        self, frames: int, channels: int, height: int, width: int, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
         """The ``(T, C, H, W)`` encoding of one size."""
 
     def _encoding(self, clip: torch.Tensor) -> torch.Tensor:
@@ -134,7 +136,9 @@ class SinCosPositionEncoding3D(_CachedEncoding):
         self.channels = channels
         self.base = base
 
-    def _build(self, frames: int, channels: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    def _build(
+        self, frames: int, channels: int, height: int, width: int, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
         return sincos_position_encoding_3d(channels, frames, height, width, self.base, device, dtype)
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
@@ -187,7 +191,9 @@ class OfficialPositionEncoding3D(_CachedEncoding):
         m = self.encoding_channels
         return 1.0 / (10000 ** (torch.arange(0, m, 2).float() / m))
 
-    def _build(self, frames: int, channels: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    def _build(
+        self, frames: int, channels: int, height: int, width: int, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
         m = self.encoding_channels
         inv_freq = self.inv_freq().to(device)
         sizes = (channels, height, width)
@@ -225,10 +231,15 @@ class OfficialPositionEncoding3D(_CachedEncoding):
         for key in (prefix + "inv_freq", prefix + "penc.inv_freq"):
             value = state_dict.pop(key, None)
             if value is not None and (
-                tuple(value.shape) != tuple(expected.shape) or not torch.allclose(value.float().cpu(), expected, rtol=1e-6)
+                tuple(value.shape) != tuple(expected.shape)
+                or not torch.allclose(value.float().cpu(), expected, rtol=1e-6)
             ):
-                error_msgs.append(f"{key}: expected {expected.tolist()} for num_frames={self.num_frames}, got {value.flatten().tolist()}")
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+                error_msgs.append(
+                    f"{key}: expected {expected.tolist()} for num_frames={self.num_frames}, got {value.flatten().tolist()}"
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
         return f"num_frames={self.num_frames}"

@@ -91,18 +91,28 @@ def pan_zoom_clip(photo: torch.Tensor, frames: int, size: tuple[int, int], seed:
         # grid_sample's normalised coordinates (align_corners=False): pixel centre i is at (2i + 1) / n - 1.
         gy, gx = (2 * y + 1) / ph - 1, (2 * x + 1) / pw - 1
         grids.append(torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1).float())
-    clip = F.grid_sample(photo[None].expand(frames, -1, -1, -1), torch.stack(grids), mode="bicubic", padding_mode="reflection", align_corners=False)
+    clip = F.grid_sample(
+        photo[None].expand(frames, -1, -1, -1),
+        torch.stack(grids),
+        mode="bicubic",
+        padding_mode="reflection",
+        align_corners=False,
+    )
     return clip.clamp(0, 1)
 
 
-def demo_clips(photo: str = DEFAULT_PHOTO, frames: int = 40, held_out: int = 12, size: tuple[int, int] = (128, 192), seed: int = 0) -> tuple[TensorClip, TensorClip]:
+def demo_clips(
+    photo: str = DEFAULT_PHOTO, frames: int = 40, held_out: int = 12, size: tuple[int, int] = (128, 192), seed: int = 0
+) -> tuple[TensorClip, TensorClip]:
     """The demo footage, split in time: ``(training frames, held-out frames)`` (the last ``held_out`` frames)."""
     from reference_models.data.dataset import TensorClip
 
     if not 0 < held_out < frames:
         raise ValueError(f"held_out must be between 1 and frames - 1 = {frames - 1}, got {held_out}")
     clip = pan_zoom_clip(load_photo(photo), frames, size, seed=seed)
-    return TensorClip(clip[: frames - held_out], name=f"{photo}-train"), TensorClip(clip[frames - held_out :], name=f"{photo}-held-out")
+    return TensorClip(clip[: frames - held_out], name=f"{photo}-train"), TensorClip(
+        clip[frames - held_out :], name=f"{photo}-held-out"
+    )
 
 
 @dataclass
@@ -292,7 +302,11 @@ def run_demo(settings: DemoSettings) -> dict[str, dict[str, float]]:
     name = f"{settings.model} ({settings.preset})"
     bic_psnr, sr_psnr = summary["bicubic"]["psnr_y"], summary["model"]["psnr_y"]
     assert panels is not None  # the middle centre always sets them
-    _side_by_side(*panels, labels=(f"bicubic {bic_psnr:.2f} dB", f"{name} {sr_psnr:.2f} dB", "ground truth"), path=out_dir / "side_by_side.png")
+    _side_by_side(
+        *panels,
+        labels=(f"bicubic {bic_psnr:.2f} dB", f"{name} {sr_psnr:.2f} dB", "ground truth"),
+        path=out_dir / "side_by_side.png",
+    )
 
     table = _table(summary, name, len(centres), held, steps, train_seconds)
     (out_dir / "metrics.md").write_text(table + "\n")
@@ -310,7 +324,9 @@ def _written(out_dir: Path, frames: int) -> list[str]:
     return names + ([f"train/ ({', '.join(logs)})"] if logs else [])
 
 
-def _table(summary: dict[str, dict[str, float]], name: str, frames: int, held: TensorClip, steps: int, seconds: float) -> str:
+def _table(
+    summary: dict[str, dict[str, float]], name: str, frames: int, held: TensorClip, steps: int, seconds: float
+) -> str:
     rows = [
         f"Held-out frames: the last {len(held)} of the clip (never seen in training), the {frames} with a full window scored, x4, "
         f"{held.data.shape[-2]}x{held.data.shape[-1]} HR; border of 4 px ignored; model trained {steps} steps in {seconds:.0f} s.",
@@ -328,7 +344,9 @@ def _table(summary: dict[str, dict[str, float]], name: str, frames: int, held: T
     )
     verdict = "beats bicubic by" if m["psnr_y"] > b["psnr_y"] else "does NOT beat bicubic:"
     rows.append("")
-    rows.append(f"{name} {verdict} {m['psnr_y'] - b['psnr_y']:+.2f} dB PSNR-Y ({m['psnr_rgb'] - b['psnr_rgb']:+.2f} dB RGB) on the held-out frames.")
+    rows.append(
+        f"{name} {verdict} {m['psnr_y'] - b['psnr_y']:+.2f} dB PSNR-Y ({m['psnr_rgb'] - b['psnr_rgb']:+.2f} dB RGB) on the held-out frames."
+    )
     return "\n".join(rows)
 
 
@@ -341,7 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="mana", choices=list_models(), help="model to train (default: mana)")
     p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
-    p.add_argument("--photo", default=DEFAULT_PHOTO, help="scikit-image photo to pan across: chelsea (default), astronaut, coffee, rocket, ...")
+    p.add_argument(
+        "--photo",
+        default=DEFAULT_PHOTO,
+        help="scikit-image photo to pan across: chelsea (default), astronaut, coffee, rocket, ...",
+    )
     p.add_argument("--seconds", type=float, default=120.0, help="training time budget in seconds (default: 120)")
     p.add_argument("--steps", type=int, help="train exactly this many steps instead of calibrating to --seconds")
     p.add_argument("--output", default="demo_out", help="output folder (default: demo_out in the current directory)")

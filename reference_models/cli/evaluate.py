@@ -23,7 +23,6 @@ from reference_models.data.catalog import EVAL_DATASETS
 __all__ = ["build_parser", "main"]
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m reference_models evaluate",
@@ -38,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p, "a reference model, or 'bicubic'; may be left out with a --checkpoint")
     p.add_argument("--dataset", required=True, choices=EVAL_DATASETS, help="the test set's layout")
     p.add_argument("--root", required=True, help="the dataset's folder")
-    p.add_argument("--degradation", choices=["bi", "bd"], default="bi", help="bi: MATLAB bicubic (default); bd: Gaussian blur sigma 1.6, every 4th pixel")
+    p.add_argument(
+        "--degradation",
+        choices=["bi", "bd"],
+        default="bi",
+        help="bi: MATLAB bicubic (default); bd: Gaussian blur sigma 1.6, every 4th pixel",
+    )
     p.add_argument("--output-json", help="write the scores to this JSON file")
     p.add_argument("--save-frames", help="write the 8-bit SR frames as PNG to DIR/<clip>/")
     p.add_argument("--tile", type=int, help="run spatial tiles of at most N x N LR pixels (bounds memory)")
@@ -47,7 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--all-frames", action="store_true", help="vimeo90k-t: score all seven frames, not only im4")
-    p.add_argument("--crop-border", type=int, default=0, help="border pixels ignored by the metrics (default 0, as BasicVSR's tables)")
+    p.add_argument(
+        "--crop-border",
+        type=int,
+        default=0,
+        help="border pixels ignored by the metrics (default 0, as BasicVSR's tables)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return p
 
@@ -94,7 +103,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     dataset = open_dataset(args.dataset, args.root, degradation=args.degradation, cache_bytes=0)
     upscaler, name = _upscaler(args, dataset.scale)
-    print(f"{dataset.name}: {len(dataset.hr)} clips, {sum(len(c) for c in dataset.hr)} frames; {dataset.describe_lr(args.degradation)}", file=sys.stderr)
+    print(
+        f"{dataset.name}: {len(dataset.hr)} clips, {sum(len(c) for c in dataset.hr)} frames; {dataset.describe_lr(args.degradation)}",
+        file=sys.stderr,
+    )
     start = time.perf_counter()
     result = evaluate_dataset(
         dataset,

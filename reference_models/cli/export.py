@@ -58,7 +58,9 @@ def _export(args: argparse.Namespace) -> int:
         raise UserError(f"--height and --width must be >= 1, got {args.height} x {args.width}")
     output = Path(args.output)
     if output.suffix != _SUFFIXES[args.format]:
-        warnings.warn(f"--format {args.format} files usually end in {_SUFFIXES[args.format]}, not {output.suffix or '(none)'}")
+        warnings.warn(
+            f"--format {args.format} files usually end in {_SUFFIXES[args.format]}, not {output.suffix or '(none)'}"
+        )
     if not output.parent.is_dir():
         raise UserError(f"--output: folder '{output.parent}' does not exist")
     from reference_models.cli.options import build_model
@@ -73,7 +75,9 @@ def _export(args: argparse.Namespace) -> int:
         metadata = export_torchscript(model, output, example=example)
     else:
         program = export_program(model, example)
-        metadata = model_metadata(model, input_sizes=", ".join(f"{k}: {v}" for k, v in size_constraints(program).items()))
+        metadata = model_metadata(
+            model, input_sizes=", ".join(f"{k}: {v}" for k, v in size_constraints(program).items())
+        )
         save_program(program, output, metadata)
     if not args.quiet:
         print(
@@ -93,9 +97,13 @@ def onnx_run_model(onnx_file: str | None, model: str | None, checkpoint: str | N
     from reference_models.export.onnx_runtime import OnnxRuntimeModel
 
     if not onnx_file:
-        raise ValueError("--backend onnxruntime needs --model FILE.onnx (python -m reference_models export ... --format onnx)")
+        raise ValueError(
+            "--backend onnxruntime needs --model FILE.onnx (python -m reference_models export ... --format onnx)"
+        )
     if model or checkpoint:
-        raise ValueError("--backend onnxruntime runs the exported --model FILE.onnx; leave out the model name and --checkpoint")
+        raise ValueError(
+            "--backend onnxruntime runs the exported --model FILE.onnx; leave out the model name and --checkpoint"
+        )
     if device == "cuda" or dtype != "float32":
         raise ValueError("--backend onnxruntime runs on the CPU in float32; leave out --device cuda and --dtype")
     return OnnxRuntimeModel(onnx_file)

@@ -18,8 +18,14 @@ from contextlib import contextmanager
 from reference_models.registry import list_models, list_presets
 
 __all__ = [
-    "Interrupted", "UserError", "add_model_options", "build_model", "models_epilog", "print_warning",
-    "run_reporting_errors", "signals_interrupt",
+    "Interrupted",
+    "UserError",
+    "add_model_options",
+    "build_model",
+    "models_epilog",
+    "print_warning",
+    "run_reporting_errors",
+    "signals_interrupt",
 ]
 
 
@@ -34,13 +40,19 @@ def add_model_options(parser: argparse.ArgumentParser, model_help: str = "") -> 
     """The options that pick a model and its weights, shared by ``run``, ``evaluate`` and ``export``
     (read by :func:`build_model`)."""
     parser.add_argument(
-        "model", nargs="?",
+        "model",
+        nargs="?",
         help=model_help or "model name; may be left out with a --checkpoint (ours, or an official MANA/VSRT file)",
     )
-    parser.add_argument("--checkpoint", help="weights: our checkpoint (rebuilds the model) or a plain/official state_dict")
+    parser.add_argument(
+        "--checkpoint", help="weights: our checkpoint (rebuilds the model) or a plain/official state_dict"
+    )
     parser.add_argument("--preset", help="model preset (default: the checkpoint's, else 'paper')")
     parser.add_argument(
-        "--model-arg", action="append", default=[], metavar="KEY=VALUE",
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="constructor argument, repeatable; for an official checkpoint an official setting (num_frame=7)",
     )
     parser.add_argument(
@@ -86,9 +98,7 @@ def build_model(args: argparse.Namespace, **overrides):
     if args.checkpoint:
         # an official file gets one line saying what was read off its weights and what the paper supplied
         report = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
-        model = build_from_checkpoint(
-            args.checkpoint, args.model, args.preset, report=report, **overrides
-        )
+        model = build_from_checkpoint(args.checkpoint, args.model, args.preset, report=report, **overrides)
     else:
         if not args.model:
             raise UserError(
@@ -98,7 +108,9 @@ def build_model(args: argparse.Namespace, **overrides):
         if not args.random_weights:
             presets = list_presets(args.model)  # an unknown model or preset is the first thing to report
             if args.preset and args.preset not in presets:
-                raise UserError(f"unknown preset {args.preset!r} for model {args.model!r}; available: {', '.join(presets)}")
+                raise UserError(
+                    f"unknown preset {args.preset!r} for model {args.model!r}; available: {', '.join(presets)}"
+                )
             raise UserError(
                 "no --checkpoint: pass the model's weights (or --random-weights for a smoke test; its output is noise)"
             )

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", "-i", required=True, help="folder of frames or video file")
     run.add_argument("--output", "-o", required=True, help="output folder, or a video file (.mp4, .mkv, ...)")
     run.add_argument(
-        "--tile", type=int,
+        "--tile",
+        type=int,
         help=f"run spatial tiles of at most N x N LR pixels (bounds memory; at least {MIN_TILE}, more where the model "
         "needs it)",
     )
@@ -75,21 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--tile, frames that would exceed it run as tiles",
     )
     run.add_argument(
-        "--max-seq-len", type=int, metavar="N",
+        "--max-seq-len",
+        type=int,
+        metavar="N",
         help="recurrent models (basicvsr, iconvsr, basicvsrpp): run overlapping segments of N frames, faster but "
         "approximate (less temporal context near the cuts); default: the whole input as one exact sequence, its "
         "features spilled to disk beyond --max-memory",
     )
     run.add_argument("--seq-overlap", type=int, metavar="N", help="frames shared by consecutive segments (default N/4)")
     run.add_argument(
-        "--spill-dir", help="recurrent models, whole sequence: where features beyond --max-memory are spilled "
+        "--spill-dir",
+        help="recurrent models, whole sequence: where features beyond --max-memory are spilled "
         "(a private folder inside it, removed after the run; default: $TMPDIR or /tmp)",
     )
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     run.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
     run.add_argument(
-        "--fps", type=float,
+        "--fps",
+        type=float,
         help=f"frame rate of a video output, {MIN_FPS:g} to {MAX_FPS:g} (default: the input video's time stamps, "
         "else 25)",
     )
@@ -100,16 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-audio", action="store_true", help="leave out the input video's audio and subtitles (copied by default)"
     )
     run.add_argument(
-        "--resume", action="store_true",
+        "--resume",
+        action="store_true",
         help="folder output: skip frames already written there (complete PNGs of the right size) or left by an "
         "interrupted --resume run",
     )
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
-    run.add_argument("--backend", choices=["pytorch", "onnxruntime"], default="pytorch",
-                     help="onnxruntime: run an exported --model FILE.onnx (python -m reference_models export)")
-    run.add_argument("--model", dest="onnx_file", metavar="FILE.onnx", help="the exported model of --backend onnxruntime")
     run.add_argument(
-        "--compile", action="store_true",
+        "--backend",
+        choices=["pytorch", "onnxruntime"],
+        default="pytorch",
+        help="onnxruntime: run an exported --model FILE.onnx (python -m reference_models export)",
+    )
+    run.add_argument(
+        "--model", dest="onnx_file", metavar="FILE.onnx", help="the exported model of --backend onnxruntime"
+    )
+    run.add_argument(
+        "--compile",
+        action="store_true",
         help="torch.compile the model with Inductor freezing (faster convolutions; the first window at each new "
         "size compiles for minutes: worth it for long videos)",
     )
@@ -225,8 +238,13 @@ def _sequence_mode(args: argparse.Namespace, model, source) -> dict | None:
         )
     if args.compile:
         warnings.warn("--compile: a recurrent model run as one sequence streams eagerly (only its forward compiles)")
-    return {"max_bytes": budget, "pinned_bytes": pinned, "spill_dir": spill_dir, "channels_last": True,
-            "length": len(source)}
+    return {
+        "max_bytes": budget,
+        "pinned_bytes": pinned,
+        "spill_dir": spill_dir,
+        "channels_last": True,
+        "length": len(source),
+    }
 
 
 class _SweepBars:
@@ -247,8 +265,13 @@ class _SweepBars:
             self.sweep = state.sweep
             self.seconds[state.branch] = 0.0
             self.started = time.perf_counter()
-            self.bar = tqdm(total=state.frames, unit="frame", desc=f"sweep {state.sweep}/{state.sweeps} {state.branch}",
-                            disable=self.quiet, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=state.frames,
+                unit="frame",
+                desc=f"sweep {state.sweep}/{state.sweeps} {state.branch}",
+                disable=self.quiet,
+                dynamic_ncols=True,
+            )
         self.bar.update(state.done - self.bar.n)
         if state.eta is not None:
             self.bar.set_postfix_str(f"run ETA {_clock(state.eta)}", refresh=False)
@@ -300,8 +323,11 @@ def _run(args: argparse.Namespace) -> int:
         model = build_model(args)
     smallest_tile = _check_tile(args, model)
     stream_options = _sequence_mode(args, model, source)
-    if stream_options is None and args.tile is None and isinstance(model, torch.nn.Module) and any(
-        True for _ in model.parameters()
+    if (
+        stream_options is None
+        and args.tile is None
+        and isinstance(model, torch.nn.Module)
+        and any(True for _ in model.parameters())
     ):
         from reference_models.inference.memory_budget import automatic_tile
 
@@ -314,17 +340,20 @@ def _run(args: argparse.Namespace) -> int:
         from reference_models.inference.compiled import compile_model
 
         if not args.quiet:
-            print("compiling the model (torch.compile, Inductor freezing): the first window of each size takes "
-                  "minutes", file=sys.stderr)
+            print(
+                "compiling the model (torch.compile, Inductor freezing): the first window of each size takes minutes",
+                file=sys.stderr,
+            )
         model = compile_model(model)
     scale = int(model.scale)
     start = time.perf_counter()
     frames = (torch.from_numpy(array).permute(2, 0, 1) for array in source)
     written = 0
     sweeps = _SweepBars(args.quiet) if stream_options is not None else None
-    with _open_output(args, source, scale) as writer, tqdm(
-        total=len(source), unit="frame", disable=args.quiet or sweeps is not None, dynamic_ncols=True
-    ) as bar:
+    with (
+        _open_output(args, source, scale) as writer,
+        tqdm(total=len(source), unit="frame", disable=args.quiet or sweeps is not None, dynamic_ncols=True) as bar,
+    ):
         done: set[str] = getattr(writer, "done", set())
         skip = {i for i, name in enumerate(source.names) if name in done}
         if stream_options is not None:
@@ -332,8 +361,14 @@ def _run(args: argparse.Namespace) -> int:
             outputs = upscale_frames(model, cast(Iterable[Any], source), skip=skip, report=sweeps, **stream_options)
         else:
             outputs = upscale_frames(
-                model, frames, tile=args.tile, tile_overlap=args.tile_overlap or 0, batch=args.batch, skip=skip,
-                max_seq_len=args.max_seq_len, seq_overlap=args.seq_overlap,
+                model,
+                frames,
+                tile=args.tile,
+                tile_overlap=args.tile_overlap or 0,
+                batch=args.batch,
+                skip=skip,
+                max_seq_len=args.max_seq_len,
+                seq_overlap=args.seq_overlap,
             )
         try:
             for name, out in zip(source.names, outputs):
@@ -342,7 +377,9 @@ def _run(args: argparse.Namespace) -> int:
                     written += 1
                 bar.update(1)
         finally:
-            cast(Generator[Any, None, None], outputs).close()  # stops a streaming worker (and removes its spill folder) before the writer aborts
+            cast(
+                Generator[Any, None, None], outputs
+            ).close()  # stops a streaming worker (and removes its spill folder) before the writer aborts
             if sweeps is not None:
                 sweeps.close()
     if not args.quiet:
@@ -380,4 +417,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             kept = "frames finished so far are kept for the next --resume" if args.resume else "nothing was written"
             print(f"error: interrupted by {signal.Signals(signum).name}; {kept}", file=sys.stderr)
             return 128 + signum
-

@@ -59,13 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Options left out take their defaults, or with --resume the values of the checkpoint's run.",
     )
     p.add_argument("model", choices=list_models(), help="the network to train")
-    p.add_argument("--data", help="folder of HR clips: one sub-folder of frames per clip, or video files (= --dataset folder --root DIR)")
-    p.add_argument("--dataset", choices=TRAIN_DATASETS, help="a dataset laid out as distributed under --root: reds (train_sharp without REDS4), vimeo90k (sep_trainlist.txt), vid4, folder; its provided LR frames are used when present")
+    p.add_argument(
+        "--data",
+        help="folder of HR clips: one sub-folder of frames per clip, or video files (= --dataset folder --root DIR)",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=TRAIN_DATASETS,
+        help="a dataset laid out as distributed under --root: reds (train_sharp without REDS4), vimeo90k (sep_trainlist.txt), vid4, folder; its provided LR frames are used when present",
+    )
     p.add_argument("--root", help="the --dataset's folder")
     p.add_argument("--preset", help="model preset (default: tiny)")
     p.add_argument("--weights", help="start from these weights (a reference_models checkpoint or a state_dict file)")
     p.add_argument(
-        "--resume", metavar="PATH|auto",
+        "--resume",
+        metavar="PATH|auto",
         help="continue the run saved in this checkpoint (last.pt); auto: OUTPUT/last.pt if it exists, else a new run "
         "(for torchrun --max-restarts and requeueing schedulers)",
     )
@@ -74,39 +82,88 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--patch-size", type=int, help="LR crop size; the HR crop is 4x (default: 32)")
     g.add_argument("--degradation", help="bicubic: MATLAB-style x4 bicubic (default); blur: Gaussian blur + subsample")
-    g.add_argument("--blur-sigma", type=float, nargs="+", help="Gaussian sigma of --degradation blur, or a LOW HIGH range (default: 1.6)")
+    g.add_argument(
+        "--blur-sigma",
+        type=float,
+        nargs="+",
+        help="Gaussian sigma of --degradation blur, or a LOW HIGH range (default: 1.6)",
+    )
     g.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no random flips/rotations")
     g.add_argument("--val-data", help="folder of validation clips")
     g.add_argument("--val-holdout", type=int, help="hold out the last N clips of --data for validation (default: 0)")
     g.add_argument("--val-frames", type=int, help="frames scored per validation clip, evenly spaced (default: 8)")
-    g.add_argument("--val-crop", type=int, help="validate on a centred HR crop of this size, 0 for whole frames (default: 256)")
+    g.add_argument(
+        "--val-crop", type=int, help="validate on a centred HR crop of this size, 0 for whole frames (default: 256)"
+    )
     g.add_argument("--workers", dest="num_workers", type=int, help="DataLoader worker processes (default: 0)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, help="total optimiser steps (default: 10000)")
     g.add_argument("--batch-size", type=int, help="clips per step (default: 8)")
-    g.add_argument("--lr", type=float, help="peak learning rate (default: the paper's: " + ", ".join(f"{k} {v['lr']:g}" for k, v in PAPER_RECIPES.items()) + ")")
-    g.add_argument("--betas", type=float, nargs=2, help="Adam betas (default: the paper's: mana 0.5 0.99, vsrt 0.9 0.99, dasaa/mafnet 0.9 0.999)")
+    g.add_argument(
+        "--lr",
+        type=float,
+        help="peak learning rate (default: the paper's: "
+        + ", ".join(f"{k} {v['lr']:g}" for k, v in PAPER_RECIPES.items())
+        + ")",
+    )
+    g.add_argument(
+        "--betas",
+        type=float,
+        nargs=2,
+        help="Adam betas (default: the paper's: mana 0.5 0.99, vsrt 0.9 0.99, dasaa/mafnet 0.9 0.999)",
+    )
     g.add_argument("--loss", choices=LOSSES, help="pixel loss (default: charbonnier)")
-    g.add_argument("--aux-losses", action="store_true", default=None, help="dasaa: add PASSRnet's auxiliary alignment losses (photometric, cycle, smoothness) to the pixel loss (default: off)")
+    g.add_argument(
+        "--aux-losses",
+        action="store_true",
+        default=None,
+        help="dasaa: add PASSRnet's auxiliary alignment losses (photometric, cycle, smoothness) to the pixel loss (default: off)",
+    )
     g.add_argument("--aux-weight", type=float, help="weight of the auxiliary losses (default: 0.005, PASSRnet's)")
-    g.add_argument("--schedule", choices=SCHEDULES, help="cosine (with --cycles restarts, VSRT), constant, or MANA's mana-3stage (default: cosine)")
+    g.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="cosine (with --cycles restarts, VSRT), constant, or MANA's mana-3stage (default: cosine)",
+    )
     g.add_argument("--cycles", type=int, help="cosine periods; 1 = no restart (default: 1)")
     g.add_argument("--eta-min", type=float, help="cosine floor (default: 1e-7)")
-    g.add_argument("--stage-fractions", type=float, nargs=3, help="mana-3stage: share of the steps per stage (default: 0.6 0.2 0.2)")
+    g.add_argument(
+        "--stage-fractions",
+        type=float,
+        nargs=3,
+        help="mana-3stage: share of the steps per stage (default: 0.6 0.2 0.2)",
+    )
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm (default: off)")
     amp = g.add_mutually_exclusive_group()
-    amp.add_argument("--amp", dest="amp", action="store_true", default=None, help="mixed precision (default: on for CUDA)")
+    amp.add_argument(
+        "--amp", dest="amp", action="store_true", default=None, help="mixed precision (default: on for CUDA)"
+    )
     amp.add_argument("--no-amp", dest="amp", action="store_false", help="full precision")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     g.add_argument(
-        "--dist-timeout", type=float, metavar="SECONDS",
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
         help="torchrun: how long a rank waits for the others before reporting the one that died or hangs (default: 300)",
     )
-    g.add_argument("--seed", type=int, help="seed of the initial weights, the data stream and the model's randomness: the same seed gives the same run on CPU (default: 0)")
-    g.add_argument("--ema", type=float, metavar="DECAY", help="keep a moving average of the weights (BasicSR: 0.999), validated and saved as params_ema (default: off)")
-    g.add_argument("--on-nonfinite", choices=NONFINITE_POLICIES, help="a NaN/inf loss or gradient: stop the run (default), or skip that step's update")
+    g.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the initial weights, the data stream and the model's randomness: the same seed gives the same run on CPU (default: 0)",
+    )
+    g.add_argument(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="keep a moving average of the weights (BasicSR: 0.999), validated and saved as params_ema (default: off)",
+    )
+    g.add_argument(
+        "--on-nonfinite",
+        choices=NONFINITE_POLICIES,
+        help="a NaN/inf loss or gradient: stop the run (default), or skip that step's update",
+    )
 
     g = p.add_argument_group("monitoring")
     g.add_argument("--val-every", type=int, help="validate every N steps (default: 1000)")
@@ -114,7 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", type=int, help="save last.pt every N steps (default: 1000)")
     g.add_argument("--log-every", type=int, help="refresh the progress bar every N steps (default: 10)")
     g.add_argument("--quiet", dest="progress", action="store_false", default=None, help="no progress bar")
-    g.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard events to OUTPUT/tensorboard (needs the tensorboard extra)")
+    g.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="also write TensorBoard events to OUTPUT/tensorboard (needs the tensorboard extra)",
+    )
     return p
 
 
@@ -170,7 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _killed_in_native_code(signum: int) -> None:
     name = signal.Signals(signum).name
-    _error(f"{name} while waiting for the other processes; stopped. --resume from the last saved last.pt continues the run")
+    _error(
+        f"{name} while waiting for the other processes; stopped. --resume from the last saved last.pt continues the run"
+    )
 
 
 class _Terminated(BaseException):
@@ -201,7 +265,12 @@ def _check_options(opts: dict[str, Any]) -> None:
     """Values argparse cannot check by type alone."""
     if opts["patch_size"] < 1:
         raise ValueError(f"--patch-size must be >= 1 (LR pixels), got {opts['patch_size']}")
-    for key, flag in (("val_holdout", "--val-holdout"), ("val_frames", "--val-frames"), ("val_crop", "--val-crop"), ("num_workers", "--workers")):
+    for key, flag in (
+        ("val_holdout", "--val-holdout"),
+        ("val_frames", "--val-frames"),
+        ("val_crop", "--val-crop"),
+        ("num_workers", "--workers"),
+    ):
         if opts[key] is not None and opts[key] < 0:
             raise ValueError(f"{flag} must be >= 0, got {opts[key]}")
 
@@ -280,11 +349,16 @@ def _train(args: argparse.Namespace) -> int:
     val_lr = None
     if opts["val_holdout"]:
         if opts["val_holdout"] >= len(clips):
-            raise ValueError(f"--val-holdout {opts['val_holdout']} leaves no training clip of the {len(clips)} in {data_root}")
+            raise ValueError(
+                f"--val-holdout {opts['val_holdout']} leaves no training clip of the {len(clips)} in {data_root}"
+            )
         clips, val_clips = clips[: -opts["val_holdout"]], val_clips + clips[-opts["val_holdout"] :]
         if lr_clips is not None:
             # Provided LR frames validate the held-out clips only when no --val-data clip lacks them.
-            lr_clips, val_lr = lr_clips[: -opts["val_holdout"]], None if opts["val_data"] else lr_clips[-opts["val_holdout"] :]
+            lr_clips, val_lr = (
+                lr_clips[: -opts["val_holdout"]],
+                None if opts["val_data"] else lr_clips[-opts["val_holdout"] :],
+            )
     sigma = opts["blur_sigma"]
     sigma = float(sigma[0]) if len(sigma) == 1 else (float(sigma[0]), float(sigma[1]))
     train_data = TrainClips(
@@ -316,7 +390,9 @@ def _train(args: argparse.Namespace) -> int:
         trainer.load_checkpoint(resume)
         say(f"resumed {resume} at step {trainer.step} of {config.steps}")
         if trainer.schedule.name == "extended":
-            say(f"--steps {config.steps}: the schedule anneals from lr {trainer.schedule.lr(trainer.step):.3g} at step {trainer.step} to {config.eta_min:g} at step {config.steps}")
+            say(
+                f"--steps {config.steps}: the schedule anneals from lr {trainer.schedule.lr(trainer.step):.3g} at step {trainer.step} to {config.eta_min:g} at step {config.steps}"
+            )
     if val_data is None:
         say("no validation data (--val-data or --val-holdout): training without PSNR/SSIM checks")
     out = Path(config.output_dir)
@@ -330,10 +406,15 @@ def _train(args: argparse.Namespace) -> int:
         trainer.fit()
     if trainer.val_results:
         last = trainer.val_results[-1]
-        say(f"final: PSNR-Y {last['psnr_y']:.2f} dB (bicubic {last['bicubic_psnr_y']:.2f} dB), SSIM-Y {last['ssim_y']:.4f}")
+        say(
+            f"final: PSNR-Y {last['psnr_y']:.2f} dB (bicubic {last['bicubic_psnr_y']:.2f} dB), SSIM-Y {last['ssim_y']:.4f}"
+        )
     if trainer.skipped_steps:
-        say(f"warning: {trainer.skipped_steps} step(s) skipped for a non-finite loss or gradient (log.json: skipped_steps)")
-    written = [out / name for name in ("last.pt", "best.pt", "log.csv", "log.json", "curve.png") if (out / name).exists()]
+        say(
+            f"warning: {trainer.skipped_steps} step(s) skipped for a non-finite loss or gradient (log.json: skipped_steps)"
+        )
+    written = [
+        out / name for name in ("last.pt", "best.pt", "log.csv", "log.json", "curve.png") if (out / name).exists()
+    ]
     say(f"wrote {', '.join(str(path) for path in written)}")
     return 0
-

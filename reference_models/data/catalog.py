@@ -16,7 +16,9 @@ TRAIN_DATASETS = ("reds", "vimeo90k", "vid4", "folder")
 EVAL_DATASETS = ("vid4", "reds4", "vimeo90k-t", "folder")
 
 
-def open_dataset(name: str, root: str | Path, degradation: str = "bi", scale: int = 4, cache_bytes: int = 2 << 30) -> VideoSet:
+def open_dataset(
+    name: str, root: str | Path, degradation: str = "bi", scale: int = 4, cache_bytes: int = 2 << 30
+) -> VideoSet:
     """The dataset ``name`` (one of :data:`TRAIN_DATASETS` or :data:`EVAL_DATASETS`) under ``root``.
 
     Args:

@@ -41,7 +41,18 @@ from reference_models.io.video import (
     natural_key,
 )
 
-__all__ = ["check_lr_pairs", "Clip", "FrameCache", "FrameListClip", "FrameFolderClip", "VideoFileClip", "TensorClip", "load_clips", "TrainClips", "ValClips"]
+__all__ = [
+    "check_lr_pairs",
+    "Clip",
+    "FrameCache",
+    "FrameListClip",
+    "FrameFolderClip",
+    "VideoFileClip",
+    "TensorClip",
+    "load_clips",
+    "TrainClips",
+    "ValClips",
+]
 
 
 class Clip(ABC):
@@ -260,7 +271,9 @@ def check_lr_pairs(clips: Sequence[Clip], lr_clips: Sequence[Clip], scale: int) 
             raise DatasetError(f"clip {hr.name!r}: {len(hr)} HR frames but {len(lr)} LR frames")
         (h, w), (lh, lw) = hr.frame_size, lr.frame_size
         if (h // scale, w // scale) != (lh, lw):
-            raise DatasetError(f"clip {hr.name!r}: LR frames are {lw}x{lh}, but HR {w}x{h} at x{scale} needs {w // scale}x{h // scale}")
+            raise DatasetError(
+                f"clip {hr.name!r}: LR frames are {lw}x{lh}, but HR {w}x{h} at x{scale} needs {w // scale}x{h // scale}"
+            )
 
 
 def _checked_lr(clips: list[Clip], lr_clips: Sequence[Clip] | None, scale: int) -> list[Clip] | None:
@@ -380,7 +393,9 @@ class TrainClips(Dataset):
                 lr, hr = lr.transpose(-1, -2), hr.transpose(-1, -2)
         return {"lr": lr.contiguous(), "hr": hr.contiguous()}
 
-    def _degraded_crops(self, k: int, indices: list[int], y: int, x: int, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _degraded_crops(
+        self, k: int, indices: list[int], y: int, x: int, sigma: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The HR crop at ``(y, x)`` of clip ``k`` and its LR patch, made by ``degradation``."""
         # Degrade the crop with a margin (clipped at the frame border), then trim: the LR pixels equal those
         # of the degraded whole frame, at a fraction of the cost.

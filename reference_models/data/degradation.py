@@ -25,7 +25,17 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["blur_radius", "bicubic_downsample", "bicubic_upsample", "gaussian_kernel1d", "gaussian_blur", "blur_downsample", "degrade", "degradation_margin", "DEGRADATIONS"]
+__all__ = [
+    "blur_radius",
+    "bicubic_downsample",
+    "bicubic_upsample",
+    "gaussian_kernel1d",
+    "gaussian_blur",
+    "blur_downsample",
+    "degrade",
+    "degradation_margin",
+    "DEGRADATIONS",
+]
 
 DEGRADATIONS = ("bicubic", "blur")
 
@@ -163,4 +173,3 @@ def degradation_margin(scale: int = 4, kind: str = "bicubic", blur_sigma: float 
     """
     support = 2 * scale if kind == "bicubic" else blur_radius(blur_sigma)
     return scale * math.ceil(support / scale)
-

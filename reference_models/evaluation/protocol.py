@@ -124,7 +124,9 @@ def evaluate_dataset(
                 if save_frames is not None:
                     folder = Path(save_frames) / hr_clip.name
                     folder.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(np.ascontiguousarray(sr.permute(1, 2, 0).numpy())).save(folder / _frame_name(hr_clip, i))
+                    Image.fromarray(np.ascontiguousarray(sr.permute(1, 2, 0).numpy())).save(
+                        folder / _frame_name(hr_clip, i)
+                    )
                 if i in scored:
                     per_frame.append(frame_metrics(sr, hr_clip[i][:, : sr.shape[-2], : sr.shape[-1]], crop_border))
                 bar.update(1)

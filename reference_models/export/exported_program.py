@@ -41,7 +41,11 @@ class InferenceModel(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.num_frames, self.scale, self.output_mode = int(cast(int, model.num_frames)), int(cast(int, model.scale)), str(model.output_mode)
+        self.num_frames, self.scale, self.output_mode = (
+            int(cast(int, model.num_frames)),
+            int(cast(int, model.scale)),
+            str(model.output_mode),
+        )
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         out = self.model(lr)

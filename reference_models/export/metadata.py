@@ -23,7 +23,11 @@ _REQUIRED = ("num_frames", "scale", "output_mode")
 def model_metadata(model: nn.Module, **extra: object) -> dict[str, str]:
     """``{"num_frames", "scale", "output_mode", "model", "preset", ...extra}`` of ``model``, as strings."""
     spec = getattr(model, "model_spec", None) or {}
-    out = {"num_frames": str(int(cast(int, model.num_frames))), "scale": str(int(cast(int, model.scale))), "output_mode": str(model.output_mode)}
+    out = {
+        "num_frames": str(int(cast(int, model.num_frames))),
+        "scale": str(int(cast(int, model.scale))),
+        "output_mode": str(model.output_mode),
+    }
     if spec:
         out["model"], out["preset"] = str(spec.get("name")), str(spec.get("preset"))
     out.update({key: str(value) for key, value in extra.items()})
@@ -43,12 +47,16 @@ def parse_metadata(metadata: Mapping[str, str], where: str) -> tuple[int, int, s
     """
     missing = [key for key in _REQUIRED if key not in metadata]
     if missing:
-        raise ValueError(f"{where} lacks the metadata {', '.join(missing)}; export it with python -m reference_models export")
+        raise ValueError(
+            f"{where} lacks the metadata {', '.join(missing)}; export it with python -m reference_models export"
+        )
     try:
         num_frames, scale = int(metadata["num_frames"]), int(metadata["scale"])
     except ValueError as exc:
         raise ValueError(f"{where} has malformed metadata: {exc}") from None
     mode = metadata["output_mode"]
     if mode not in ("center", "all") or num_frames < 1 or scale < 1:
-        raise ValueError(f"{where} has malformed metadata: num_frames={num_frames}, scale={scale}, output_mode={mode!r}")
+        raise ValueError(
+            f"{where} has malformed metadata: num_frames={num_frames}, scale={scale}, output_mode={mode!r}"
+        )
     return num_frames, scale, mode

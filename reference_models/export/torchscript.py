@@ -22,7 +22,9 @@ from reference_models.export.metadata import EXTRA_FILE, metadata_json, model_me
 __all__ = ["export_torchscript", "load_torchscript"]
 
 
-def export_torchscript(model: nn.Module, path: str | os.PathLike[str], example: torch.Tensor | None = None) -> dict[str, str]:
+def export_torchscript(
+    model: nn.Module, path: str | os.PathLike[str], example: torch.Tensor | None = None
+) -> dict[str, str]:
     """Trace ``model`` on ``example`` and save the TorchScript archive with its metadata.
 
     Returns:

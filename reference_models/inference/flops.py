@@ -87,9 +87,7 @@ def count_macs(model: nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
         nonlocal conv
         conv += _module_macs(module, args, output)
 
-    handles = [
-        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear) or _conv_like(m)
-    ]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear) or _conv_like(m)]
     try:
         counter = FlopCounterMode(display=False, custom_mapping=_custom_mapping())
         with torch.no_grad(), counter:

@@ -125,9 +125,7 @@ def _probe_sizes(model: nn.Module) -> tuple[int, int]:
     return small, small + small // 2
 
 
-def estimate_memory(
-    model: nn.Module, batch: int = 1, probe_sizes: tuple[int, int] | None = None
-) -> MemoryEstimate:
+def estimate_memory(model: nn.Module, batch: int = 1, probe_sizes: tuple[int, int] | None = None) -> MemoryEstimate:
     """Measure :class:`MemoryEstimate` of ``model`` (eval mode, with ``num_frames``) on ``batch`` windows.
 
     Two probe passes on random square frames of ``probe_sizes`` LR pixels (default 32 and 48, or the

@@ -305,7 +305,11 @@ def stream_frames(
         torch.set_num_threads(threads)
         try:
             stream_upscale(
-                model, frames, emit=lambda i, sr: hand(("frame", (i, None if i in skip else sr))), check=check, **options
+                model,
+                frames,
+                emit=lambda i, sr: hand(("frame", (i, None if i in skip else sr))),
+                check=check,
+                **options,
             )
             hand(("done", None))
         except _Cancelled:

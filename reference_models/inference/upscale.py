@@ -349,7 +349,9 @@ def upscale_frames(
     num_frames, scale, mode = _model_attributes(model)
     if max_seq_len is not None:
         if not recurrent:
-            raise ValueError(f"max_seq_len applies to recurrent models; {type(model).__name__} sees {num_frames} frames")
+            raise ValueError(
+                f"max_seq_len applies to recurrent models; {type(model).__name__} sees {num_frames} frames"
+            )
         overlap = max_seq_len // 4 if seq_overlap is None else seq_overlap
         if not 0 <= overlap < max_seq_len:
             raise ValueError(f"seq_overlap must be in [0, max_seq_len={max_seq_len}), got {overlap}")
@@ -462,9 +464,11 @@ def upscale_clip(
         batch: as for :func:`upscale_frames`.
         clip_stride: as for :func:`upscale_frames`.
         progress: show a tqdm progress bar.
-        max_seq_len, seq_overlap, max_bytes: recurrent models, as for :func:`upscale_frames`: by default the
-            whole clip is one sequence, its features spilled to disk beyond ``max_bytes``; with ``tile`` (and
-            no ``max_seq_len``) each tile runs the whole clip as one sequence, in memory.
+        max_seq_len: recurrent models, as for :func:`upscale_frames`: by default the whole clip is one
+            sequence, its features spilled to disk beyond ``max_bytes``; with ``tile`` (and no ``max_seq_len``)
+            each tile runs the whole clip as one sequence, in memory.
+        seq_overlap: as for :func:`upscale_frames`.
+        max_bytes: as for :func:`upscale_frames`.
         spill_dir: parent of the spill folder (default: the system's temporary folder).
 
     Shape:
@@ -477,8 +481,15 @@ def upscale_clip(
         >>> upscale_clip(model, torch.rand(3, 3, 10, 12)).shape
         torch.Size([3, 3, 40, 48])
     """
-    options: dict[str, Any] = dict(tile=tile, tile_overlap=tile_overlap, batch=batch, clip_stride=clip_stride,
-                                   max_seq_len=max_seq_len, seq_overlap=seq_overlap, max_bytes=max_bytes)
+    options: dict[str, Any] = dict(
+        tile=tile,
+        tile_overlap=tile_overlap,
+        batch=batch,
+        clip_stride=clip_stride,
+        max_seq_len=max_seq_len,
+        seq_overlap=seq_overlap,
+        max_bytes=max_bytes,
+    )
     if isinstance(clip, torch.Tensor) and clip.dim() == 5:
         return torch.stack([upscale_clip(model, c, progress=progress, spill_dir=spill_dir, **options) for c in clip])
     if check_shape(clip, "T C H W", name="clip", C=3)["T"] < 1:

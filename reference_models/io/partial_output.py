@@ -175,4 +175,3 @@ def signals_deferred() -> Iterator[None]:
             signal.signal(sig, handler)
         if pending:
             signal.raise_signal(pending[0])
-

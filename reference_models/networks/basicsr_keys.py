@@ -30,7 +30,9 @@ def tail_renames(into: str) -> tuple[tuple[str, str], ...]:
     return tuple((f"{official}.", f"{into}{ours}.") for official, ours in BASICSR_TAIL_NAMES.items())
 
 
-def rename_prefixes(state_dict: Mapping[str, torch.Tensor], renames: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+def rename_prefixes(
+    state_dict: Mapping[str, torch.Tensor], renames: Sequence[tuple[str, str]]
+) -> dict[str, torch.Tensor]:
     """Each key with the first matching ``old`` prefix renamed to ``new``; other keys unchanged (a strict
     load reports them)."""
     renamed: dict[str, torch.Tensor] = {}
@@ -58,7 +60,9 @@ def spynet_weights(state_dict: Mapping[str, torch.Tensor], into: str) -> dict[st
             continue
         reference = torch.tensor(expected).view(1, 3, 1, 1)
         if tuple(value.shape) != (1, 3, 1, 1) or not torch.allclose(value.float().cpu(), reference, atol=1e-3):
-            raise CheckpointError(f"spynet.{name}: expected the ImageNet constants {list(expected)}, got {value.flatten().tolist()}")
+            raise CheckpointError(
+                f"spynet.{name}: expected the ImageNet constants {list(expected)}, got {value.flatten().tolist()}"
+            )
     return {**others, **{into + k: v for k, v in converted.items()}}
 
 
@@ -66,4 +70,6 @@ def count_trunk_blocks(state_dict: Mapping[str, torch.Tensor], trunk: str) -> in
     """How many residual blocks the ``conv + LeakyReLU + blocks`` trunk ``trunk`` (``"backward_trunk"``) holds:
     the distinct ``{trunk}.main.2.{i}.conv1.weight``."""
     prefix = f"{trunk}.main.2."
-    return len({k[len(prefix) :].split(".")[0] for k in state_dict if k.startswith(prefix) and k.endswith(".conv1.weight")})
+    return len(
+        {k[len(prefix) :].split(".")[0] for k in state_dict if k.startswith(prefix) and k.endswith(".conv1.weight")}
+    )

@@ -36,7 +36,14 @@ from vsrblocks.recurrent import (
 from vsrblocks.shapes import check_shape
 from vsrblocks.upsample import PixelShuffleUpsampler
 
-__all__ = ["MODEL", "PRESETS", "BasicVSR", "convert_official_state_dict", "from_official", "official_config_from_state_dict"]
+__all__ = [
+    "MODEL",
+    "PRESETS",
+    "BasicVSR",
+    "convert_official_state_dict",
+    "from_official",
+    "official_config_from_state_dict",
+]
 
 _SPYNET_CHANNELS = (32, 64, 32, 16)
 
@@ -128,7 +135,9 @@ class BasicVSR(nn.Module):
         source = as_frame_source(frames)
 
         def reconstruct(i: int, features: dict[str, torch.Tensor]) -> None:
-            fused = conv2d_activation(self.fusion, torch.cat((features["backward"], features["forward"]), dim=1), "leaky_relu", 0.1)
+            fused = conv2d_activation(
+                self.fusion, torch.cat((features["backward"], features["forward"]), dim=1), "leaky_relu", 0.1
+            )
             base = F.interpolate(source[i], scale_factor=self.scale, mode="bilinear", align_corners=False)
             emit(i, self.upsample(fused) + base)
 
@@ -138,7 +147,9 @@ class BasicVSR(nn.Module):
         return stacked(self.stream, clip)
 
     def extra_repr(self) -> str:
-        return f"num_frames={self.num_frames}, channels={self.channels}, num_blocks={self.num_blocks}, scale={self.scale}"
+        return (
+            f"num_frames={self.num_frames}, channels={self.channels}, num_blocks={self.num_blocks}, scale={self.scale}"
+        )
 
 
 MODEL = BasicVSR
@@ -178,8 +189,11 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[
 
 
 def _load_official(
-    model: nn.Module, state_dict: Mapping[str, Any], convert: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]],
-    spynet_path: str | None, what: str,
+    model: nn.Module,
+    state_dict: Mapping[str, Any],
+    convert: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]],
+    spynet_path: str | None,
+    what: str,
 ) -> None:
     """Unwrap ``params``/``params_ema``/``state_dict`` (and ``module.``), convert, add SPyNet from
     ``spynet_path`` when the weights lack it, load strictly."""
@@ -189,7 +203,9 @@ def _load_official(
             break
     converted = convert({k.removeprefix("module."): v for k, v in state_dict.items()})
     if spynet_path is not None and not any(k.startswith("propagation.flow.") for k in converted):
-        converted.update({f"propagation.flow.{k}": v for k, v in SPyNet.from_checkpoint(spynet_path).state_dict().items()})
+        converted.update(
+            {f"propagation.flow.{k}": v for k, v in SPyNet.from_checkpoint(spynet_path).state_dict().items()}
+        )
     load_state_dict_checked(model, converted, what=what)
 
 
@@ -222,8 +238,12 @@ def official_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> t
     trunk = renamed.get("backward_trunk.main.0.weight")
     forward = renamed.get("forward_trunk.main.0.weight")
     if trunk is None or forward is None or not any(k.startswith("spynet.") for k in renamed):
-        raise ValueError("not a BasicVSR state_dict: no backward_trunk/backward_resblocks, forward trunk or spynet weights")
+        raise ValueError(
+            "not a BasicVSR state_dict: no backward_trunk/backward_resblocks, forward trunk or spynet weights"
+        )
     channels = int(trunk.shape[0])
     if tuple(trunk.shape[:2]) != (channels, channels + 3) or tuple(forward.shape[:2]) != (channels, channels + 3):
-        raise ValueError("not a BasicVSR state_dict: its trunks do not take C + 3 channels (IconVSR's forward trunk takes 2C + 3)")
+        raise ValueError(
+            "not a BasicVSR state_dict: its trunks do not take C + 3 channels (IconVSR's forward trunk takes 2C + 3)"
+        )
     return {"num_feat": channels, "num_block": count_trunk_blocks(renamed, "backward_trunk")}, ()

@@ -73,8 +73,8 @@ class BasicVSRPlusPlus(nn.Module):
         num_blocks: residual blocks per propagation branch (released: 7).
         max_residue_magnitude: bound of the deformable offsets' residue to the flow, in pixels (10).
         deform_groups: deformable groups of the alignment (16; even, dividing 2C).
-        num_extract_blocks, num_reconstruct_blocks: residual blocks of the feature extractor and the
-            reconstruction (5 and 5).
+        num_extract_blocks: residual blocks of the feature extractor (5).
+        num_reconstruct_blocks: residual blocks of the reconstruction (5).
         scale: upsampling factor (released: 4).
         spynet_channels: SPyNet's hidden widths (keep the default to load pretrained weights).
 
@@ -121,11 +121,16 @@ class BasicVSRPlusPlus(nn.Module):
                 )
                 for b in BRANCHES
             },
-            cells={b: ConcatCell(ResidualBlocksWithInputConv((k + 2) * channels, channels, num_blocks)) for k, b in enumerate(BRANCHES)},
+            cells={
+                b: ConcatCell(ResidualBlocksWithInputConv((k + 2) * channels, channels, num_blocks))
+                for k, b in enumerate(BRANCHES)
+            },
             flow=SPyNet(tuple(spynet_channels)),
             branches=BRANCHES,
         )
-        self.reconstruction = ResidualBlocksWithInputConv((len(BRANCHES) + 1) * channels, channels, num_reconstruct_blocks)
+        self.reconstruction = ResidualBlocksWithInputConv(
+            (len(BRANCHES) + 1) * channels, channels, num_reconstruct_blocks
+        )
         self.upsample = PixelShuffleUpsampler(channels, scale, hidden_channels=64, hr_conv=True)
 
     def stream(
@@ -150,7 +155,9 @@ class BasicVSRPlusPlus(nn.Module):
         return stacked(self.stream, clip)
 
     def extra_repr(self) -> str:
-        return f"num_frames={self.num_frames}, channels={self.channels}, num_blocks={self.num_blocks}, scale={self.scale}"
+        return (
+            f"num_frames={self.num_frames}, channels={self.channels}, num_blocks={self.num_blocks}, scale={self.scale}"
+        )
 
 
 MODEL = BasicVSRPlusPlus
@@ -160,8 +167,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"num_frames": 30, "channels": 64, "num_blocks": 7},
     "released": {"num_frames": 30, "channels": 64, "num_blocks": 7},
     "tiny": {
-        "num_frames": 3, "channels": 8, "num_blocks": 1, "deform_groups": 4, "num_extract_blocks": 1,
-        "num_reconstruct_blocks": 1, "spynet_channels": (8, 8, 8, 8),
+        "num_frames": 3,
+        "channels": 8,
+        "num_blocks": 1,
+        "deform_groups": 4,
+        "num_extract_blocks": 1,
+        "num_reconstruct_blocks": 1,
+        "spynet_channels": (8, 8, 8, 8),
     },
 }
 
@@ -212,8 +224,14 @@ def from_official(
         CheckpointError: (a ValueError) the state_dict does not fit; the message names the keys.
     """
     if not is_low_res_input:
-        raise ValueError("is_low_res_input=False (BasicVSR++ for same-resolution restoration) is not supported; only the x4 model")
-    overrides = {"channels": mid_channels, "num_blocks": num_blocks, "max_residue_magnitude": float(max_residue_magnitude)}
+        raise ValueError(
+            "is_low_res_input=False (BasicVSR++ for same-resolution restoration) is not supported; only the x4 model"
+        )
+    overrides = {
+        "channels": mid_channels,
+        "num_blocks": num_blocks,
+        "max_residue_magnitude": float(max_residue_magnitude),
+    }
     model = BasicVSRPlusPlus(**{**PRESETS["paper"], **overrides})
     model.model_spec = {"name": "basicvsrpp", "preset": "paper", "overrides": overrides}
     _load_official(model, state_dict, convert_official_state_dict, spynet_path, "official BasicVSR++ state_dict")
@@ -232,7 +250,9 @@ def official_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> t
     if backbone is None or "deform_align.backward_1.weight" not in state_dict:
         raise ValueError("not a BasicVSR++ state_dict: no backbone.backward_1 / deform_align.backward_1 weights")
     if "feat_extract.main.0.weight" not in state_dict:
-        raise ValueError("a BasicVSR++ state_dict of the same-resolution variant (is_low_res_input=False), which is not supported")
+        raise ValueError(
+            "a BasicVSR++ state_dict of the same-resolution variant (is_low_res_input=False), which is not supported"
+        )
     config = {
         "mid_channels": int(backbone.shape[0]),
         "num_blocks": count_trunk_blocks(state_dict, "backbone.backward_1"),

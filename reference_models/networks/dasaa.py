@@ -158,9 +158,13 @@ class DASAA(nn.Module):
         if n_extract_blocks < 0:
             raise ValueError(f"n_extract_blocks must be >= 0, got {n_extract_blocks}")
         if aux_losses and num_frames == 1:
-            raise ValueError("aux_losses: the photometric, cycle and smoothness losses need a neighbour frame, got num_frames=1")
+            raise ValueError(
+                "aux_losses: the photometric, cycle and smoothness losses need a neighbour frame, got num_frames=1"
+            )
         if aux_losses and mask_mode == "none":
-            raise ValueError("aux_losses: the photometric and cycle losses need the validity mask V, but mask_mode='none'")
+            raise ValueError(
+                "aux_losses: the photometric and cycle losses need the validity mask V, but mask_mode='none'"
+            )
         self.num_frames = num_frames
         self.center_index = num_frames // 2
         self.channels = channels
@@ -172,16 +176,22 @@ class DASAA(nn.Module):
         self.aux_losses = aux_losses
         self.last_aux_losses: dict[str, torch.Tensor] | None = None
         self.conv_first = nn.Conv2d(3, channels, 3, padding=1)
-        self.extractor = nn.Sequential(
-            *(LeakyResidualBlock(channels, negative_slope) for _ in range(n_extract_blocks))
-        )
+        self.extractor = nn.Sequential(*(LeakyResidualBlock(channels, negative_slope) for _ in range(n_extract_blocks)))
         self.dam = DualAttention(
-            channels, inter_channels=dam_inter_channels, reduction=pam_reduction, use_pam=use_pam, use_cam=use_cam,
+            channels,
+            inter_channels=dam_inter_channels,
+            reduction=pam_reduction,
+            use_pam=use_pam,
+            use_cam=use_cam,
             negative_slope=negative_slope,
         )
         self.saa = MaskedSelfAttention(
-            channels, mask_mode=mask_mode, attn_scope=attn_scope, local_radius=local_radius,
-            threshold=mask_threshold, negative_slope=negative_slope,
+            channels,
+            mask_mode=mask_mode,
+            attn_scope=attn_scope,
+            local_radius=local_radius,
+            threshold=mask_threshold,
+            negative_slope=negative_slope,
         )
         self.upconv1 = nn.Conv2d(channels, 4 * channels, 3, padding=1)
         self.upconv2 = nn.Conv2d(channels, 4 * hr_channels, 3, padding=1)

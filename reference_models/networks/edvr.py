@@ -200,8 +200,15 @@ class EDVR(EDVRFeatureExtractor):
     plus the centre frame (bilinear x4; as it is with ``hr_in``).
 
     Args:
-        channels, num_frames, deform_groups, extract_blocks, center_index, with_tsa, with_predeblur, hr_in,
-            backend: of :class:`EDVRFeatureExtractor`.
+        channels: as for :class:`EDVRFeatureExtractor`.
+        num_frames: as for :class:`EDVRFeatureExtractor`.
+        deform_groups: as for :class:`EDVRFeatureExtractor`.
+        extract_blocks: as for :class:`EDVRFeatureExtractor`.
+        center_index: as for :class:`EDVRFeatureExtractor`.
+        with_tsa: as for :class:`EDVRFeatureExtractor`.
+        with_predeblur: as for :class:`EDVRFeatureExtractor`.
+        hr_in: as for :class:`EDVRFeatureExtractor`.
+        backend: as for :class:`EDVRFeatureExtractor`.
         reconstruct_blocks: residual blocks after the fusion (EDVR-M 10, EDVR-L 40).
 
     Attributes:
@@ -261,7 +268,13 @@ PRESETS: dict[str, dict] = {
     "edvr-m-wotsa": {"channels": 64, "num_frames": 5, "extract_blocks": 5, "reconstruct_blocks": 10, "with_tsa": False},
     # EDVR-L (BasicSR EDVR_L_x4_SR_REDS / _Vimeo90K): 128 channels, 40 reconstruction blocks; Vimeo-90K uses 7 frames.
     "edvr-l": {"channels": 128, "num_frames": 5, "extract_blocks": 5, "reconstruct_blocks": 40, "with_tsa": True},
-    "edvr-l-wotsa": {"channels": 128, "num_frames": 5, "extract_blocks": 5, "reconstruct_blocks": 40, "with_tsa": False},
+    "edvr-l-wotsa": {
+        "channels": 128,
+        "num_frames": 5,
+        "extract_blocks": 5,
+        "reconstruct_blocks": 40,
+        "with_tsa": False,
+    },
     "edvr-l-vimeo": {"channels": 128, "num_frames": 7, "extract_blocks": 5, "reconstruct_blocks": 40, "with_tsa": True},
     # EDVR-L deblurring (BasicSR EDVR_L_deblur_REDS, _deblurcomp_REDS): pre-deblur module, HR in and out.
     "edvr-l-deblur": {

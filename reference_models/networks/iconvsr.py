@@ -280,7 +280,9 @@ def _basicsr_names(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     """A BasicSR or MMagic IconVSR state_dict in BasicSR's names."""
     renamed = rename_prefixes(state_dict, _MMAGIC_RENAMES)
     if "edvr.pcd_alignment.cas_dcnpack.weight" in renamed:  # MMagic's EDVR extractor
-        renamed = {("edvr." + basicsr_from_mmagic(k[5:]) if k.startswith("edvr.") else k): v for k, v in renamed.items()}
+        renamed = {
+            ("edvr." + basicsr_from_mmagic(k[5:]) if k.startswith("edvr.") else k): v for k, v in renamed.items()
+        }
     return renamed
 
 
@@ -307,8 +309,16 @@ def _edvr_weights(path: str) -> dict[str, torch.Tensor]:
     weights = {k.removeprefix("generator.").removeprefix("edvr."): v for k, v in weights.items()}
     if "pcd_alignment.cas_dcnpack.weight" in weights:
         weights = {basicsr_from_mmagic(k): v for k, v in weights.items()}
-    extractor_keys = {"conv_first", "feature_extraction", "conv_l2_1", "conv_l2_2", "conv_l3_1", "conv_l3_2",
-                      "pcd_align", "fusion"}
+    extractor_keys = {
+        "conv_first",
+        "feature_extraction",
+        "conv_l2_1",
+        "conv_l2_2",
+        "conv_l3_1",
+        "conv_l3_2",
+        "pcd_align",
+        "fusion",
+    }
     return {f"edvr.{k}": v for k, v in weights.items() if k.split(".")[0] in extractor_keys}
 
 
@@ -331,8 +341,12 @@ def from_official(
     Raises:
         CheckpointError: (a ValueError) the state_dict does not fit; the message names the keys.
     """
-    overrides = {"channels": num_feat, "num_blocks": num_block, "keyframe_stride": keyframe_stride,
-                 "temporal_padding": temporal_padding}
+    overrides = {
+        "channels": num_feat,
+        "num_blocks": num_block,
+        "keyframe_stride": keyframe_stride,
+        "temporal_padding": temporal_padding,
+    }
     model = IconVSR(**{**PRESETS["paper"], **overrides})
     model.model_spec = {"name": "iconvsr", "preset": "paper", "overrides": overrides}
     if edvr_path is not None and not any(k.removeprefix("module.").startswith("edvr.") for k in state_dict):
@@ -350,8 +364,12 @@ def official_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> t
         ValueError: not an IconVSR state_dict (no EDVR extractor, fusion or trunk weights).
     """
     renamed = _basicsr_names(state_dict)
-    for key in ("edvr.pcd_align.cas_dcnpack.weight", "edvr.fusion.feat_fusion.weight", "backward_fusion.weight",
-                "forward_trunk.main.0.weight"):
+    for key in (
+        "edvr.pcd_align.cas_dcnpack.weight",
+        "edvr.fusion.feat_fusion.weight",
+        "backward_fusion.weight",
+        "forward_trunk.main.0.weight",
+    ):
         if key not in renamed:
             raise ValueError(f"not an IconVSR state_dict: no {key!r}")
     channels = int(renamed["backward_fusion.weight"].shape[0])

@@ -62,7 +62,9 @@ class FeatureFlowEstimator(nn.Module):
         torch.Size([1, 2, 9, 7])
     """
 
-    def __init__(self, channels: int = 16, num_levels: int = 3, hidden_channels: tuple[int, ...] = (32, 64, 32, 16)) -> None:
+    def __init__(
+        self, channels: int = 16, num_levels: int = 3, hidden_channels: tuple[int, ...] = (32, 64, 32, 16)
+    ) -> None:
         super().__init__()
         if num_levels < 1:
             raise ValueError(f"num_levels must be >= 1, got {num_levels}")
@@ -266,7 +268,9 @@ class MAFnet(nn.Module):
         self.gff = nn.Sequential(nn.Conv2d(num_rdbs * c, c, 1), nn.Conv2d(c, c, 3, padding=1))
 
         # 2. multi-attention branch
-        ca_kwargs: dict[str, Any] = dict(reduction=ca_reduction, pooling="avg+max", kernel_size=ca_kernel_size, shared=shared_mlp)
+        ca_kwargs: dict[str, Any] = dict(
+            reduction=ca_reduction, pooling="avg+max", kernel_size=ca_kernel_size, shared=shared_mlp
+        )
         self.mab_ca = ChannelAttention(c, **ca_kwargs)
         self.mab_sa = SpatialAttention(c, edvr_exact=edvr_exact, negative_slope=negative_slope)
         self.mab_self_attention = PositionAttention(c, reduction=self_attention_reduction)
@@ -290,8 +294,13 @@ class MAFnet(nn.Module):
         if merge == "concat":
             self.merge = nn.Conv2d(2 * hr_channels, hr_channels, 1)
         self.dlstm = DeformableConvLSTM(
-            hr_channels, hr_channels, kernel_size=3, deform_groups=dcn_groups, pcd_levels=pcd_levels,
-            bidirectional=bidirectional, backend=dcn_backend,
+            hr_channels,
+            hr_channels,
+            kernel_size=3,
+            deform_groups=dcn_groups,
+            pcd_levels=pcd_levels,
+            bidirectional=bidirectional,
+            backend=dcn_backend,
         )
         self.conv_last = nn.Conv2d(hr_channels, 3, 3, padding=1)
 
@@ -368,12 +377,25 @@ MODEL = MAFnet
 PRESETS: dict[str, dict] = {
     # Spec section 2(b): C = 64, 3 RDBs x 6 layers (growth 32), C_hr = 16, 4 deformable groups, T = 5.
     "paper": {
-        "num_frames": 5, "channels": 64, "num_rdbs": 3, "rdb_layers": 6, "rdb_growth": 32,
-        "hr_channels": 16, "dcn_groups": 4,
+        "num_frames": 5,
+        "channels": 64,
+        "num_rdbs": 3,
+        "rdb_layers": 6,
+        "rdb_growth": 32,
+        "hr_channels": 16,
+        "dcn_groups": 4,
     },
     "tiny": {
-        "num_frames": 5, "channels": 8, "num_rdbs": 1, "rdb_layers": 2, "rdb_growth": 4, "ca_reduction": 4,
-        "self_attention_reduction": 4, "flow_channels": 4, "flow_hidden_channels": (8, 8),
-        "hr_channels": 4, "dcn_groups": 1,  # 4 channels per deformable group, as in the paper preset
+        "num_frames": 5,
+        "channels": 8,
+        "num_rdbs": 1,
+        "rdb_layers": 2,
+        "rdb_growth": 4,
+        "ca_reduction": 4,
+        "self_attention_reduction": 4,
+        "flow_channels": 4,
+        "flow_hidden_channels": (8, 8),
+        "hr_channels": 4,
+        "dcn_groups": 1,  # 4 channels per deformable group, as in the paper preset
     },
 }

@@ -279,4 +279,3 @@ def official_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> t
     off_row = (first_row != squares).nonzero()
     width = int(off_row[0]) if len(off_row) else n
     return {**config, "width": width, "height": n // width}, ()
-

@@ -27,7 +27,15 @@ from vsrblocks.residual import ResidualBlockNoBN, make_layer
 from vsrblocks.shapes import check_shape
 from vsrblocks.upsample import PixelShuffleUpsampler
 
-__all__ = ["VSRT", "VSRTLayer", "MODEL", "PRESETS", "from_official", "convert_official_state_dict", "official_config_from_state_dict"]
+__all__ = [
+    "VSRT",
+    "VSRTLayer",
+    "MODEL",
+    "PRESETS",
+    "from_official",
+    "convert_official_state_dict",
+    "official_config_from_state_dict",
+]
 
 NormKind = Literal["layer", "official"]
 PosEncodingKind = Literal["paper", "official"]
@@ -221,7 +229,8 @@ class VSRT(nn.Module):
         else:
             self.pos_embedding = OfficialPositionEncoding3D(num_frames)
         self.layers = nn.ModuleList(
-            VSRTLayer(channels, patch_size, num_heads, boff_blocks, norm, feat_size, attn_residual) for _ in range(depth)
+            VSRTLayer(channels, patch_size, num_heads, boff_blocks, norm, feat_size, attn_residual)
+            for _ in range(depth)
         )
         self.reconstruction = make_layer(lambda: ResidualBlockNoBN(channels=channels), num_reconstruct_blocks)
         self.upsample = PixelShuffleUpsampler(channels, scale=4, out_channels=None)
@@ -243,7 +252,9 @@ class VSRT(nn.Module):
     def _forward_clip(self, x: torch.Tensor) -> torch.Tensor:
         batch, frames = x.shape[:2]
         channels_last = x.device.type == "cpu" if self.channels_last is None else self.channels_last
-        frames_flat = to_memory_format(x.flatten(0, 1), torch.channels_last if channels_last else torch.contiguous_format)
+        frames_flat = to_memory_format(
+            x.flatten(0, 1), torch.channels_last if channels_last else torch.contiguous_format
+        )
         features = self.feature_extraction(conv2d_activation(self.conv_first, frames_flat, "leaky_relu", 0.1))
         features = features.unflatten(0, (batch, frames))
         flows = bidirectional_flows(self.spynet, x)
@@ -298,7 +309,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Vimeo-90K configuration: 7 frames, depth 7.
     "paper-vimeo": dict(num_frames=7, channels=64, num_extract_blocks=5, num_reconstruct_blocks=30, depth=7),
     "tiny": dict(
-        num_frames=3, channels=16, num_extract_blocks=1, num_reconstruct_blocks=1, depth=1, patch_size=4, boff_blocks=2,
+        num_frames=3,
+        channels=16,
+        num_extract_blocks=1,
+        num_reconstruct_blocks=1,
+        depth=1,
+        patch_size=4,
+        boff_blocks=2,
         spynet_channels=(8, 16, 8, 4),
     ),
 }
@@ -342,7 +359,9 @@ def convert_official_state_dict(state_dict: dict[str, torch.Tensor], num_frames:
             continue
         if key == _POS_KEY:
             expected = OfficialPositionEncoding3D(num_frames).inv_freq()
-            if tuple(value.shape) != tuple(expected.shape) or not torch.allclose(value.float().cpu(), expected, rtol=1e-6):
+            if tuple(value.shape) != tuple(expected.shape) or not torch.allclose(
+                value.float().cpu(), expected, rtol=1e-6
+            ):
                 raise CheckpointError(
                     f"{_POS_KEY}: expected {expected.tolist()} for num_frame={num_frames}, got {value.flatten().tolist()}"
                 )
@@ -467,4 +486,3 @@ def official_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> t
         **_OFFICIAL_ASSUMED,
     }
     return config, ("num_frame", *_OFFICIAL_ASSUMED)
-

@@ -11,8 +11,22 @@ from __future__ import annotations
 from reference_models.lazy_exports import lazy_exports
 
 _SOURCES = {
-    "reference_models.data.dataset": ("Clip", "FrameFolderClip", "TensorClip", "TrainClips", "ValClips", "VideoFileClip", "load_clips"),
-    "reference_models.data.degradation": ("bicubic_downsample", "bicubic_upsample", "blur_downsample", "degrade", "gaussian_blur"),
+    "reference_models.data.dataset": (
+        "Clip",
+        "FrameFolderClip",
+        "TensorClip",
+        "TrainClips",
+        "ValClips",
+        "VideoFileClip",
+        "load_clips",
+    ),
+    "reference_models.data.degradation": (
+        "bicubic_downsample",
+        "bicubic_upsample",
+        "blur_downsample",
+        "degrade",
+        "gaussian_blur",
+    ),
     "reference_models.training.plot": ("plot_curves",),
     "reference_models.training.schedule": (
         "ConstantSchedule",

@@ -104,7 +104,9 @@ def _agent_store(timeout_s: float) -> Any:
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
         return None
     store = dist.TCPStore(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
         timeout=timedelta(seconds=timeout_s),
     )
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
@@ -146,8 +148,11 @@ def init_from_env(device: str | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> b
             dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
         else:
             dist.init_process_group(
-                backend=backend, store=dist.PrefixStore("group/", store), rank=int(os.environ["RANK"]),
-                world_size=int(os.environ["WORLD_SIZE"]), timeout=timedelta(seconds=timeout_s),
+                backend=backend,
+                store=dist.PrefixStore("group/", store),
+                rank=int(os.environ["RANK"]),
+                world_size=int(os.environ["WORLD_SIZE"]),
+                timeout=timedelta(seconds=timeout_s),
             )
     except (RuntimeError, ValueError) as exc:
         raise PeerFailure(

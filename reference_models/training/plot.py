@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = ["plot_curves"]
 
+
 def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
     """Trailing mean over ``window`` values (fewer at the start)."""
     cumsum = np.concatenate([[0.0], np.cumsum(values)])
@@ -41,7 +42,9 @@ def plot_curves(
     Returns:
         ``True`` when drawn with matplotlib, ``False`` when drawn with Pillow (matplotlib is not installed).
     """
-    pts = np.array([(s, v) for s, v in losses if v is not None and math.isfinite(v) and v > 0], dtype=np.float64).reshape(-1, 2)
+    pts = np.array(
+        [(s, v) for s, v in losses if v is not None and math.isfinite(v) and v > 0], dtype=np.float64
+    ).reshape(-1, 2)
     val = np.array([(s, v) for s, v in psnrs if v is not None and math.isfinite(v)], dtype=np.float64).reshape(-1, 2)
     try:
         # A bare Figure renders with Agg without touching pyplot's global backend.
@@ -56,7 +59,9 @@ def plot_curves(
         steps, values = pts[:, 0], pts[:, 1]
         if len(values) > 20:
             ax_loss.plot(steps, values, color="0.8", linewidth=0.8, label="per step")
-            ax_loss.plot(steps, _moving_average(values, max(5, len(values) // 50)), color="tab:blue", label="moving average")
+            ax_loss.plot(
+                steps, _moving_average(values, max(5, len(values) // 50)), color="tab:blue", label="moving average"
+            )
             ax_loss.legend(loc="upper right", fontsize="small")
         else:
             ax_loss.plot(steps, values, color="tab:blue", marker="o", markersize=3)
@@ -82,7 +87,11 @@ _WIDTH, _HEIGHT, _MARGIN = 480, 320, (56, 28, 16, 40)  # panel size; margins lef
 
 
 def _panel(
-    image: Any, left: int, title: str, series: list[tuple[np.ndarray, tuple[int, int, int], bool]], log: bool,
+    image: Any,
+    left: int,
+    title: str,
+    series: list[tuple[np.ndarray, tuple[int, int, int], bool]],
+    log: bool,
     hline: float | None,
 ) -> None:
     """One panel: ``series`` of ``(points (N, 2), colour, markers)``, an optional dashed horizontal line."""
@@ -111,12 +120,12 @@ def _panel(
         return x0 + (x - xlo) / (xhi - xlo) * (x1 - x0), y1 - (y - ylo) / (yhi - ylo) * (y1 - y0)
 
     for value, y in ((ylo, y1), (yhi, y0)):
-        label = f"{10 ** value:.3g}" if log else f"{value:.2f}"
+        label = f"{10**value:.3g}" if log else f"{value:.2f}"
         draw.text((left + 4, y - 6), label, fill=(0, 0, 0), font=font)
     for value, x in ((xlo, x0), (xhi, x1)):
         draw.text((x - 6, y1 + 6), f"{value:g}", fill=(0, 0, 0), font=font)
     if hline is not None:
-        _, hy = at(xlo, 10 ** hline if log else hline)
+        _, hy = at(xlo, 10**hline if log else hline)
         for x in range(x0, x1, 12):
             draw.line((x, hy, min(x + 6, x1), hy), fill=(214, 39, 40))
     for pts, colour, markers in series:
@@ -139,5 +148,7 @@ def _plot_with_pillow(loss: np.ndarray, val: np.ndarray, path: Path, baseline: f
         series = [(loss, (204, 204, 204), False), (smooth, (31, 119, 180), False)]
     _panel(image, 0, "training loss (log scale)", series, log=True, hline=None)
     bicubic = baseline if baseline is not None and math.isfinite(baseline) else None
-    _panel(image, _WIDTH, "validation PSNR-Y (dB); dashed: bicubic", [(val, (44, 160, 44), True)], log=False, hline=bicubic)
+    _panel(
+        image, _WIDTH, "validation PSNR-Y (dB); dashed: bicubic", [(val, (44, 160, 44), True)], log=False, hline=bicubic
+    )
     image.save(path)

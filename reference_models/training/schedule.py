@@ -120,7 +120,13 @@ class CosineRestartSchedule(Schedule):
         return self.eta_min + 0.5 * (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "total_steps": self.total_steps, "lr": self.base_lr, "cycles": self.cycles, "eta_min": self.eta_min}
+        return {
+            "name": self.name,
+            "total_steps": self.total_steps,
+            "lr": self.base_lr,
+            "cycles": self.cycles,
+            "eta_min": self.eta_min,
+        }
 
 
 class ManaThreeStageSchedule(Schedule):
@@ -146,9 +152,13 @@ class ManaThreeStageSchedule(Schedule):
         Stage("stage3", "all", "pixel"),
     )
 
-    def __init__(self, total_steps: int, lrs: Sequence[float] = (1e-4, 1e-4, 1e-5), fractions: Sequence[float] = (0.6, 0.2, 0.2)) -> None:
+    def __init__(
+        self, total_steps: int, lrs: Sequence[float] = (1e-4, 1e-4, 1e-5), fractions: Sequence[float] = (0.6, 0.2, 0.2)
+    ) -> None:
         if len(lrs) != 3 or len(fractions) != 3:
-            raise ValueError(f"mana-3stage needs 3 learning rates and 3 fractions, got {list(lrs)} and {list(fractions)}")
+            raise ValueError(
+                f"mana-3stage needs 3 learning rates and 3 fractions, got {list(lrs)} and {list(fractions)}"
+            )
         if any(f < 0 for f in fractions) or sum(fractions) <= 0:
             raise ValueError(f"stage fractions must be >= 0 with a positive sum, got {list(fractions)}")
         self.total_steps, self.lrs, self.fractions = total_steps, [float(x) for x in lrs], [float(f) for f in fractions]
@@ -167,7 +177,12 @@ class ManaThreeStageSchedule(Schedule):
         return self.lrs[self.stage_index(step)]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "total_steps": self.total_steps, "lrs": list(self.lrs), "fractions": list(self.fractions)}
+        return {
+            "name": self.name,
+            "total_steps": self.total_steps,
+            "lrs": list(self.lrs),
+            "fractions": list(self.fractions),
+        }
 
 
 class ExtendedSchedule(Schedule):
@@ -197,7 +212,13 @@ class ExtendedSchedule(Schedule):
         return self.eta_min + 0.5 * (self.start_lr - self.eta_min) * (1 + math.cos(math.pi * t))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "total_steps": self.total_steps, "head": self.head.state_dict(), "switch_step": self.switch_step, "eta_min": self.eta_min}
+        return {
+            "name": self.name,
+            "total_steps": self.total_steps,
+            "head": self.head.state_dict(),
+            "switch_step": self.switch_step,
+            "eta_min": self.eta_min,
+        }
 
 
 def extend_schedule(schedule: Schedule, step: int, total_steps: int) -> Schedule:

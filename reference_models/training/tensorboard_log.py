@@ -29,7 +29,9 @@ class TensorBoardLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
-            raise ValueError("--tensorboard needs the tensorboard package: pip install 'vsrblocks[tensorboard]'") from exc
+            raise ValueError(
+                "--tensorboard needs the tensorboard package: pip install 'vsrblocks[tensorboard]'"
+            ) from exc
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=start_step or None)
 
     def step(self, step: int, loss: float, lr: float) -> None:

@@ -59,7 +59,16 @@ from reference_models.training.schedule import (
 from vsrblocks.losses import CharbonnierLoss, L1Loss
 from vsrblocks.metrics import psnr, ssim
 
-__all__ = ["TrainConfig", "Trainer", "PAPER_RECIPES", "NonFiniteLossError", "frame_scores", "add_aux_losses", "seed_everything", "remove_stale_partials"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "PAPER_RECIPES",
+    "NonFiniteLossError",
+    "frame_scores",
+    "add_aux_losses",
+    "seed_everything",
+    "remove_stale_partials",
+]
 
 #: The files a run writes with :func:`reference_models.checkpoint.save_checkpoint` (temporary ``.NAME.partial-*``).
 CHECKPOINT_NAMES = ("last.pt", "best.pt")
@@ -162,7 +171,9 @@ class _StepSampler(Sampler[int]):
     index ``k * batch_size + j`` (wrapped at ``length``), and rank ``r`` of ``world`` takes the ``j`` in
     ``[r * b, (r + 1) * b)`` with ``b = batch_size // world``; resuming at step ``k`` continues the same stream."""
 
-    def __init__(self, start_step: int, stop_step: int, batch_size: int, length: int, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self, start_step: int, stop_step: int, batch_size: int, length: int, rank: int = 0, world: int = 1
+    ) -> None:
         self.start_step, self.stop_step, self.batch_size, self.length = start_step, stop_step, batch_size, length
         self.local = batch_size // world
         self.offset = rank * self.local
@@ -205,7 +216,12 @@ def _rng_state() -> dict[str, Any]:
     np_state = cast(tuple[Any, ...], np.random.get_state())
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": list(random.getstate()[1]) + [random.getstate()[0]],
         "python_gauss_next": random.getstate()[2],
     }
@@ -217,7 +233,9 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     npst = state["numpy"]
-    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    )
     py = state["python"]
     random.setstate((py[-1], tuple(py[:-1]), state["python_gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -291,7 +309,9 @@ class Trainer:
         self.metadata = dict(metadata or {})
         self.world_size, self.rank = distributed.world_size(), distributed.rank()
         if config.batch_size % self.world_size:
-            raise ValueError(f"--batch-size {config.batch_size} (the global batch) must be a multiple of the {self.world_size} processes")
+            raise ValueError(
+                f"--batch-size {config.batch_size} (the global batch) must be a multiple of the {self.world_size} processes"
+            )
         device = distributed.local_device(config.device) if self.world_size > 1 else config.device
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device)
@@ -323,7 +343,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         backend = config.compile if isinstance(config.compile, str) else "inductor"
         # torch.compile of a module returns a module (OptimizedModule)
-        self.forward_model = cast(nn.Module, torch.compile(self.model, backend=backend)) if config.compile else self.model
+        self.forward_model = (
+            cast(nn.Module, torch.compile(self.model, backend=backend)) if config.compile else self.model
+        )
         self._objective = _Objective(self.model, self.forward_model)
         self._train_forward: nn.Module = self._objective
         self.ema = WeightEMA(self.model, config.ema) if config.ema is not None else None
@@ -359,13 +381,19 @@ class Trainer:
             # Only MANA's memory stage leaves trainable parameters out of the loss (the memory's output
             # projection); the unused-parameter search costs a graph traversal per step, so only there.
             unused = stage.loss == "memory"
-            self._train_forward = DistributedDataParallel(self._objective, device_ids=device_ids, find_unused_parameters=unused)
+            self._train_forward = DistributedDataParallel(
+                self._objective, device_ids=device_ids, find_unused_parameters=unused
+            )
         self._active_stage = index
 
     def trainable_parameter_names(self, step: int | None = None) -> set[str]:
         """Names of the parameters that stage of ``step`` (default: the current step) trains."""
         stage = self.schedule.stage(self.step if step is None else step)
-        return {n for n, _ in self.model.named_parameters() if stage.trainable == "all" or (stage.trainable == "memory") == (n in self.memory_names)}
+        return {
+            n
+            for n, _ in self.model.named_parameters()
+            if stage.trainable == "all" or (stage.trainable == "memory") == (n in self.memory_names)
+        }
 
     # ------------------------------------------------------------------ steps
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -431,7 +459,11 @@ class Trainer:
         return mean_loss
 
     def _nonfinite_message(self, loss: float) -> str:
-        kept = f"{self.config.output_dir}/last.pt (step {self._last_saved_step}) is the last good checkpoint" if self._last_saved_step is not None else "no checkpoint was written yet"
+        kept = (
+            f"{self.config.output_dir}/last.pt (step {self._last_saved_step}) is the last good checkpoint"
+            if self._last_saved_step is not None
+            else "no checkpoint was written yet"
+        )
         what = f"the loss is {loss}" if not math.isfinite(loss) else "the gradient is not finite"
         return (
             f"step {self.step}: {what}; training stopped and {kept}. Lower --lr, set --grad-clip, "
@@ -506,7 +538,9 @@ class Trainer:
         loader = DataLoader(
             self.train_data,
             batch_size=cfg.batch_size // self.world_size,
-            sampler=_StepSampler(self.step, stop, cfg.batch_size, len(cast(Sized, self.train_data)), self.rank, self.world_size),
+            sampler=_StepSampler(
+                self.step, stop, cfg.batch_size, len(cast(Sized, self.train_data)), self.rank, self.world_size
+            ),
             num_workers=cfg.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
@@ -545,11 +579,15 @@ class Trainer:
                         self.write_logs()
                     raise
                 if self.skipped_steps > skipped_before and main:
-                    message = f"warning: step {step}: non-finite loss or gradient; step skipped ({self.skipped_steps} so far)"
+                    message = (
+                        f"warning: step {step}: non-finite loss or gradient; step skipped ({self.skipped_steps} so far)"
+                    )
                     _print_line(bar, message)
                 done = self.step
                 last = done == stop
-                validate = self.val_data is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps)
+                validate = self.val_data is not None and (
+                    (cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps
+                )
                 checkpoint = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or last
                 if len(pending) >= cfg.log_every or last or validate or checkpoint:
                     flush()
@@ -591,7 +629,10 @@ class Trainer:
             "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": _rng_state(),
-            "data": {"seed": int(getattr(self.train_data, "seed", 0)), "next_index": self.step * self.config.batch_size},
+            "data": {
+                "seed": int(getattr(self.train_data, "seed", 0)),
+                "next_index": self.step * self.config.batch_size,
+            },
             "log": [asdict(r) for r in self.rows],
             "val": self.val_results,
             "best_psnr": self.best_psnr,
@@ -619,7 +660,9 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         data_seed = state.get("data", {}).get("seed")
         if data_seed is not None and hasattr(self.train_data, "seed") and self.train_data.seed != data_seed:
-            raise ValueError(f"the checkpoint's data seed {data_seed} differs from the dataset's {self.train_data.seed}")
+            raise ValueError(
+                f"the checkpoint's data seed {data_seed} differs from the dataset's {self.train_data.seed}"
+            )
         _set_rng_state(state["rng"])
         self._seeded = True
         self.rows = [_Row(**r) for r in state.get("log", [])]
@@ -662,7 +705,16 @@ class Trainer:
             writer = csv.writer(f)
             writer.writerow(["step", "stage", "lr", "loss", "time_s", *val_keys])
             for r in self.rows:
-                writer.writerow([r.step, r.stage, f"{r.lr:.6g}", f"{r.loss:.6g}", f"{r.time:.3f}", *(f"{r.val[k]:.4f}" if k in r.val else "" for k in val_keys)])
+                writer.writerow(
+                    [
+                        r.step,
+                        r.stage,
+                        f"{r.lr:.6g}",
+                        f"{r.loss:.6g}",
+                        f"{r.time:.3f}",
+                        *(f"{r.val[k]:.4f}" if k in r.val else "" for k in val_keys),
+                    ]
+                )
         payload = {
             "config": self.config.to_dict(),
             "lr": self.lr,

@@ -66,7 +66,9 @@ def test_fractional_flow_interpolates_linearly():
     x = torch.arange(5.0).view(1, 1, 1, 5)
     flow = torch.zeros(1, 2, 1, 5)
     flow[:, 0] = 0.25
-    torch.testing.assert_close(flow_warp(x, flow, padding_mode="border")[0, 0, 0], torch.tensor([0.25, 1.25, 2.25, 3.25, 4.0]))
+    torch.testing.assert_close(
+        flow_warp(x, flow, padding_mode="border")[0, 0, 0], torch.tensor([0.25, 1.25, 2.25, 3.25, 4.0])
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

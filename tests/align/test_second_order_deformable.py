@@ -42,8 +42,12 @@ def test_basicvsrpp_formula_with_torchvision():
     offset_1 = offset_1 + flow_1.flip(1).repeat(1, offset_1.size(1) // 2, 1, 1)
     offset_2 = offset_2 + flow_2.flip(1).repeat(1, offset_2.size(1) // 2, 1, 1)
     expected = torchvision.ops.deform_conv2d(
-        torch.cat((feat_1, feat_2), 1), torch.cat((offset_1, offset_2), 1), align.weight, align.bias,
-        padding=1, mask=torch.sigmoid(m),
+        torch.cat((feat_1, feat_2), 1),
+        torch.cat((offset_1, offset_2), 1),
+        align.weight,
+        align.bias,
+        padding=1,
+        mask=torch.sigmoid(m),
     )
     with torch.no_grad():
         torch.testing.assert_close(align(feat_1, feat_2, current, flow_1, flow_2), expected, atol=1e-5, rtol=0)
@@ -82,7 +86,9 @@ def test_shape_errors():
     feat_1, feat_2, current, flow_1, flow_2 = inputs(1, 8, 6, 7, 0)
     with pytest.raises(ValueError, match=r"feat_1: expected \(B, C, H, W\) with C=8"):
         align(feat_1[:, :4], feat_2, current, flow_1, flow_2)
-    with pytest.raises(ValueError, match=r"current: expected \(B, C, H, W\) with B=1, C=8, H=6, W=7, got \(1, 8, 6, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"current: expected \(B, C, H, W\) with B=1, C=8, H=6, W=7, got \(1, 8, 6, 8\)"
+    ):
         align(feat_1, feat_2, F.pad(current, (0, 1)), flow_1, flow_2)
     with pytest.raises(ValueError, match=r"flow_2: expected \(B, C, H, W\) with B=1, C=2"):
         align(feat_1, feat_2, current, flow_1, flow_2[:, :1])

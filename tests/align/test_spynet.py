@@ -92,7 +92,9 @@ def test_flow_direction_convention():
 def test_fixture_flow_parity(official):
     # at the other thread count too: test_vsrt.py checks the same recorded flows
     spynet = SPyNet()
-    spynet.load_state_dict(SPyNet.convert_state_dict(official["state_dict"], prefix=SPyNet.find_prefix(official["state_dict"])))
+    spynet.load_state_dict(
+        SPyNet.convert_state_dict(official["state_dict"], prefix=SPyNet.find_prefix(official["state_dict"]))
+    )
     with torch.no_grad():
         flows_forward, flows_backward = bidirectional_flows(spynet, official["inputs"]["x"])
     torch.testing.assert_close(flows_forward, official["intermediates"]["flows_forward"], atol=1e-5, rtol=0)
@@ -145,7 +147,10 @@ def test_both_key_layouts_load():
     with torch.no_grad():
         expected = source(ref, supp)
     basicsr = _to_basicsr(mmagic)
-    norm = {"mean": torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), "std": torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)}
+    norm = {
+        "mean": torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        "std": torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    }
     variants = {
         "mmagic": mmagic,
         "mmagic+norm": {**mmagic, **norm},
@@ -164,7 +169,10 @@ def test_nested_load_accepts_basicsr_and_official_keys():
     source = _spynet(3).state_dict()
     parent = torch.nn.Module()
     parent.spynet = SPyNet()
-    norm = {"spynet.mean": torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), "spynet.std": torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)}
+    norm = {
+        "spynet.mean": torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        "spynet.std": torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    }
     parent.load_state_dict({**{f"spynet.{k}": v for k, v in _to_basicsr(source).items()}, **norm})
     for key, value in source.items():
         torch.testing.assert_close(parent.spynet.state_dict()[key], value)
@@ -175,7 +183,10 @@ def test_nested_load_accepts_basicsr_and_official_keys():
 
 def test_wrong_file_raises_checkpoint_error_naming_keys(tmp_path):
     other = torch.nn.Conv2d(3, 8, 3).state_dict()
-    with pytest.raises(CheckpointError, match=r"missing keys: basic_module\.0\.basic_module\.0\.conv\.bias.*unexpected keys: bias, weight"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing keys: basic_module\.0\.basic_module\.0\.conv\.bias.*unexpected keys: bias, weight",
+    ):
         SPyNet().load_state_dict(other)
     truncated = {k: v for k, v in _spynet().state_dict().items() if not k.startswith("basic_module.5.")}
     with pytest.raises(CheckpointError, match=r"missing keys: basic_module\.5\."):
@@ -184,7 +195,9 @@ def test_wrong_file_raises_checkpoint_error_naming_keys(tmp_path):
     torch.save({"params": other}, path)
     with pytest.raises(CheckpointError, match="not_spynet.pth.*missing keys"):
         SPyNet.from_checkpoint(path)
-    two = {f"{name}.spynet.{k}": v for name in ("generator", "generator_ema") for k, v in _spynet().state_dict().items()}
+    two = {
+        f"{name}.spynet.{k}": v for name in ("generator", "generator_ema") for k, v in _spynet().state_dict().items()
+    }
     torch.save({"state_dict": two}, tmp_path / "two.pth")
     with pytest.raises(CheckpointError, match="two.pth.*'generator.spynet.', 'generator_ema.spynet.'.*prefix="):
         SPyNet.from_checkpoint(tmp_path / "two.pth")
@@ -224,7 +237,10 @@ def test_from_checkpoint_files(tmp_path):
     files = {
         "mmagic.pth": {"state_dict": source.state_dict()},
         "basicsr.pth": {"params": _to_basicsr(source.state_dict())},
-        "vsrt.pth": {**{f"spynet.spynet.{k}": v for k, v in source.state_dict().items()}, "conv_first.weight": torch.zeros(1)},
+        "vsrt.pth": {
+            **{f"spynet.spynet.{k}": v for k, v in source.state_dict().items()},
+            "conv_first.weight": torch.zeros(1),
+        },
     }
     for name, content in files.items():
         torch.save(content, tmp_path / name)
@@ -258,5 +274,8 @@ def test_from_checkpoint_builds_the_stored_widths(tmp_path):
         assert loaded.hidden_channels == (8, 16, 8, 4)
         with torch.no_grad():
             torch.testing.assert_close(loaded(ref, supp), narrow(ref, supp), atol=0, rtol=0, msg=name)
-    with pytest.raises(CheckpointError, match=r"shape mismatches: basic_module\.0\.basic_module\.0\.conv\.bias: \(8,\) vs expected \(32,\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"shape mismatches: basic_module\.0\.basic_module\.0\.conv\.bias: \(8,\) vs expected \(32,\)",
+    ):
         SPyNet.from_checkpoint(tmp_path / "mmagic.pth", hidden_channels=(32, 64, 32, 16))

@@ -126,5 +126,12 @@ def test_errors():
 
 def test_extra_repr_shows_hyper_parameters():
     text = repr(ChannelAttention(64, reduction=8, pooling="avg+max", kernel_size=3, shared=False, hidden_channels=5))
-    for part in ("channels=64", "reduction=8", "pooling='avg+max'", "kernel_size=3", "shared=False", "hidden_channels=5"):
+    for part in (
+        "channels=64",
+        "reduction=8",
+        "pooling='avg+max'",
+        "kernel_size=3",
+        "shared=False",
+        "hidden_channels=5",
+    ):
         assert part in text

@@ -452,8 +452,15 @@ def test_half_precision_finite_and_close(dtype, window):
 
 def test_extra_repr_shows_hyper_parameters():
     text = repr(GaussianCrossFrameAttention(8, 5, inter_channels=6, num_groups=4, chunk_size=17, window_radius=3.0))
-    for part in ("channels=8", "num_frames=5", "inter_channels=6", "num_groups=4", "center_index=2", "chunk_size=17",
-                 "window_radius=3.0"):
+    for part in (
+        "channels=8",
+        "num_frames=5",
+        "inter_channels=6",
+        "num_groups=4",
+        "center_index=2",
+        "chunk_size=17",
+        "window_radius=3.0",
+    ):
         assert part in text
 
 

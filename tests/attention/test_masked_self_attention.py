@@ -119,7 +119,9 @@ def test_attention_map_matches_the_pixel_by_pixel_reference(scope, height, width
     expected = torch.from_numpy(reference_attention(q, k, scope, radius))
     if scope == "row":
         assert got.shape == (2, height, width, width)
-        expected = torch.stack([expected[:, y * width : (y + 1) * width, y * width : (y + 1) * width] for y in range(height)], 1)
+        expected = torch.stack(
+            [expected[:, y * width : (y + 1) * width, y * width : (y + 1) * width] for y in range(height)], 1
+        )
     else:
         assert got.shape == (2, height, width, height, width)
         expected = expected.reshape(got.shape)

@@ -60,7 +60,9 @@ def test_mana_block_official_parity_every_intermediate(num_threads, chunk_size):
         torch.testing.assert_close(caught[name], inter[name], atol=1e-5, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
     torch.testing.assert_close(qloss, data["outputs"]["qloss"], atol=1e-5, rtol=0)
     # the documented composition, in the official order
-    torch.testing.assert_close(z, inter["nonloc_W_y"] + inter["nonloc_in"][:, 3] + inter["nonloc_W_y1"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        z, inter["nonloc_W_y"] + inter["nonloc_in"][:, 3] + inter["nonloc_W_y1"], atol=1e-5, rtol=0
+    )
 
 
 def test_standalone_memory_block_official_parity():
@@ -210,7 +212,9 @@ def test_compiles():
 def test_bf16_finite():
     torch.manual_seed(0)
     with torch.no_grad():
-        assert_half_precision_finite(MemoryAugmentedAttention(8, 16, num_groups=4, zero_init=False).eval(), torch.randn(2, 8, 5, 6))
+        assert_half_precision_finite(
+            MemoryAugmentedAttention(8, 16, num_groups=4, zero_init=False).eval(), torch.randn(2, 8, 5, 6)
+        )
         block = MANAAttention(8, 3, memory_size=16, num_groups=4, zero_init=False, chunk_size=7).eval()
         z = assert_half_precision_finite(block, torch.randn(2, 3, 8, 5, 6))
         _, loss = block(torch.randn(2, 3, 8, 5, 6, dtype=torch.bfloat16))

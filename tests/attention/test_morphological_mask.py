@@ -85,8 +85,13 @@ def test_binary_stays_binary_and_bool_stays_bool(x, k, fp, op):
     assert torch.equal(out_bool.float(), out)
 
 
-@given(x=binary_masks(), k=kernels, fp=footprints, padding=st.sampled_from([0, 2]),
-       op=st.sampled_from(["dilate", "erode", "open", "close", "gradient"]))
+@given(
+    x=binary_masks(),
+    k=kernels,
+    fp=footprints,
+    padding=st.sampled_from([0, 2]),
+    op=st.sampled_from(["dilate", "erode", "open", "close", "gradient"]),
+)
 def test_matches_skimage_binary(x, k, fp, padding, op):
     ours = MorphologicalMask(k, op, fp, padding=padding)(x)
     reference = MorphologicalMask(k, op, fp, padding=padding, backend="skimage")(x)

@@ -48,7 +48,9 @@ def test_soft_mask_weights_each_query_pixel():
     q, k, target, source, _ = _inputs(1, 3, 4, 0)
     mask = seeded_rand((1, 1, 3, 4), 9)
     forward, reverse = attention_map(q, k), attention_map(k, q)
-    expected = reference_losses(reference_attention(q, k, "global"), reference_attention(k, q, "global"), target, source, mask, "global")
+    expected = reference_losses(
+        reference_attention(q, k, "global"), reference_attention(k, q, "global"), target, source, mask, "global"
+    )
     assert float(photometric_loss(forward, target, source, mask)) == pytest.approx(expected["photometric"], rel=1e-5)
     assert float(cycle_loss(forward, reverse, mask)) == pytest.approx(expected["cycle"], rel=1e-5)
     zero = torch.zeros(1, 1, 3, 4)

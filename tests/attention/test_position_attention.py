@@ -87,9 +87,12 @@ def test_parameter_names_and_shapes_match_danet():
     pam = PositionAttention(64)
     shapes = {k: tuple(v.shape) for k, v in pam.state_dict().items()}
     assert shapes == {
-        "query_conv.weight": (8, 64, 1, 1), "query_conv.bias": (8,),
-        "key_conv.weight": (8, 64, 1, 1), "key_conv.bias": (8,),
-        "value_conv.weight": (64, 64, 1, 1), "value_conv.bias": (64,),
+        "query_conv.weight": (8, 64, 1, 1),
+        "query_conv.bias": (8,),
+        "key_conv.weight": (8, 64, 1, 1),
+        "key_conv.bias": (8,),
+        "value_conv.weight": (64, 64, 1, 1),
+        "value_conv.bias": (64,),
         "gamma": (1,),
     }
     assert "reduction=8" in repr(pam)

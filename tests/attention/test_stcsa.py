@@ -160,7 +160,7 @@ def test_official_parity():
     # at the other thread count too: test_vsrt.py's block parity checks the same recorded stcsa_in -> stcsa_out
     fixture = load_official(FIXTURE)
     prefix = "transformer.layers.0.0.fn.fn."
-    state = {k[len(prefix):]: v for k, v in fixture["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in fixture["state_dict"].items() if k.startswith(prefix)}
     config = fixture["config"]
     block = STCSA(config["num_feat"], patch_size=config["patch_size"], num_heads=config["heads"])
     block.load_state_dict(state, strict=True)

@@ -61,8 +61,12 @@ def bidirectional(seed: int = 0, **kwargs) -> BidirectionalPropagation:
 def grid(seed: int = 0, branches=GRID) -> SecondOrderGridPropagation:
     torch.manual_seed(seed)
     return SecondOrderGridPropagation(
-        C, nn.Conv2d(3, C, 3, padding=1), {b: Align() for b in branches},
-        {b: cell((k + 2) * C) for k, b in enumerate(branches)}, Flow(), branches=branches,
+        C,
+        nn.Conv2d(3, C, 3, padding=1),
+        {b: Align() for b in branches},
+        {b: cell((k + 2) * C) for k, b in enumerate(branches)},
+        Flow(),
+        branches=branches,
     )
 
 
@@ -206,8 +210,11 @@ def test_stream_with_a_store_equals_forward_and_frames_are_read_lazily():
         frames = CountingFrames(clip)
         out: dict[int, torch.Tensor] = {}
         with torch.no_grad():
-            prop.stream(frames, emit=lambda i, f, out=out: out.__setitem__(i, torch.cat(list(f.values()), 1)),
-                        store=RecordingStore())
+            prop.stream(
+                frames,
+                emit=lambda i, f, out=out: out.__setitem__(i, torch.cat(list(f.values()), 1)),
+                store=RecordingStore(),
+            )
             expected = prop(clip)
         assert isinstance(frames, FrameSource)
         torch.testing.assert_close(torch.stack([out[i] for i in range(4)], 1), expected, atol=0, rtol=0)
@@ -230,7 +237,9 @@ def test_cell_inputs_and_backward_features_reach_the_cells():
             return self.conv(torch.cat((frame, *rest[:-1], propagated), 1))
 
     torch.manual_seed(0)
-    prop = BidirectionalPropagation(C, Cell("backward", 3 + C), Cell("forward", 3 + 2 * C), Flow(), forward_sees_backward=True)
+    prop = BidirectionalPropagation(
+        C, Cell("backward", 3 + C), Cell("forward", 3 + 2 * C), Flow(), forward_sees_backward=True
+    )
     clip = seeded_rand((1, 5, 3, 6, 6), 1)
     keyframes = {0, 4}
 
@@ -253,7 +262,9 @@ def test_batch_independent():
 @pytest.mark.parametrize("make", [bidirectional, grid])
 def test_shape_errors_name_the_frame(make):
     prop = make()
-    with pytest.raises(ValueError, match=r"frames\[2\]: expected \(B, C, H, W\) with B=1, C=3, H=6, W=7, got \(1, 3, 6, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"frames\[2\]: expected \(B, C, H, W\) with B=1, C=3, H=6, W=7, got \(1, 3, 6, 8\)"
+    ):
         prop.stream([torch.rand(1, 3, 6, 7)] * 2 + [torch.rand(1, 3, 6, 8)], emit=lambda i, f: None)
     with pytest.raises(ValueError, match="at least one frame"):
         prop.stream([], emit=lambda i, f: None)
@@ -264,8 +275,14 @@ def test_shape_errors_name_the_frame(make):
 def test_constructor_and_cell_errors():
     torch.manual_seed(0)
     with pytest.raises(ValueError, match="one module for each"):
-        SecondOrderGridPropagation(C, nn.Identity(), {"backward_1": Align()}, {"backward_1": cell(2 * C)}, Flow(),
-                                   branches=("backward_1", "forward_1"))
+        SecondOrderGridPropagation(
+            C,
+            nn.Identity(),
+            {"backward_1": Align()},
+            {"backward_1": cell(2 * C)},
+            Flow(),
+            branches=("backward_1", "forward_1"),
+        )
     with pytest.raises(ValueError, match="start with 'backward' or 'forward'"):
         SecondOrderGridPropagation(C, nn.Identity(), {"up": Align()}, {"up": cell(2 * C)}, Flow(), branches=("up",))
     wrong = BidirectionalPropagation(C, cell(3 + C), ConcatCell(nn.Conv2d(3 + C, C + 1, 1)), Flow())

@@ -120,8 +120,15 @@ def test_files_that_need_unsafe_unpickling_are_refused(tmp_path):
         load_checkpoint(LocalVSR(), path)
 
 
-@pytest.mark.parametrize("wrap", [lambda sd: sd, lambda sd: {"params": sd}, lambda sd: {"state_dict": sd},
-                                  lambda sd: {f"module.{k}": v for k, v in sd.items()}])
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: sd,
+        lambda sd: {"params": sd},
+        lambda sd: {"state_dict": sd},
+        lambda sd: {f"module.{k}": v for k, v in sd.items()},
+    ],
+)
 def test_plain_and_wrapped_state_dicts_load(tmp_path, wrap):
     model = LocalVSR(seed=3)
     path = tmp_path / "plain.pth"
@@ -190,8 +197,12 @@ def test_a_folder_is_named_as_a_folder(tmp_path):
 
 
 def _ours(tmp_path, **changes):
-    payload = {"format": "reference_models.checkpoint", "version": 1,
-               "model_spec": {"name": "mana", "preset": "tiny", "overrides": {}}, "state_dict": LocalVSR().state_dict()}
+    payload = {
+        "format": "reference_models.checkpoint",
+        "version": 1,
+        "model_spec": {"name": "mana", "preset": "tiny", "overrides": {}},
+        "state_dict": LocalVSR().state_dict(),
+    }
     path = tmp_path / "bad.pt"
     torch.save({**payload, **changes}, path)
     return path

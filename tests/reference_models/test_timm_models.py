@@ -47,7 +47,9 @@ def test_kwargs_reach_the_constructor_and_weights_must_fit(tmp_path):
     assert model.num_frames == 5 and model.model_spec["overrides"] == {"num_frames": 5}
     save_checkpoint(reference_models.create_model("mana", "tiny"), tmp_path / "tiny.safetensors")
     with pytest.raises(CheckpointError, match="shape mismatches"):
-        timm.create_model("mana_paper", pretrained=True, pretrained_cfg_overlay={"file": str(tmp_path / "tiny.safetensors")})
+        timm.create_model(
+            "mana_paper", pretrained=True, pretrained_cfg_overlay={"file": str(tmp_path / "tiny.safetensors")}
+        )
 
 
 def test_official_state_dict_through_timm(tmp_path):
@@ -55,7 +57,9 @@ def test_official_state_dict_through_timm(tmp_path):
     torch.save({"params": data["state_dict"]}, tmp_path / "official.pth")
     reference = reference_models.from_official("mana", data["state_dict"], **data["config"])
     loaded = timm.create_model(
-        "mana_paper", pretrained=True, pretrained_cfg_overlay={"file": str(tmp_path / "official.pth")},
+        "mana_paper",
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(tmp_path / "official.pth")},
         **reference.model_spec["overrides"],
     )
     assert_same_weights(loaded, reference)

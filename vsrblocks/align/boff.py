@@ -126,10 +126,14 @@ class BOFF(nn.Module):
         out = conv2d_activation(self.fusion, torch.cat((backward, forward), dim=1), "leaky_relu", 0.1)
         return cast(torch.Tensor, out.unflatten(0, (batch, frames)))
 
-    def _branch(self, resblocks: nn.Module, neighbours: torch.Tensor, flows: torch.Tensor, lr_frames: torch.Tensor) -> torch.Tensor:
+    def _branch(
+        self, resblocks: nn.Module, neighbours: torch.Tensor, flows: torch.Tensor, lr_frames: torch.Tensor
+    ) -> torch.Tensor:
         frames = neighbours.flatten(0, 1)
         warped = flow_warp(frames, flows.flatten(0, 1), padding_mode=self.padding_mode)
-        return cast(torch.Tensor, resblocks(to_memory_format(torch.cat((lr_frames, warped), dim=1), memory_format_of(frames))))
+        return cast(
+            torch.Tensor, resblocks(to_memory_format(torch.cat((lr_frames, warped), dim=1), memory_format_of(frames)))
+        )
 
     def extra_repr(self) -> str:
         return (

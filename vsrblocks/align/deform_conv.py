@@ -169,8 +169,16 @@ def _deform_conv2d_torch(
     cols = torch.arange(out_w, device=device, dtype=dtype) * stride[1] - padding[1]
     tap_rows = torch.arange(kh, device=device, dtype=dtype) * dilation[0]
     tap_cols = torch.arange(kw, device=device, dtype=dtype) * dilation[1]
-    base_y = (tap_rows[:, None, None, None] + rows[None, None, :, None]).expand(kh, kw, out_h, out_w).reshape(taps, out_h, out_w)
-    base_x = (tap_cols[None, :, None, None] + cols[None, None, None, :]).expand(kh, kw, out_h, out_w).reshape(taps, out_h, out_w)
+    base_y = (
+        (tap_rows[:, None, None, None] + rows[None, None, :, None])
+        .expand(kh, kw, out_h, out_w)
+        .reshape(taps, out_h, out_w)
+    )
+    base_x = (
+        (tap_cols[None, :, None, None] + cols[None, None, None, :])
+        .expand(kh, kw, out_h, out_w)
+        .reshape(taps, out_h, out_w)
+    )
     offset = rearrange(offset, "b (g k two) h w -> (b g) k two h w", g=deform_groups, k=taps, two=2)
     grid_x = _grid_coordinate(base_x, offset[:, :, 1], size_w)
     grid_y = _grid_coordinate(base_y, offset[:, :, 0], size_h)
@@ -266,9 +274,7 @@ def deform_conv2d(
     if _resolve_backend(backend, x.device) == "torchvision":
         from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
-        out = tv_deform_conv2d(
-            x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask
-        )
+        out = tv_deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
     else:
         out = _deform_conv2d_torch(x, offset, weight, bias, stride, padding, dilation, mask)
     return cast(torch.Tensor, out.to(out_dtype))
@@ -386,7 +392,9 @@ class DeformConv2d(nn.Module):
         if self.training and self.max_offset_warn is not None and not torch.compiler.is_compiling():
             mean_offset = offset.detach().abs().mean()
             if mean_offset > self.max_offset_warn:
-                logger.warning("DeformConv2d: mean absolute offset %.1f px exceeds %s", mean_offset, self.max_offset_warn)
+                logger.warning(
+                    "DeformConv2d: mean absolute offset %.1f px exceeds %s", mean_offset, self.max_offset_warn
+                )
         return deform_conv2d(
             x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask, backend=self.backend
         )

@@ -55,9 +55,7 @@ def flow_warp(
     )
     sample_x = grid_x + flow[:, 0]
     sample_y = grid_y + flow[:, 1]
-    grid = torch.stack(
-        (2.0 * sample_x / max(width - 1, 1) - 1.0, 2.0 * sample_y / max(height - 1, 1) - 1.0), dim=-1
-    )
+    grid = torch.stack((2.0 * sample_x / max(width - 1, 1) - 1.0, 2.0 * sample_y / max(height - 1, 1) - 1.0), dim=-1)
     out = F.grid_sample(x.to(compute_dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
     return out.to(x.dtype)
 

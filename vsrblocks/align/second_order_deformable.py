@@ -66,24 +66,35 @@ class SecondOrderDeformableAlignment(DeformConv2d):
         backend: Backend = "auto",
     ) -> None:
         if deform_groups % 2 or (2 * channels) % deform_groups:
-            raise ValueError(f"deform_groups must be even and divide 2 * channels = {2 * channels}, got {deform_groups}")
+            raise ValueError(
+                f"deform_groups must be even and divide 2 * channels = {2 * channels}, got {deform_groups}"
+            )
         self.max_residue_magnitude = max_residue_magnitude
         super().__init__(
-            2 * channels, channels, kernel_size=3, padding=1, deform_groups=deform_groups,
-            guide_channels=3 * channels + 4, backend=backend, max_offset_warn=None,
+            2 * channels,
+            channels,
+            kernel_size=3,
+            padding=1,
+            deform_groups=deform_groups,
+            guide_channels=3 * channels + 4,
+            backend=backend,
+            max_offset_warn=None,
         )
         self.channels = channels
         taps = self.kernel_size[0] * self.kernel_size[1]
         # replaces DeformConv2d's single offset convolution (declared nn.Conv2d there), keeping its place
-        self.add_module("conv_offset", nn.Sequential(
-            nn.Conv2d(3 * channels + 4, channels, 3, padding=1),
-            nn.LeakyReLU(negative_slope=0.1),
-            nn.Conv2d(channels, channels, 3, padding=1),
-            nn.LeakyReLU(negative_slope=0.1),
-            nn.Conv2d(channels, channels, 3, padding=1),
-            nn.LeakyReLU(negative_slope=0.1),
-            nn.Conv2d(channels, 3 * taps * deform_groups, 3, padding=1),
-        ))
+        self.add_module(
+            "conv_offset",
+            nn.Sequential(
+                nn.Conv2d(3 * channels + 4, channels, 3, padding=1),
+                nn.LeakyReLU(negative_slope=0.1),
+                nn.Conv2d(channels, channels, 3, padding=1),
+                nn.LeakyReLU(negative_slope=0.1),
+                nn.Conv2d(channels, channels, 3, padding=1),
+                nn.LeakyReLU(negative_slope=0.1),
+                nn.Conv2d(channels, 3 * taps * deform_groups, 3, padding=1),
+            ),
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -102,7 +113,12 @@ class SecondOrderDeformableAlignment(DeformConv2d):
         nn.init.zeros_(cast(torch.Tensor, last.bias))
 
     def offsets_and_mask(
-        self, feat_1: torch.Tensor, feat_2: torch.Tensor, current: torch.Tensor, flow_1: torch.Tensor, flow_2: torch.Tensor
+        self,
+        feat_1: torch.Tensor,
+        feat_2: torch.Tensor,
+        current: torch.Tensor,
+        flow_1: torch.Tensor,
+        flow_2: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The offsets ``(B, 2 G 9, H, W)`` (flow + residue, torchvision's layout) and mask ``(B, G 9, H, W)``."""
         condition = torch.cat((flow_warp(feat_1, flow_1), current, flow_warp(feat_2, flow_2), flow_1, flow_2), dim=1)
@@ -129,8 +145,15 @@ class SecondOrderDeformableAlignment(DeformConv2d):
             check_shape(tensor, "B C H W", name=name, B=dims["B"], C=2, H=dims["H"], W=dims["W"])
         offset, mask = self.offsets_and_mask(feat_1, feat_2, current, flow_1, flow_2)
         return deform_conv2d(
-            torch.cat((feat_1, feat_2), dim=1), offset, self.weight, self.bias,
-            self.stride, self.padding, self.dilation, mask, backend=self.backend,
+            torch.cat((feat_1, feat_2), dim=1),
+            offset,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            mask,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:

@@ -192,7 +192,9 @@ class SPyNet(nn.Module):
         prefixes = sorted({key[: key.index(marker)] for key in state_dict if marker in key})
         if len(prefixes) != 1:
             found = ", ".join(repr(p) for p in prefixes) if prefixes else "none"
-            raise CheckpointError(f"expected the weights of exactly one SPyNet (keys containing {marker!r}), found prefixes: {found}")
+            raise CheckpointError(
+                f"expected the weights of exactly one SPyNet (keys containing {marker!r}), found prefixes: {found}"
+            )
         return prefixes[0]
 
     @staticmethod
@@ -237,18 +239,24 @@ class SPyNet(nn.Module):
             match = _BASICSR_KEY.match(key[len(prefix) :])
             if match is not None and int(match.group(2)) % 2 == 0:
                 level, index, kind = match.groups()
-                state_dict[f"{prefix}basic_module.{level}.basic_module.{int(index) // 2}.conv.{kind}"] = state_dict.pop(key)
+                state_dict[f"{prefix}basic_module.{level}.basic_module.{int(index) // 2}.conv.{kind}"] = state_dict.pop(
+                    key
+                )
         for name in _NORM_KEYS:
             value = state_dict.pop(prefix + name, None)
             if value is None:
                 continue
             own = getattr(self, name)
-            if tuple(value.shape) != tuple(own.shape) or not torch.allclose(value.float().cpu(), own.float().cpu(), atol=1e-3):
+            if tuple(value.shape) != tuple(own.shape) or not torch.allclose(
+                value.float().cpu(), own.float().cpu(), atol=1e-3
+            ):
                 error_msgs.append(
                     f"{prefix}{name}: SPyNet expects the ImageNet {name} {own.flatten().tolist()}, "
                     f"the checkpoint has {value.flatten().tolist()} (shape {tuple(value.shape)})"
                 )
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """Load MMagic/VSRT or BasicSR weights (see :meth:`convert_state_dict`).
@@ -327,7 +335,11 @@ def _check_keys(module: SPyNet, state_dict: Mapping[str, Any]) -> None:
     )
     problems = [
         f"{label}: {_summarise(keys)}"
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        )
         if keys
     ]
     if problems:

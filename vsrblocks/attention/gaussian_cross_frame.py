@@ -147,8 +147,16 @@ def _fused_supported(query: torch.Tensor) -> bool:
 _LOG_NEGLIGIBLE = math.log(1e-30)
 
 
-def _log_gaussian_block(start: int, stop: int, row0: int, row1: int, width: int, sigma: torch.Tensor,
-                        radius2: float | None, dtype: torch.dtype) -> torch.Tensor:
+def _log_gaussian_block(
+    start: int,
+    stop: int,
+    row0: int,
+    row1: int,
+    width: int,
+    sigma: torch.Tensor,
+    radius2: float | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
     """``log G = -d2 / (2 sigma^2)`` for queries ``start..stop-1`` against the keys of image rows ``row0..row1-1``,
     ``-inf`` where ``d2 > radius2``: the additive bias of the fused kernel, ``(stop - start, (row1 - row0) * width)``."""
     idx = torch.arange(start, stop, device=sigma.device)
@@ -188,8 +196,14 @@ def _padded_tokens(
 
 
 def _fused_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, height: int, width: int,
-    radius: float | None, chunk_size: int,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sigma: torch.Tensor,
+    height: int,
+    width: int,
+    radius: float | None,
+    chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The exact read-outs through two fused attention passes, without autograd: ``(B, T, N, Cv)``, and the
     log-sum-exps ``L0`` and ``L1`` (``(B, T, N)`` each) that :func:`_fused_backward` needs.
@@ -223,8 +237,17 @@ _POSITION_CHANNELS = 4
 
 
 def _fused_backward(
-    grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor,
-    out: torch.Tensor, lse0: torch.Tensor, lse1: torch.Tensor, height: int, width: int, radius: float | None,
+    grad: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sigma: torch.Tensor,
+    out: torch.Tensor,
+    lse0: torch.Tensor,
+    lse1: torch.Tensor,
+    height: int,
+    width: int,
+    radius: float | None,
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact gradients of :func:`_fused_attention` for ``q``, ``k``, ``v`` and ``sigma`` through PyTorch's CPU
@@ -279,10 +302,20 @@ def _fused_backward(
             centre_y, centre_x = (start // width + (stop - 1) // width) / 2, (width - 1) / 2
             key_y, key_x = ys[band] - centre_y, xs[band] - centre_x
             keys = keys.clone()
-            keys[..., width_all:] = torch.stack((key_y * key_y + key_x * key_x, key_y, key_x, torch.ones_like(key_x)), -1)
+            keys[..., width_all:] = torch.stack(
+                (key_y * key_y + key_x * key_x, key_y, key_x, torch.ones_like(key_x)), -1
+            )
         dq_rows, dk_band, dv_band = flash_backward(
-            gt[:, :, rows], qt[:, :, rows], keys, vt[:, :, band], torch.zeros_like(gt[:, :, rows]),
-            lse1[:, :, rows], 0.0, False, attn_mask=bias, scale=1.0,
+            gt[:, :, rows],
+            qt[:, :, rows],
+            keys,
+            vt[:, :, band],
+            torch.zeros_like(gt[:, :, rows]),
+            lse1[:, :, rows],
+            0.0,
+            False,
+            attn_mask=bias,
+            scale=1.0,
         )
         dq1[:, :, rows] = dq_rows
         dk1[:, :, band] += dk_band
@@ -310,8 +343,15 @@ class _FusedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(  # noqa: D102
-        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, height: int, width: int,
-        radius: float | None, chunk_size: int,
+        ctx: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        sigma: torch.Tensor,
+        height: int,
+        width: int,
+        radius: float | None,
+        chunk_size: int,
     ) -> torch.Tensor:
         out, lse0, lse1 = _fused_attention(q, k, v, sigma, height, width, radius, chunk_size)
         ctx.save_for_backward(q, k, v, sigma, out, lse0, lse1)

@@ -381,11 +381,13 @@ class MaskedSelfAttention(nn.Module):
         if self.attn_scope == "local":
             return local_attention(q, k, None, self.local_radius, self.chunk_size)[1]
         if self.attn_scope == "global":
-            flat = received_attention(rearrange(q, "b c h w -> b (h w) c"), rearrange(k, "b c h w -> b (h w) c"),
-                                       self.chunk_size)
+            flat = received_attention(
+                rearrange(q, "b c h w -> b (h w) c"), rearrange(k, "b c h w -> b (h w) c"), self.chunk_size
+            )
             return flat.reshape(b, 1, h, w)
-        rows = received_attention(rearrange(q, "b c h w -> (b h) w c"), rearrange(k, "b c h w -> (b h) w c"),
-                                  self.chunk_size)
+        rows = received_attention(
+            rearrange(q, "b c h w -> (b h) w c"), rearrange(k, "b c h w -> (b h) w c"), self.chunk_size
+        )
         return rows.reshape(b, 1, h, w)
 
     def align(
@@ -443,7 +445,9 @@ class MaskedSelfAttention(nn.Module):
             )
         result = AlignmentOutput(fused, warped, mask, *maps)
         if several:  # split by K, not B: an empty batch leaves nothing to divide by
-            return AlignmentOutput._make(None if t is None else rearrange(t, "(b k) ... -> b k ...", k=k) for t in result)
+            return AlignmentOutput._make(
+                None if t is None else rearrange(t, "(b k) ... -> b k ...", k=k) for t in result
+            )
         return result
 
     def _clean(self, mask: torch.Tensor) -> torch.Tensor:

@@ -93,7 +93,9 @@ def _dilate(x: torch.Tensor, kernel_size: int, footprint: Footprint) -> torch.Te
     # A running max over shifted views keeps memory at O(H W) whatever the footprint.
     out = None
     # offsets from Python ints, not make_footprint(...).nonzero(): a tensor's values cannot decide an exported loop
-    disk = [(dy, dx) for dy in range(kernel_size) for dx in range(kernel_size) if (dy - r) ** 2 + (dx - r) ** 2 <= r * r]
+    disk = [
+        (dy, dx) for dy in range(kernel_size) for dx in range(kernel_size) if (dy - r) ** 2 + (dx - r) ** 2 <= r * r
+    ]
     for dy, dx in disk:
         view = padded[..., dy : dy + height, dx : dx + width]
         out = view if out is None else torch.maximum(out, view)
@@ -310,7 +312,9 @@ def remove_small_holes(x: torch.Tensor, min_size: int, connectivity: int = 2) ->
     return filled if x.dtype == torch.bool else filled.to(x.dtype)
 
 
-def _skimage_size_filter(function: Callable[..., np.ndarray], mask: np.ndarray, min_size: int, connectivity: int) -> np.ndarray:
+def _skimage_size_filter(
+    function: Callable[..., np.ndarray], mask: np.ndarray, min_size: int, connectivity: int
+) -> np.ndarray:
     """Call scikit-image's ``remove_small_objects`` / ``remove_small_holes`` with "smaller than
     ``min_size``" semantics across versions (0.26 renamed the exclusive ``min_size`` /
     ``area_threshold`` to the inclusive ``max_size``)."""
@@ -434,8 +438,15 @@ class MorphologicalMask(nn.Module):
         ``max_size`` and so also removes 20 px objects (and fills 10 px holes) when the official code runs
         there."""
         return cls(
-            kernel_size=7, operation="close", footprint="disk", padding=3, min_object_size=20, min_hole_size=10,
-            connectivity=2, invert=True, backend=backend,
+            kernel_size=7,
+            operation="close",
+            footprint="disk",
+            padding=3,
+            min_object_size=20,
+            min_hole_size=10,
+            connectivity=2,
+            invert=True,
+            backend=backend,
         )
 
     def forward(self, mask: torch.Tensor) -> torch.Tensor:

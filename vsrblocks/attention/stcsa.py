@@ -105,9 +105,7 @@ class STCSA(nn.Module):
     def _tokens(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """``(B*T, C, Hp, Wp)`` -> ``(B, heads, T*n, d)``, token order frame-major then row-major patches."""
         p = self.patch_size
-        return rearrange(
-            x, "(b t) (g c) (nh i) (nw j) -> b g (t nh nw) (c i j)", t=frames, g=self.num_heads, i=p, j=p
-        )
+        return rearrange(x, "(b t) (g c) (nh i) (nw j) -> b g (t nh nw) (c i j)", t=frames, g=self.num_heads, i=p, j=p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = check_shape(x, "B T C H W", name="clip", C=self.channels)
@@ -136,9 +134,7 @@ class STCSA(nn.Module):
             out = rearrange(out, "b g n c ij -> b g n (c ij)")
         else:
             out = F.scaled_dot_product_attention(q, k, v, scale=scale)
-        out = rearrange(
-            out, "b g (t nh nw) (c i j) -> (b t) (g c) (nh i) (nw j)", t=frames, nh=nh, nw=nw, i=p, j=p
-        )
+        out = rearrange(out, "b g (t nh nw) (c i j) -> (b t) (g c) (nh i) (nw j)", t=frames, nh=nh, nw=nw, i=p, j=p)
         out = self.conv(to_memory_format(crop_padding(out, height, width), memory_format_of(frames_flat)))
         out = rearrange(out, "(b t) c h w -> b t c h w", t=frames)
         return cast(torch.Tensor, out + x if self.residual else out)

@@ -59,9 +59,7 @@ class ConvLSTMCell(nn.Module):
         zeros = x.new_zeros(x.shape[0], self.hidden_channels, x.shape[-2], x.shape[-1])
         return ConvLSTMState(zeros, zeros)
 
-    def forward(
-        self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> ConvLSTMState:
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None) -> ConvLSTMState:
         dims = check_shape(x, "B C H W", name="x", C=self.in_channels)
         if state is None:
             state = self.initial_state(x)
@@ -118,7 +116,9 @@ class ConvLSTM(nn.Module):
             self.fusion = nn.Conv2d(2 * hidden_channels, hidden_channels, 1)
 
     @staticmethod
-    def _run(cell: ConvLSTMCell, frames: list[torch.Tensor], state: ConvLSTMState | None) -> tuple[list[torch.Tensor], ConvLSTMState]:
+    def _run(
+        cell: ConvLSTMCell, frames: list[torch.Tensor], state: ConvLSTMState | None
+    ) -> tuple[list[torch.Tensor], ConvLSTMState]:
         outputs = []
         for frame in frames:
             state = cell(frame, state)
@@ -135,9 +135,7 @@ class ConvLSTM(nn.Module):
         if not self.bidirectional:
             return torch.stack(forward_out, dim=1), final
         backward_out, _ = self._run(self.backward_cell, frames[::-1], None)
-        fused = [
-            self.fusion(torch.cat((f, b), dim=1)) for f, b in zip(forward_out, reversed(backward_out))
-        ]
+        fused = [self.fusion(torch.cat((f, b), dim=1)) for f, b in zip(forward_out, reversed(backward_out))]
         return torch.stack(fused, dim=1), final
 
     def extra_repr(self) -> str:

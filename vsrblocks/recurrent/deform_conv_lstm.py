@@ -120,7 +120,13 @@ class DeformableConvLSTM(nn.Module):
         if state is not None:
             for part, tensor in zip("hc", state):
                 check_shape(
-                    tensor, "B C H W", name=f"state.{part}", B=dims["B"], C=self.hidden_channels, H=dims["H"], W=dims["W"]
+                    tensor,
+                    "B C H W",
+                    name=f"state.{part}",
+                    B=dims["B"],
+                    C=self.hidden_channels,
+                    H=dims["H"],
+                    W=dims["W"],
                 )
             state = ConvLSTMState(*state)
         frames = list(clip.unbind(dim=1))
@@ -128,7 +134,14 @@ class DeformableConvLSTM(nn.Module):
             guides: list[torch.Tensor | None] = [None] * len(frames)
         else:
             check_shape(
-                guide, "B T C H W", name="guide", B=dims["B"], T=dims["T"], C=self.hidden_channels, H=dims["H"], W=dims["W"]
+                guide,
+                "B T C H W",
+                name="guide",
+                B=dims["B"],
+                T=dims["T"],
+                C=self.hidden_channels,
+                H=dims["H"],
+                W=dims["W"],
             )
             guides = list(guide.unbind(dim=1))
         if not self.bidirectional:
@@ -140,7 +153,8 @@ class DeformableConvLSTM(nn.Module):
         batch = dims["B"]
         both_frames = [torch.cat((f, b), dim=0) for f, b in zip(frames, reversed(frames))]
         both_guides = [
-            None if g is None else torch.cat((g, cast(torch.Tensor, r)), dim=0) for g, r in zip(guides, reversed(guides))
+            None if g is None else torch.cat((g, cast(torch.Tensor, r)), dim=0)
+            for g, r in zip(guides, reversed(guides))
         ]
         if state is None:
             state = self.cell.initial_state(frames[0])

@@ -96,7 +96,8 @@ class BidirectionalPropagation(nn.Module):
 
     Args:
         channels: C, channels of the propagated features (every cell's output).
-        backward_cell, forward_cell: the sweeps' cells, called ``cell(x_i, [h_i,] propagated, **inputs)``.
+        backward_cell: the backward sweep's cell, called ``cell(x_i, propagated, **inputs)``.
+        forward_cell: the forward sweep's cell, called ``cell(x_i, [h_i,] propagated, **inputs)``.
         flow: optical flow network called ``flow(ref, supp) -> (B, 2, H, W)`` with
             ``ref(p) ≈ supp(p + flow(p))`` (:class:`~vsrblocks.align.SPyNet`).
         forward_sees_backward: pass the backward features ``h_i`` to the forward cell (IconVSR).
@@ -170,8 +171,15 @@ class BidirectionalPropagation(nn.Module):
                 if direction == "forward" and self.forward_sees_backward:
                     earlier = (store.get("backward", i),)
                 propagated = cell(frame, *earlier, propagated, **extra(direction, i))
-                check_shape(propagated, "B C H W", name=f"{direction} cell output", C=self.channels,
-                            B=reader.dims["B"], H=reader.dims["H"], W=reader.dims["W"])
+                check_shape(
+                    propagated,
+                    "B C H W",
+                    name=f"{direction} cell output",
+                    C=self.channels,
+                    B=reader.dims["B"],
+                    H=reader.dims["H"],
+                    W=reader.dims["W"],
+                )
                 previous = frame
                 if direction == "backward":
                     store.put("backward", i, propagated)
@@ -316,8 +324,9 @@ class SecondOrderGridPropagation(nn.Module):
             frame = reader[i] if (computes_flows or k == 0) else None
             if k == 0:
                 current = self.extractor(frame)
-                check_shape(current, "B C H W", name="extractor output", C=self.channels,
-                            B=dims["B"], H=dims["H"], W=dims["W"])
+                check_shape(
+                    current, "B C H W", name="extractor output", C=self.channels, B=dims["B"], H=dims["H"], W=dims["W"]
+                )
                 store.put("spatial", i, current)
             else:
                 current = store.get("spatial", i)
@@ -345,7 +354,9 @@ class SecondOrderGridPropagation(nn.Module):
             earlier = [store.get(name, i) for name in earlier_branches]
             out = self.cells[branch](current, *earlier, aligned, **extra(branch, i))
             feature = aligned + out if self.residual else out
-            check_shape(feature, "B C H W", name=f"{branch} output", C=self.channels, B=dims["B"], H=dims["H"], W=dims["W"])
+            check_shape(
+                feature, "B C H W", name=f"{branch} output", C=self.channels, B=dims["B"], H=dims["H"], W=dims["W"]
+            )
             feat_2, feat_1 = feat_1, feature
             previous_frame = frame
             if emit is None:

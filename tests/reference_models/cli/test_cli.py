@@ -100,7 +100,20 @@ def test_every_tiny_model_runs_end_to_end(tmp_path, capsys, name):
     except ImportError:
         pytest.skip(f"{name} is not written yet")
     src = write_folder(tmp_path / "in", random_frames(3, 8, 12))
-    argv = ["run", name, "--preset", "tiny", "-i", src, "-o", tmp_path / "out", "-q", "--batch", "2", "--random-weights"]
+    argv = [
+        "run",
+        name,
+        "--preset",
+        "tiny",
+        "-i",
+        src,
+        "-o",
+        tmp_path / "out",
+        "-q",
+        "--batch",
+        "2",
+        "--random-weights",
+    ]
     code, _, err = run_cli(capsys, *argv)
     assert code == 0, err
     assert err.strip() == "warning: --random-weights: the model runs with random weights"
@@ -141,7 +154,21 @@ def test_checkpoint_alone_rebuilds_overrides(tmp_path, capsys):
 def test_dtype_option_runs_in_reduced_precision(tmp_path, capsys, checkpoint, dtype):
     frames = random_frames(3, 8, 8, seed=4)
     src = write_folder(tmp_path / "in", frames)
-    code, _, err = run_cli(capsys, "run", "--checkpoint", checkpoint, "-i", src, "-o", tmp_path / "out", "-q", "--dtype", dtype, "--device", "cpu")
+    code, _, err = run_cli(
+        capsys,
+        "run",
+        "--checkpoint",
+        checkpoint,
+        "-i",
+        src,
+        "-o",
+        tmp_path / "out",
+        "-q",
+        "--dtype",
+        dtype,
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     expected = expected_frames(checkpoint, frames)
     for k, exp in enumerate(expected):
@@ -208,7 +235,10 @@ def _bad_inputs(tmp_path, checkpoint):
         (["mana", "--preset", "tiny", "--fps", "0", "-i", good, "-o", tmp_path / "out.mp4"], "--fps must be between"),
         (["mana", "--preset", "tiny", "--fps", "inf", "-i", good, "-o", tmp_path / "out.mp4"], "--fps must be between"),
         (["mana", "--preset", "tiny", "--fps", "nan", "-i", good, "-o", tmp_path / "out.mp4"], "--fps must be between"),
-        (["mana", "--preset", "tiny", "--fps", "1e-9", "-i", good, "-o", tmp_path / "out.mp4"], "--fps must be between"),
+        (
+            ["mana", "--preset", "tiny", "--fps", "1e-9", "-i", good, "-o", tmp_path / "out.mp4"],
+            "--fps must be between",
+        ),
         (["--checkpoint", checkpoint, "--codec", "nosuchcodec", "-i", good, "-o", tmp_path / "o.mp4"], "no such video"),
         (["--checkpoint", checkpoint, "--codec", "aac", "-i", good, "-o", tmp_path / "o.mp4"], "not a video encoder"),
         (["--checkpoint", checkpoint, "--pix-fmt", "nv99", "-i", good, "-o", tmp_path / "o.mp4"], "--pix-fmt nv99"),
@@ -281,13 +311,19 @@ def test_python_dash_m_entry_point(tmp_path, checkpoint):
     cli = [sys.executable, "-m", "reference_models", "run", "-i", str(src)]
     ok = subprocess.run(
         [*cli, "--checkpoint", str(checkpoint), "-o", str(tmp_path / "out"), "-q", "--device", "cpu"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     )
     assert ok.returncode == 0, ok.stderr
     assert len(list((tmp_path / "out").iterdir())) == 3
     bad = subprocess.run(
         [*cli, "--checkpoint", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "out2")],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     )
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines() == [f"error: checkpoint '{tmp_path / 'nope.pt'}' does not exist"]
@@ -303,7 +339,9 @@ def test_compile_option_runs_the_compiled_model(tmp_path, capsys, checkpoint, mo
     torch._dynamo.reset()
     counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
     original = reference_models.inference.compiled.compile_model
-    monkeypatch.setattr(reference_models.inference.compiled, "compile_model", lambda model: original(model, backend=counter))
+    monkeypatch.setattr(
+        reference_models.inference.compiled, "compile_model", lambda model: original(model, backend=counter)
+    )
     frames = random_frames(3, 12, 16)
     src = write_folder(tmp_path / "in", frames, [f"f{i}.png" for i in range(3)])
     code, _, err = run_cli(capsys, "run", "--checkpoint", checkpoint, "-i", src, "-o", tmp_path / "out", "--compile")
@@ -316,6 +354,17 @@ def test_compile_option_runs_the_compiled_model(tmp_path, capsys, checkpoint, mo
 
 def test_compile_option_refuses_onnxruntime(tmp_path, capsys):
     src = write_folder(tmp_path / "in", random_frames(1, 8, 8), ["a.png"])
-    code, _, err = run_cli(capsys, "run", "--backend", "onnxruntime", "--model", tmp_path / "m.onnx", "-i", src,
-                           "-o", tmp_path / "out", "--compile")
+    code, _, err = run_cli(
+        capsys,
+        "run",
+        "--backend",
+        "onnxruntime",
+        "--model",
+        tmp_path / "m.onnx",
+        "-i",
+        src,
+        "-o",
+        tmp_path / "out",
+        "--compile",
+    )
     assert_one_line_error(code, err, "--compile")

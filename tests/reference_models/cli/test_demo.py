@@ -21,7 +21,9 @@ def test_demo_end_to_end_beats_bicubic(tmp_path, monkeypatch, capsys):
     """A shorter run on smaller clips: the tiny MANA beats bicubic on the held-out photo's frames (by 1.05 dB after
     these 100 steps, measured; 1.42 dB after 150)."""
     monkeypatch.chdir(tmp_path)
-    settings = DemoSettings(steps=100, batch_size=8, patch_size=12, frames=30, held_out=9, size=(64, 96), progress=False)
+    settings = DemoSettings(
+        steps=100, batch_size=8, patch_size=12, frames=30, held_out=9, size=(64, 96), progress=False
+    )
     summary = run_demo(settings)
     printed = capsys.readouterr().out
     gain = summary["model"]["psnr_y"] - summary["bicubic"]["psnr_y"]
@@ -66,7 +68,10 @@ def test_demo_clip_is_split_in_time():
 
 
 def test_demo_bad_options_exit_with_one_line_and_write_nothing(tmp_path, capsys):
-    for argv, message in [(["--photo", "no_such_photo"], "ships no image 'no_such_photo'"), (["--preset", "huge"], "unknown preset 'huge'")]:
+    for argv, message in [
+        (["--photo", "no_such_photo"], "ships no image 'no_such_photo'"),
+        (["--preset", "huge"], "unknown preset 'huge'"),
+    ]:
         assert main([*argv, "--steps", "1", "--quiet", "--output", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

@@ -55,7 +55,9 @@ def png16_rgb(path, value):
     """A 4x4 16-bit RGB PNG filled with ``value``."""
     rows = b"".join(b"\x00" + np.full((4, 3), value, ">u2").tobytes() for _ in range(4))
     ihdr = struct.pack(">IIBBBBB", 4, 4, 16, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
 
 
 def test_non_finite_weights_fail_naming_the_frame(tmp_path, capsys):
@@ -195,7 +197,9 @@ def interrupted_run(tmp_path, checkpoint, sig, *options):
     src = write_folder(tmp_path / "in", random_frames(20, 8, 8))
     argv = ["run", "--checkpoint", str(checkpoint), "-i", str(src), "-o", str(tmp_path / "out"), "-q", *options]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, *argv], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_RUN, *argv], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 120
         # Two files: the first frame is complete (the second is being written).

@@ -85,7 +85,9 @@ def test_no_audio_crf_codec_and_pix_fmt(tmp_path, capsys, checkpoint):
         assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv444p"
     # A lower CRF spends more bits on the same frames.
     best = tmp_path / "best.mkv"
-    code, err = run(capsys, "run", "--checkpoint", checkpoint, "-i", source, "-o", best, "-q", *argv[:2], "--crf", "0", "--no-audio")
+    code, err = run(
+        capsys, "run", "--checkpoint", checkpoint, "-i", source, "-o", best, "-q", *argv[:2], "--crf", "0", "--no-audio"
+    )
     assert code == 0, err
     assert best.stat().st_size > out.stat().st_size
 

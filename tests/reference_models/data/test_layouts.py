@@ -124,7 +124,10 @@ def test_train_clips_crop_aligned_patches_from_provided_lr(tmp_path):
         sample = train[i]
         hr = sample["hr"]
         matches = [
-            (y, x) for y in range(0, 17, 4) for x in range(0, 25, 4) if torch.equal(hr_frames[..., y : y + 16, x : x + 16], hr)
+            (y, x)
+            for y in range(0, 17, 4)
+            for x in range(0, 25, 4)
+            if torch.equal(hr_frames[..., y : y + 16, x : x + 16], hr)
         ]
         assert len(matches) == 1
         y, x = matches[0]

@@ -11,8 +11,32 @@ def test_train_on_vid4_layout_with_provided_lr(tmp_path, capsys):
         write_clip(tmp_path / "vid4" / "GT" / name, 3, 32, 32)
         write_clip(tmp_path / "vid4" / "BIx4" / name, 3, 8, 8, seed=3)
     out = tmp_path / "run"
-    args = ["mana", "--dataset", "vid4", "--root", str(tmp_path / "vid4"), "--steps", "2", "--batch-size", "1", "--patch-size", "4"]
-    args += ["--val-holdout", "1", "--val-every", "2", "--val-crop", "0", "--output", str(out), "--quiet", "--device", "cpu"]
+    args = [
+        "mana",
+        "--dataset",
+        "vid4",
+        "--root",
+        str(tmp_path / "vid4"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--patch-size",
+        "4",
+    ]
+    args += [
+        "--val-holdout",
+        "1",
+        "--val-every",
+        "2",
+        "--val-crop",
+        "0",
+        "--output",
+        str(out),
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     assert train_main(args) == 0
     captured = capsys.readouterr().out
     assert "LR frames: provided" in captured and "on 1 clip(s)" in captured and "PSNR-Y" in captured

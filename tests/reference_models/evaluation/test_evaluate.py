@@ -32,7 +32,9 @@ def _direct_bicubic_scores(lr_u8: torch.Tensor, hr_u8: torch.Tensor) -> dict[str
 def test_evaluate_bicubic_equals_a_direct_computation(tmp_path, capsys, provided_lr):
     root = write_vid4(tmp_path / "vid4", clips=("calendar", "city"), frames=3, lr="BIx4" if provided_lr else None)
     out = tmp_path / "scores.json"
-    status = cli_main(["evaluate", "bicubic", "--dataset", "vid4", "--root", str(root), "--output-json", str(out), "-q"])
+    status = cli_main(
+        ["evaluate", "bicubic", "--dataset", "vid4", "--root", str(root), "--output-json", str(out), "-q"]
+    )
     assert status == 0
     result = json.loads(out.read_text())
     data = vid4(root)
@@ -67,7 +69,9 @@ def test_json_schema_and_mean_over_clips(tmp_path):
         assert set(scores) == KEYS | {"frames"}
     assert set(result["mean"]) == KEYS
     assert [result["clips"][c]["frames"] for c in ("long", "short")] == [4, 2]
-    assert result["mean"]["psnr_y"] == pytest.approx((result["clips"]["short"]["psnr_y"] + result["clips"]["long"]["psnr_y"]) / 2)
+    assert result["mean"]["psnr_y"] == pytest.approx(
+        (result["clips"]["short"]["psnr_y"] + result["clips"]["long"]["psnr_y"]) / 2
+    )
     json.dumps(result)
 
 
@@ -95,8 +99,24 @@ def test_evaluate_a_model_and_save_frames(tmp_path, capsys):
     root = write_vid4(tmp_path / "vid4", clips=("a",), frames=3)
     frames_dir = tmp_path / "sr"
     status = cli_main(
-        ["evaluate", "mana", "--preset", "tiny", "--dataset", "vid4", "--root", str(root), "--device", "cpu",
-         "--save-frames", str(frames_dir), "--crop-border", "2", "-q", "--random-weights"]
+        [
+            "evaluate",
+            "mana",
+            "--preset",
+            "tiny",
+            "--dataset",
+            "vid4",
+            "--root",
+            str(root),
+            "--device",
+            "cpu",
+            "--save-frames",
+            str(frames_dir),
+            "--crop-border",
+            "2",
+            "-q",
+            "--random-weights",
+        ]
     )
     assert status == 0
     captured = capsys.readouterr()

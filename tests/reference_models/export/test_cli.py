@@ -33,8 +33,20 @@ def checkpoint(tmp_path_factory):
 
 def test_export_torchscript_from_checkpoint_alone(tmp_path, capsys, checkpoint):
     out = tmp_path / "mana.ts"
-    code, err = run_cli(capsys, "export", "--checkpoint", checkpoint, "--format", "torchscript", "-o", out,
-                        "--height", "12", "--width", "16")
+    code, err = run_cli(
+        capsys,
+        "export",
+        "--checkpoint",
+        checkpoint,
+        "--format",
+        "torchscript",
+        "-o",
+        out,
+        "--height",
+        "12",
+        "--width",
+        "16",
+    )
     assert code == 0, err
     assert "H: 12, W: 16" in err
     _, metadata = load_torchscript(out)
@@ -43,13 +55,18 @@ def test_export_torchscript_from_checkpoint_alone(tmp_path, capsys, checkpoint):
 
 @pytest.mark.parametrize(
     "argv, message",
-    [(["export", "--format", "onnx", "-o", "{tmp}/m.onnx"], "name the model"),
-     (["export", "mana", "--preset", "tiny", "--format", "torchscript", "-o", "{tmp}/m.ts", "--opset", "17"], "--opset"),
-     (["export", "mana", "--preset", "nope", "--format", "onnx", "-o", "{tmp}/m.onnx"], "unknown preset"),
-     (["export", "mana", "--preset", "tiny", "--format", "onnx", "-o", "{tmp}/missing/m.onnx"], "does not exist"),
-     (["run", "--backend", "onnxruntime", "-i", "{tmp}", "-o", "{tmp}/out"], "needs --model FILE.onnx"),
-     (["run", "--model", "{tmp}/none.onnx", "-i", "{tmp}", "-o", "{tmp}/out"], "does not exist"),
-     (["run", "mana", "--model", "{tmp}/none.onnx", "-i", "{tmp}", "-o", "{tmp}/out"], "leave out the model name")],
+    [
+        (["export", "--format", "onnx", "-o", "{tmp}/m.onnx"], "name the model"),
+        (
+            ["export", "mana", "--preset", "tiny", "--format", "torchscript", "-o", "{tmp}/m.ts", "--opset", "17"],
+            "--opset",
+        ),
+        (["export", "mana", "--preset", "nope", "--format", "onnx", "-o", "{tmp}/m.onnx"], "unknown preset"),
+        (["export", "mana", "--preset", "tiny", "--format", "onnx", "-o", "{tmp}/missing/m.onnx"], "does not exist"),
+        (["run", "--backend", "onnxruntime", "-i", "{tmp}", "-o", "{tmp}/out"], "needs --model FILE.onnx"),
+        (["run", "--model", "{tmp}/none.onnx", "-i", "{tmp}", "-o", "{tmp}/out"], "does not exist"),
+        (["run", "mana", "--model", "{tmp}/none.onnx", "-i", "{tmp}", "-o", "{tmp}/out"], "leave out the model name"),
+    ],
 )
 def test_user_errors_are_one_line(tmp_path, capsys, argv, message):
     write_folder(tmp_path, random_frames(1, 8, 8), ["a.png"])
@@ -63,10 +80,13 @@ def test_run_onnxruntime_backend_matches_pytorch(tmp_path, capsys, checkpoint):
     code, err = run_cli(capsys, "export", "--checkpoint", checkpoint, "--format", "onnx", "-o", onnx_file, "-q")
     assert code == 0, err
     src = write_folder(tmp_path / "in", random_frames(4, 10, 14), [f"f{i}.png" for i in range(4)])
-    code, err = run_cli(capsys, "run", "--backend", "onnxruntime", "--model", onnx_file, "-i", src,
-                        "-o", tmp_path / "ort", "-q")
+    code, err = run_cli(
+        capsys, "run", "--backend", "onnxruntime", "--model", onnx_file, "-i", src, "-o", tmp_path / "ort", "-q"
+    )
     assert code == 0, err
-    code, err = run_cli(capsys, "run", "--checkpoint", checkpoint, "-i", src, "-o", tmp_path / "torch", "--device=cpu", "-q")
+    code, err = run_cli(
+        capsys, "run", "--checkpoint", checkpoint, "-i", src, "-o", tmp_path / "torch", "--device=cpu", "-q"
+    )
     assert code == 0, err
     for i in range(4):
         ort = np.asarray(Image.open(tmp_path / "ort" / f"f{i}.png"), dtype=np.int16)

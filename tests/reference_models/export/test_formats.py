@@ -50,9 +50,11 @@ def test_torchscript_traces_the_pure_pytorch_deformable_convolution(tmp_path):
 
 @pytest.mark.parametrize(
     "metadata, message",
-    [({"scale": "4", "output_mode": "center"}, "lacks the metadata num_frames"),
-     ({"num_frames": "x", "scale": "4", "output_mode": "center"}, "malformed"),
-     ({"num_frames": "5", "scale": "4", "output_mode": "middle"}, "malformed")],
+    [
+        ({"scale": "4", "output_mode": "center"}, "lacks the metadata num_frames"),
+        ({"num_frames": "x", "scale": "4", "output_mode": "center"}, "malformed"),
+        ({"num_frames": "5", "scale": "4", "output_mode": "middle"}, "malformed"),
+    ],
 )
 def test_metadata_errors_name_the_problem(metadata, message):
     with pytest.raises(ValueError, match=message):

@@ -49,8 +49,11 @@ class RecurrentToy(nn.Module):
         if grid:
             names = ("backward_1", "forward_1", "backward_2", "forward_2")
             self.propagation = SecondOrderGridPropagation(
-                c, nn.Conv2d(3, c, 3, padding=1), {n: _WarpAlign(c) for n in names},
-                {n: ConcatCell(nn.Conv2d((k + 2) * c, c, 3, padding=1)) for k, n in enumerate(names)}, _Flow(),
+                c,
+                nn.Conv2d(3, c, 3, padding=1),
+                {n: _WarpAlign(c) for n in names},
+                {n: ConcatCell(nn.Conv2d((k + 2) * c, c, 3, padding=1)) for k, n in enumerate(names)},
+                _Flow(),
                 branches=names,
             )
             width = 5 * c

@@ -290,5 +290,7 @@ def test_minimum_tile_of_the_reference_models():
     assert sizes == {"mana": 1, "mafnet": 4, "vsrt": 4}
     model = LocalVSR().eval()
     with pytest.raises(ValueError, match="tile must be >= 4"):
-        upscale_clip(reference_models.create_model("mafnet", "tiny").eval(), torch.rand(5, 3, 8, 8), tile=3, tile_overlap=0)
+        upscale_clip(
+            reference_models.create_model("mafnet", "tiny").eval(), torch.rand(5, 3, 8, 8), tile=3, tile_overlap=0
+        )
     assert minimum_tile(model) == 1

@@ -118,8 +118,12 @@ def test_chosen_tile_keeps_the_measured_peak_under_the_budget():
 
     budget = 24 * 2**20
     result = subprocess.run(
-        [sys.executable, "-c", _MEASURE, str(budget)], cwd=ROOT, env={**SUBPROCESS_ENV, "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", _MEASURE, str(budget)],
+        cwd=ROOT,
+        env={**SUBPROCESS_ENV, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     tile, peak = map(int, result.stdout.split())
@@ -152,6 +156,20 @@ def test_run_max_memory_tiles_once_and_equals_explicit_tiles(tmp_path, capsys):
 @pytest.mark.parametrize(("size", "message"), [("4X", "positive size"), ("1K", "too small")])
 def test_run_max_memory_errors_are_one_line(tmp_path, capsys, size, message):
     src = write_folder(tmp_path / "in", random_frames(1, 24, 24))
-    code = main(["run", "dasaa", "--preset", "tiny", "-i", str(src), "-o", str(tmp_path / "o"), "--max-memory", size, "--random-weights"])
+    code = main(
+        [
+            "run",
+            "dasaa",
+            "--preset",
+            "tiny",
+            "-i",
+            str(src),
+            "-o",
+            str(tmp_path / "o"),
+            "--max-memory",
+            size,
+            "--random-weights",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("error: ") and message in err[-1], err

@@ -47,8 +47,14 @@ def _assert_exact(streamed: torch.Tensor, whole: torch.Tensor) -> None:
 
 
 @settings(deadline=None, max_examples=6, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(grid=st.booleans(), frames=st.integers(1, 6), height=st.integers(5, 9), width=st.integers(5, 9),
-       budget=st.sampled_from([0, 700, 10**9]), seed=seeds)
+@given(
+    grid=st.booleans(),
+    frames=st.integers(1, 6),
+    height=st.integers(5, 9),
+    width=st.integers(5, 9),
+    budget=st.sampled_from([0, 700, 10**9]),
+    seed=seeds,
+)
 def test_streamed_with_spilling_equals_whole_clip_forward_toy(tmp_path, grid, frames, height, width, budget, seed):
     model = _toy(grid, seed)
     clip = seeded_rand((1, frames, 3, height, width), seed)
@@ -67,8 +73,16 @@ def test_streamed_with_spilling_equals_whole_clip_forward(tmp_path, name):
         whole = model(clip)
     spilled = []  # spill files seen while the run is on
     # 2 KiB: a handful of 8-channel 16x16 maps; everything else goes to disk.
-    _assert_exact(_streamed(model, clip, max_bytes=2048, spill_dir=tmp_path,
-                            report=lambda state: spilled.append(len(list(tmp_path.rglob("*.bin"))))), whole)
+    _assert_exact(
+        _streamed(
+            model,
+            clip,
+            max_bytes=2048,
+            spill_dir=tmp_path,
+            report=lambda state: spilled.append(len(list(tmp_path.rglob("*.bin")))),
+        ),
+        whole,
+    )
     assert max(spilled) > 0 and not list(tmp_path.iterdir())
 
 
@@ -132,8 +146,9 @@ def test_store_never_holds_more_than_its_budget(tmp_path, monkeypatch):
         seen.append(self.resident_bytes)
 
     monkeypatch.setattr(SpillingFeatureStore, "put", put)
-    stream_upscale(_toy(True), seeded_rand((12, 3, 8, 8), 0).unbind(0), emit=lambda i, sr: None,
-                   max_bytes=1000, spill_dir=tmp_path)
+    stream_upscale(
+        _toy(True), seeded_rand((12, 3, 8, 8), 0).unbind(0), emit=lambda i, sr: None, max_bytes=1000, spill_dir=tmp_path
+    )
     assert len(seen) > 12 and max(seen) <= 1000
 
 
@@ -201,9 +216,20 @@ def test_run_writes_the_exact_whole_sequence_and_cleans_up(tmp_path):
     frames = _frames_folder(tmp_path / "in", 6, size=10)
     spill = tmp_path / "spill"
     spill.mkdir()
-    common = ["recurrent_toy", "--random-weights", "--model-arg", "grid=False", "--device", "cpu", "--input", str(frames)]
-    process = _run_toy([*common, "--output", str(tmp_path / "out"), "--max-memory", "1K", "--spill-dir", str(spill)],
-                       stderr=subprocess.PIPE)
+    common = [
+        "recurrent_toy",
+        "--random-weights",
+        "--model-arg",
+        "grid=False",
+        "--device",
+        "cpu",
+        "--input",
+        str(frames),
+    ]
+    process = _run_toy(
+        [*common, "--output", str(tmp_path / "out"), "--max-memory", "1K", "--spill-dir", str(spill)],
+        stderr=subprocess.PIPE,
+    )
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     assert "one sequence of 6 frames (exact)" in err and "sweep 2/2 forward" in err
@@ -224,8 +250,20 @@ def test_interrupted_run_leaves_no_spill_files_and_no_output(tmp_path, signum):
     spill.mkdir()
     out = tmp_path / "out"
     process = _run_toy(
-        ["recurrent_toy", "--random-weights", "--device", "cpu", "--input", str(frames), "--output", str(out),
-         "--max-memory", "1K", "--spill-dir", str(spill)],
+        [
+            "recurrent_toy",
+            "--random-weights",
+            "--device",
+            "cpu",
+            "--input",
+            str(frames),
+            "--output",
+            str(out),
+            "--max-memory",
+            "1K",
+            "--spill-dir",
+            str(spill),
+        ],
         stderr=subprocess.PIPE,
     )
     seen = ""
@@ -256,14 +294,30 @@ def test_run_on_a_video_decodes_once_into_the_store_and_matches_the_forward(tmp_
     spill = tmp_path / "spill"
     spill.mkdir()
     torch.manual_seed(5)
-    status = main(["recurrent_toy", "--random-weights", "--device", "cpu", "--quiet", "-i", str(video),
-                   "-o", str(tmp_path / "out"), "--max-memory", "1K", "--spill-dir", str(spill)])
+    status = main(
+        [
+            "recurrent_toy",
+            "--random-weights",
+            "--device",
+            "cpu",
+            "--quiet",
+            "-i",
+            str(video),
+            "-o",
+            str(tmp_path / "out"),
+            "--max-memory",
+            "1K",
+            "--spill-dir",
+            str(spill),
+        ]
+    )
     assert status == 0 and not list(spill.iterdir())
     torch.manual_seed(5)
     model = create_model("recurrent_toy", "paper").eval()
     clip = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in open_frames(video)]).float() / 255
     with torch.no_grad():
         want = model(clip[None])[0].clamp(0, 1).mul(255).round()
-    got = torch.stack([torch.from_numpy(np.array(Image.open(tmp_path / "out" / f"{i:08d}.png"))).permute(2, 0, 1)
-                       for i in range(6)]).float()
+    got = torch.stack(
+        [torch.from_numpy(np.array(Image.open(tmp_path / "out" / f"{i:08d}.png"))).permute(2, 0, 1) for i in range(6)]
+    ).float()
     assert (got - want).abs().max() <= 1  # a value on a rounding boundary may land either side

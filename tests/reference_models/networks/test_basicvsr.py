@@ -36,7 +36,7 @@ def mmagic_names(state_dict: dict, renames: dict[str, str]) -> dict:
             key = f"spynet.basic_module.{level}.basic_module.{int(index) // 2}.conv.{kind}"
         for old, new in renames.items():
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
         out[key] = value
     return out
 
@@ -61,14 +61,18 @@ def assert_reproduces_fixture(name: str, fixture: str) -> torch.nn.Module:
     return model
 
 
-def assert_checkpoint_files_recognised(tmp_path, name: str, fixture: str, renames: dict[str, str], inferred: str) -> None:
+def assert_checkpoint_files_recognised(
+    tmp_path, name: str, fixture: str, renames: dict[str, str], inferred: str
+) -> None:
     """A BasicSR release file and an MMagic file (``generator.`` keys, MMagic names) rebuild the model from the file
     alone; an official file also loads into a model built by name."""
     data = load_basicsr(fixture)
     reference = reference_models.from_official(name, data["state_dict"], **data["config"])
     files = {
-        "basicsr.pth": {"params": {k: torch.zeros_like(v) for k, v in data["state_dict"].items()},
-                        "params_ema": data["state_dict"]},
+        "basicsr.pth": {
+            "params": {k: torch.zeros_like(v) for k, v in data["state_dict"].items()},
+            "params_ema": data["state_dict"],
+        },
         "mmagic.pth": mmagic_file(mmagic_names(data["state_dict"], renames)),
     }
     for filename, content in files.items():
@@ -132,7 +136,9 @@ def test_reproduces_basicsr():
 
 
 def test_basicsr_and_mmagic_files_recognised(tmp_path):
-    assert_checkpoint_files_recognised(tmp_path, "basicvsr", "basicvsr_case1.pt", BASICVSR_MMAGIC, "num_feat=32, num_block=2")
+    assert_checkpoint_files_recognised(
+        tmp_path, "basicvsr", "basicvsr_case1.pt", BASICVSR_MMAGIC, "num_feat=32, num_block=2"
+    )
 
 
 def test_stream_through_a_store_equals_forward():

@@ -28,7 +28,9 @@ def test_reproduces_basicsr():
 
 
 def test_basicsr_and_mmagic_files_recognised(tmp_path):
-    assert_checkpoint_files_recognised(tmp_path, "basicvsrpp", "basicvsrpp_case1.pt", MMAGIC, "mid_channels=16, num_blocks=2")
+    assert_checkpoint_files_recognised(
+        tmp_path, "basicvsrpp", "basicvsrpp_case1.pt", MMAGIC, "mid_channels=16, num_blocks=2"
+    )
 
 
 def test_stream_through_a_store_equals_forward():

@@ -163,7 +163,9 @@ def test_errors():
         DASAA(n_extract_blocks=-1)
     with pytest.raises(ValueError, match="unknown preset"):
         create_model("dasaa", "huge")
-    with pytest.raises(ValueError, match=r"aux_losses: the photometric and cycle losses need the validity mask V, but mask_mode='none'"):
+    with pytest.raises(
+        ValueError, match=r"aux_losses: the photometric and cycle losses need the validity mask V, but mask_mode='none'"
+    ):
         DASAA(aux_losses=True, mask_mode="none")
     with pytest.raises(ValueError, match="aux_losses: .* need a neighbour frame, got num_frames=1"):
         DASAA(aux_losses=True, num_frames=1)
@@ -196,7 +198,12 @@ def test_aux_losses_match_a_direct_computation(scope):
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(attn_scope="global"), dict(attn_scope="row"), dict(attn_scope="local", local_radius=2), dict(mask_mode="soft_morph")],
+    [
+        dict(attn_scope="global"),
+        dict(attn_scope="row"),
+        dict(attn_scope="local", local_radius=2),
+        dict(mask_mode="soft_morph"),
+    ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
 )
 def test_aux_losses_are_finite_non_negative_and_train_the_alignment(overrides):

@@ -25,8 +25,14 @@ def fixture():
 
 def to_mmagic(key: str) -> str:
     """BasicSR's EDVR key in MMagic ``EDVRNet``'s names (its ``ConvModule`` layers hold a ``.conv``)."""
-    renames = {"conv_l2_1": "feat_l2_conv1", "conv_l2_2": "feat_l2_conv2", "conv_l3_1": "feat_l3_conv1",
-               "conv_l3_2": "feat_l3_conv2", "upconv1": "upsample1.upsample_conv", "upconv2": "upsample2.upsample_conv"}
+    renames = {
+        "conv_l2_1": "feat_l2_conv1",
+        "conv_l2_2": "feat_l2_conv2",
+        "conv_l3_1": "feat_l3_conv1",
+        "conv_l3_2": "feat_l3_conv2",
+        "upconv1": "upsample1.upsample_conv",
+        "upconv2": "upsample2.upsample_conv",
+    }
     head, _, rest = key.partition(".")
     if head in renames and head.startswith("conv_l"):
         return f"{renames[head]}.conv.{rest}"
@@ -80,17 +86,37 @@ def test_mmagic_names_through_from_official(fixture):
 
 def test_config_read_off_other_layouts():
     """Without TSA, with the pre-deblur module and HR input, 7 frames, 4 DCN groups: all from the weights."""
-    model = EDVR(channels=8, num_frames=7, deform_groups=4, extract_blocks=1, reconstruct_blocks=3, with_tsa=False,
-                 with_predeblur=True, hr_in=True)
+    model = EDVR(
+        channels=8,
+        num_frames=7,
+        deform_groups=4,
+        extract_blocks=1,
+        reconstruct_blocks=3,
+        with_tsa=False,
+        with_predeblur=True,
+        hr_in=True,
+    )
     basicsr = {}
     for key, value in model.state_dict().items():
-        key = re.sub(r"^pcd_align\.levels\.(\d)\.(dcn|\w+)\.", lambda m: f"pcd_align.{'dcn_pack' if m.group(2) == 'dcn' else m.group(2)}.l{int(m.group(1)) + 1}.", key)
+        key = re.sub(
+            r"^pcd_align\.levels\.(\d)\.(dcn|\w+)\.",
+            lambda m: f"pcd_align.{'dcn_pack' if m.group(2) == 'dcn' else m.group(2)}.l{int(m.group(1)) + 1}.",
+            key,
+        )
         key = key.replace("upsample.stages.0.conv", "upconv1").replace("upsample.stages.1.conv", "upconv2")
         basicsr[key.replace("upsample.", "")] = value
     config, assumed = official_config_from_state_dict(basicsr)
-    assert config == {"num_feat": 8, "num_frame": 7, "deformable_groups": 4, "num_extract_block": 1,
-                      "num_reconstruct_block": 3, "with_tsa": False, "with_predeblur": True, "hr_in": True,
-                      "center_frame_idx": 3}
+    assert config == {
+        "num_feat": 8,
+        "num_frame": 7,
+        "deformable_groups": 4,
+        "num_extract_block": 1,
+        "num_reconstruct_block": 3,
+        "with_tsa": False,
+        "with_predeblur": True,
+        "hr_in": True,
+        "center_frame_idx": 3,
+    }
     assert assumed == ("center_frame_idx",)
     rebuilt = reference_models.from_official("edvr", basicsr, **config)
     clip = seeded_rand((1, 7, 3, 18, 13), 0)
@@ -129,8 +155,12 @@ def test_rejects_bad_input_and_settings():
 
 
 def test_presets_build_the_released_widths():
-    for name, (channels, blocks, tsa) in {"paper": (64, 10, True), "edvr-m-wotsa": (64, 10, False),
-                                          "edvr-l": (128, 40, True), "edvr-l-wotsa": (128, 40, False)}.items():
+    for name, (channels, blocks, tsa) in {
+        "paper": (64, 10, True),
+        "edvr-m-wotsa": (64, 10, False),
+        "edvr-l": (128, 40, True),
+        "edvr-l-wotsa": (128, 40, False),
+    }.items():
         preset = PRESETS[name]
         assert (preset["channels"], preset["reconstruct_blocks"], preset["with_tsa"]) == (channels, blocks, tsa)
     assert PRESETS["edvr-l-deblur"]["hr_in"] and PRESETS["edvr-l-deblur"]["with_predeblur"]

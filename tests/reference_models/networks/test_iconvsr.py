@@ -78,7 +78,9 @@ def test_edvr_weights_from_their_own_file(fixture, tmp_path):
     torch.save({"params": edvr}, tmp_path / "edvr.pth")
     rest = {k: v for k, v in fixture["state_dict"].items() if not k.startswith("edvr.")}
     model = reference_models.from_official("iconvsr", rest, **fixture["config"], edvr_path=str(tmp_path / "edvr.pth"))
-    torch.testing.assert_close(model.edvr.fusion.spatial_attn1.weight, fixture["state_dict"]["edvr.fusion.spatial_attn1.weight"])
+    torch.testing.assert_close(
+        model.edvr.fusion.spatial_attn1.weight, fixture["state_dict"]["edvr.fusion.spatial_attn1.weight"]
+    )
 
 
 @pytest.mark.parametrize("padding", [2, 3])

@@ -103,9 +103,15 @@ def test_from_official_channels_64_and_512_slots():
     """A synthetic official-layout checkpoint with C = 64 (two channels per GroupNorm group) round-trips."""
     torch.manual_seed(0)
     src = MANA(channels=64, encoder_blocks=1, decoder_blocks=1, memory_size=512, zero_init=False)
-    inverse = {official_key_map(k): k for k in [
-        "nonloc_spatial." + n + s for n in ("norm", "g", "theta", "phi", "W_z", "W_z1") for s in (".weight", ".bias")
-    ] + ["nonloc_spatial.std", "nonloc_spatial.mb"]}
+    inverse = {
+        official_key_map(k): k
+        for k in [
+            "nonloc_spatial." + n + s
+            for n in ("norm", "g", "theta", "phi", "W_z", "W_z1")
+            for s in (".weight", ".bias")
+        ]
+        + ["nonloc_spatial.std", "nonloc_spatial.mb"]
+    }
     official = {inverse.get(k, k): v for k, v in src.state_dict().items()}
     ys, xs = torch.meshgrid(torch.arange(6), torch.arange(5), indexing="ij")
     pos = torch.stack((xs.flatten(), ys.flatten()), 1).float()

@@ -19,11 +19,13 @@ WRAPPERS = {
     "basicsr-params": lambda sd: {"params": sd},
     "basicsr-params_ema": lambda sd: {"params": {k: torch.zeros_like(v) for k, v in sd.items()}, "params_ema": sd},
     "mmagic-generator": lambda sd: {"meta": {"epoch": 3}, "state_dict": {f"generator.{k}": v for k, v in sd.items()}},
-    "mmagic-generator_ema": lambda sd: {"state_dict": {
-        **{f"generator.{k}": torch.zeros_like(v) for k, v in sd.items()},
-        **{f"generator_ema.{k}": v for k, v in sd.items()},
-        "discriminator.fc.weight": torch.zeros(1, 4),
-    }},
+    "mmagic-generator_ema": lambda sd: {
+        "state_dict": {
+            **{f"generator.{k}": torch.zeros_like(v) for k, v in sd.items()},
+            **{f"generator_ema.{k}": v for k, v in sd.items()},
+            "discriminator.fc.weight": torch.zeros(1, 4),
+        }
+    },
     "dataparallel-module": lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}},
 }
 
@@ -65,7 +67,9 @@ def test_official_file_alone_rebuilds_the_model(tmp_path, fixtures, name, wrappe
         assert "paper values" not in lines[0]
     else:
         assert "num_feat=16, feat_size=64" in lines[0] and "depth=1" in lines[0]
-        assert "paper values (not in the weights, override with KEY=VALUE): num_frame=5, heads=1, patch_size=8" in lines[0]
+        assert (
+            "paper values (not in the weights, override with KEY=VALUE): num_frame=5, heads=1, patch_size=8" in lines[0]
+        )
 
 
 @pytest.mark.thread_counts
@@ -121,16 +125,20 @@ def test_official_model_saves_and_rebuilds_from_our_checkpoint(tmp_path, fixture
 
 def test_unrecognised_state_dict_says_what_was_looked_for(tmp_path):
     torch.save({"params": LocalVSR().state_dict()}, tmp_path / "mystery.pth")
-    with pytest.raises(CheckpointError, match=r"is neither a reference_models checkpoint .* nor an official [a-z ]*mana or vsrt "
-                                              r"state_dict .*params/params_ema/state_dict"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"is neither a reference_models checkpoint .* nor an official [a-z ]*mana or vsrt "
+        r"state_dict .*params/params_ema/state_dict",
+    ):
         model_from_checkpoint(tmp_path / "mystery.pth")
 
 
 def test_run_with_an_official_checkpoint_alone(tmp_path, capsys, fixtures):
     torch.save({"params": fixtures["mana"]["state_dict"]}, tmp_path / "mana.pth")
     src = write_folder(tmp_path / "in", random_frames(2, 6, 8), ["a.png", "b.png"])
-    code, _, err = run_cli(capsys, "run", "--checkpoint", tmp_path / "mana.pth", "-i", src, "-o", tmp_path / "out",
-                           "--device=cpu")
+    code, _, err = run_cli(
+        capsys, "run", "--checkpoint", tmp_path / "mana.pth", "-i", src, "-o", tmp_path / "out", "--device=cpu"
+    )
     assert code == 0, err
     assert "official mana weights; from the weights: in_channels=32" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
@@ -141,8 +149,9 @@ def test_run_passes_model_args_and_refuses_unknown_files(tmp_path, capsys):
     src = write_folder(tmp_path / "in", random_frames(1, 6, 8), ["a.png"])
     code, _, err = run_cli(capsys, "run", "--checkpoint", tmp_path / "mystery.pth", "-i", src, "-o", tmp_path / "o")
     assert_one_line_error(code, err, "or mana or vsrt state_dict")
-    code, _, err = run_cli(capsys, "run", "mana", "--preset", "tiny", "--model-arg", "num_frames", "-i", src, "-o",
-                           tmp_path / "o")
+    code, _, err = run_cli(
+        capsys, "run", "mana", "--preset", "tiny", "--model-arg", "num_frames", "-i", src, "-o", tmp_path / "o"
+    )
     assert_one_line_error(code, err, "model argument 'num_frames' is not KEY=VALUE")
     assert not (tmp_path / "o").exists()
 

@@ -306,5 +306,7 @@ def test_narrow_spynet_pretrained_file_keeps_its_widths(tmp_path):
     torch.manual_seed(2)
     source = SPyNet((8, 16, 8, 4))
     torch.save({"params": source.state_dict()}, tmp_path / "narrow.pth")
-    model = create_model("vsrt", "tiny", spynet_channels=(32, 64, 32, 16), spynet_pretrained=str(tmp_path / "narrow.pth"))
+    model = create_model(
+        "vsrt", "tiny", spynet_channels=(32, 64, 32, 16), spynet_pretrained=str(tmp_path / "narrow.pth")
+    )
     assert model.spynet.hidden_channels == (8, 16, 8, 4)

@@ -25,7 +25,13 @@ from reference_models.training.trainer import _StepSampler, seed_everything
 from tests.reference_models.training.tiny import REPO, TinyVSR, clip_folder, config, photo_clip, python_env, run_python
 
 
-@given(start=st.integers(0, 20), steps=st.integers(1, 5), per_rank=st.integers(1, 4), world=st.integers(1, 4), length=st.integers(1, 50))
+@given(
+    start=st.integers(0, 20),
+    steps=st.integers(1, 5),
+    per_rank=st.integers(1, 4),
+    world=st.integers(1, 4),
+    length=st.integers(1, 50),
+)
 def test_ranks_share_each_global_batch(start, steps, per_rank, world, length):
     """Step k's samples are k * B ... k * B + B - 1 whatever the number of processes; rank r takes its slice."""
     batch = per_rank * world
@@ -34,7 +40,9 @@ def test_ranks_share_each_global_batch(start, steps, per_rank, world, length):
     assert all(len(s) == steps * per_rank for s in shares)
     for k in range(steps):
         joined = [i for s in shares for i in s[k * per_rank : (k + 1) * per_rank]]
-        assert joined == whole[k * batch : (k + 1) * batch] == [((start + k) * batch + j) % length for j in range(batch)]
+        assert (
+            joined == whole[k * batch : (k + 1) * batch] == [((start + k) * batch + j) % length for j in range(batch)]
+        )
 
 
 def test_validation_shards_by_clip(tmp_path):
@@ -67,8 +75,33 @@ MOVED_FRACTION = 1e-2
 
 
 def _train_args(data, steps: int, **extra: str) -> list[str]:
-    args = ["mana", "--data", str(data), "--steps", str(steps), "--batch-size", "2", "--patch-size", "4", "--schedule", "mana-3stage"]
-    args += ["--stage-fractions", "1", "1", "1", "--lr", "1e-3", "--val-holdout", "2", "--val-frames", "1", "--val-crop", "16"]
+    args = [
+        "mana",
+        "--data",
+        str(data),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "4",
+        "--schedule",
+        "mana-3stage",
+    ]
+    args += [
+        "--stage-fractions",
+        "1",
+        "1",
+        "1",
+        "--lr",
+        "1e-3",
+        "--val-holdout",
+        "2",
+        "--val-frames",
+        "1",
+        "--val-crop",
+        "16",
+    ]
     args += ["--val-every", str(steps), "--quiet", "--device", "cpu", "--seed", "3"]
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", value]
@@ -116,13 +149,35 @@ def test_a_one_process_run_resumes_on_two_processes(tmp_path):
     """1 step on one process, then resumed with --steps 3 on two (torchrun, gloo) equals the same resume on
     one process: the training state does not depend on the number of processes."""
     data = clip_folder(tmp_path / "data", clips=2, t=3, size=24)
-    args = ["mana", "--data", str(data), "--batch-size", "2", "--patch-size", "4", "--lr", "1e-3", "--quiet", "--device", "cpu"]
+    args = [
+        "mana",
+        "--data",
+        str(data),
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     assert train_main([*args, "--steps", "1", "--output", str(tmp_path / "one")]) == 0
     shutil.copytree(tmp_path / "one", tmp_path / "two")
     shutil.copy(tmp_path / "one" / "last.pt", tmp_path / "one_step.pt")
     resume = ["--steps", "3"]
     launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "reference_models", "train"]
-    two_args = ["mana", "--data", str(data), "--resume", str(tmp_path / "two" / "last.pt"), "--output", str(tmp_path / "two"), *resume]
+    two_args = [
+        "mana",
+        "--data",
+        str(data),
+        "--resume",
+        str(tmp_path / "two" / "last.pt"),
+        "--output",
+        str(tmp_path / "two"),
+        *resume,
+    ]
     result = run_python([*launch, *two_args], timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert train_main(["mana", "--data", str(data), "--resume", str(tmp_path / "one" / "last.pt"), *resume]) == 0
@@ -165,7 +220,9 @@ def _wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | Non
 
 def _launch(args: list[str], *launch: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "reference_models", "train", *args]
-    return subprocess.Popen(command, cwd=REPO, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command, cwd=REPO, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.mark.slow
@@ -175,7 +232,9 @@ def test_elastic_restart_after_a_killed_worker_resumes_and_ends_with_the_same_we
     ends with the weights of an uninterrupted run."""
     data = clip_folder(tmp_path / "data", clips=4, t=3, size=24)
     args = _train_args(data, 8, checkpoint_every="2", resume="auto", schedule="cosine")
-    proc = _launch([*args, "--output", str(tmp_path / "killed")], "--standalone", "--nproc-per-node", "2", "--max-restarts", "1")
+    proc = _launch(
+        [*args, "--output", str(tmp_path / "killed")], "--standalone", "--nproc-per-node", "2", "--max-restarts", "1"
+    )
     try:
         _wait_for(lambda: (tmp_path / "killed" / "last.pt").exists(), 240, "the first checkpoint", proc)
         workers = _wait_for(lambda: _workers(proc.pid), 10, "the workers")
@@ -203,7 +262,18 @@ def test_two_nodes_with_c10d_rendezvous_match_one_process(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    rdzv = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "test"]
+    rdzv = [
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"localhost:{port}",
+        "--rdzv-id",
+        "test",
+    ]
     nodes = [_launch([*args, "--output", str(tmp_path / "two")], *rdzv, "--node-rank", str(k)) for k in (0, 1)]
     try:
         results = [node.communicate(timeout=300) for node in nodes]
@@ -229,13 +299,19 @@ def test_a_hung_peer_is_named_and_sigterm_ends_a_rank_blocked_in_a_collective(tm
         proc = _launch([*args, "--output", str(tmp_path / output)], "--standalone", "--nproc-per-node", "2")
         try:
             _wait_for(lambda output=output: (tmp_path / output / "last.pt").exists(), 240, "the first checkpoint", proc)
-            workers = _wait_for(lambda proc=proc: _workers(proc.pid) if len(_workers(proc.pid)) == 2 else None, 10, "the workers")
+            workers = _wait_for(
+                lambda proc=proc: _workers(proc.pid) if len(_workers(proc.pid)) == 2 else None, 10, "the workers"
+            )
             os.kill(workers[1], signal.SIGSTOP)
             time.sleep(4 * 2.0)  # rank 0 is in a collective by now, and rank 1's heartbeat has gone stale
             start = time.monotonic()
             if output == "terminated":
                 os.kill(workers[0], signal.SIGTERM)
-            _wait_for(lambda workers=workers: not Path(f"/proc/{workers[0]}").exists() or _zombie(workers[0]), 60, "rank 0 to end")
+            _wait_for(
+                lambda workers=workers: not Path(f"/proc/{workers[0]}").exists() or _zombie(workers[0]),
+                60,
+                "rank 0 to end",
+            )
             outcomes[output] = time.monotonic() - start
             os.kill(workers[1], signal.SIGKILL)
             out, err = proc.communicate(timeout=120)
@@ -246,7 +322,9 @@ def test_a_hung_peer_is_named_and_sigterm_ends_a_rank_blocked_in_a_collective(tm
         if output == "terminated":
             assert "SIGTERM" in lines[0] or "terminated" in lines[0], lines
         else:
-            assert "rank 1" in lines[0].split("[rank 0]", 1)[1] and ("hang" in lines[0] or "responding" in lines[0]), lines
+            assert "rank 1" in lines[0].split("[rank 0]", 1)[1] and ("hang" in lines[0] or "responding" in lines[0]), (
+                lines
+            )
         assert not [p for p in (tmp_path / output).iterdir() if p.name.startswith(".")]  # no half-written checkpoint
     assert outcomes["terminated"] < 20, outcomes  # the watchdog's grace period, not the 600 s timeout
     assert outcomes["timed_out"] < 6 + 30, outcomes
@@ -261,7 +339,19 @@ def _zombie(pid: int) -> bool:
 
 def test_resume_auto_starts_fresh_then_resumes_and_refuses_another_models_run(tmp_path, capsys):
     data = clip_folder(tmp_path / "data", clips=2, t=3, size=24)
-    args = ["--data", str(data), "--batch-size", "2", "--patch-size", "4", "--quiet", "--device", "cpu", "--resume", "auto"]
+    args = [
+        "--data",
+        str(data),
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "4",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--resume",
+        "auto",
+    ]
     out = tmp_path / "run"
     assert train_main(["mana", *args, "--steps", "1", "--output", str(out)]) == 0
     assert f"--resume auto: no {out / 'last.pt'} yet; starting a new run" in capsys.readouterr().out

@@ -15,7 +15,12 @@ from tests.reference_models.training.tiny import TinyVSR, config, photo_clip
 def _trainer(tmp_path, model_fn=TinyVSR, **kw):
     torch.manual_seed(0)
     model = model_fn()
-    data = TrainClips([photo_clip(0, t=model.num_frames), photo_clip(1, t=model.num_frames)], num_frames=model.num_frames, patch_size=6, seed=1)
+    data = TrainClips(
+        [photo_clip(0, t=model.num_frames), photo_clip(1, t=model.num_frames)],
+        num_frames=model.num_frames,
+        patch_size=6,
+        seed=1,
+    )
     return Trainer(model, data, config(tmp_path, **{"steps": 4, "batch_size": 2, "lr": 1e-2, **kw}))
 
 

@@ -37,7 +37,22 @@ def _losses(folder):
 def test_same_seed_same_run_from_the_command_line(tmp_path, capsys):
     """The initial weights follow --seed too (the model used to be built before the seed was applied)."""
     data = clip_folder(tmp_path / "data", clips=1, t=3)
-    common = ["mana", "--data", str(data), "--steps", "2", "--batch-size", "1", "--patch-size", "6", "--quiet", "--device", "cpu", "--log-every", "1"]
+    common = [
+        "mana",
+        "--data",
+        str(data),
+        "--steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--patch-size",
+        "6",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--log-every",
+        "1",
+    ]
     for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
         assert train_main([*common, "--seed", seed, "--output", str(tmp_path / name)]) == 0
     a, b, c = (_losses(tmp_path / n) for n in "abc")
@@ -65,8 +80,13 @@ class _PoisonedClips(Dataset):
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     torch.manual_seed(0)
-    trainer = Trainer(TinyVSR(), _PoisonedClips({4}), config(tmp_path, steps=8, batch_size=1, lr=1e-3, checkpoint_every=2))
-    with pytest.raises(NonFiniteLossError, match=r"step 4: the loss is nan; training stopped and .*last.pt \(step 4\) is the last good checkpoint"):
+    trainer = Trainer(
+        TinyVSR(), _PoisonedClips({4}), config(tmp_path, steps=8, batch_size=1, lr=1e-3, checkpoint_every=2)
+    )
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"step 4: the loss is nan; training stopped and .*last.pt \(step 4\) is the last good checkpoint",
+    ):
         trainer.fit()
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
     assert saved["training"]["step"] == 4
@@ -78,7 +98,9 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_nonfinite_loss_skips_the_step_when_asked(tmp_path, capsys):
     torch.manual_seed(0)
-    trainer = Trainer(TinyVSR(), _PoisonedClips({1, 3}), config(tmp_path, steps=5, batch_size=1, lr=1e-3, on_nonfinite="skip"))
+    trainer = Trainer(
+        TinyVSR(), _PoisonedClips({1, 3}), config(tmp_path, steps=5, batch_size=1, lr=1e-3, on_nonfinite="skip")
+    )
     before = None
 
     def weights():
@@ -97,7 +119,22 @@ def test_nonfinite_loss_skips_the_step_when_asked(tmp_path, capsys):
 
 def test_cli_nonfinite_loss_is_one_error_line(tmp_path, capsys):
     data = clip_folder(tmp_path / "data", clips=1, t=3)
-    argv = ["mana", "--data", str(data), "--steps", "3", "--batch-size", "1", "--patch-size", "6", "--lr", "1e30", "--quiet", "--device", "cpu"]
+    argv = [
+        "mana",
+        "--data",
+        str(data),
+        "--steps",
+        "3",
+        "--batch-size",
+        "1",
+        "--patch-size",
+        "6",
+        "--lr",
+        "1e30",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     assert train_main([*argv, "--output", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: step ") and "--on-nonfinite skip" in err[0]
@@ -111,7 +148,9 @@ def test_extended_cosine_is_continuous_and_reaches_eta_min():
     assert new.lr(96) == old.lr(96)
     rates = [new.lr(k) for k in range(96, 201)]
     assert all(a >= b for a, b in zip(rates, rates[1:]))
-    assert max(abs(a - b) for a, b in zip(rates, rates[1:])) <= abs(old.lr(95) - old.lr(96))  # no step larger than the old schedule's
+    assert max(abs(a - b) for a, b in zip(rates, rates[1:])) <= abs(
+        old.lr(95) - old.lr(96)
+    )  # no step larger than the old schedule's
     assert new.lr(200) == pytest.approx(1e-7)
     assert make_schedule(**new.state_dict()).state_dict() == new.state_dict()
     assert extend_schedule(extend_schedule(old, 50, 150), 120, 300).lr(120) == extend_schedule(old, 50, 150).lr(120)
@@ -171,10 +210,27 @@ def test_signal_during_training_exits_cleanly(tmp_path, sig, status):
     and no temporary checkpoint left (the last complete last.pt stays)."""
     data = clip_folder(tmp_path / "data", clips=1, t=3)
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "reference_models", "train", "mana", "--data", str(data), "--steps", "100000", "--batch-size", "1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "reference_models",
+        "train",
+        "mana",
+        "--data",
+        str(data),
+        "--steps",
+        "100000",
+        "--batch-size",
+        "1",
+    ]
     argv += ["--patch-size", "6", "--checkpoint-every", "1", "--quiet", "--device", "cpu", "--output", str(out)]
     proc = subprocess.Popen(
-        argv, cwd=REPO, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        argv,
+        cwd=REPO,
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=_default_sigint,
     )
     try:
@@ -198,7 +254,10 @@ def test_signal_during_training_exits_cleanly(tmp_path, sig, status):
 @pytest.mark.parametrize("size", ["0", "-3"])
 def test_patch_size_must_be_positive(tmp_path, capsys, size):
     data = clip_folder(tmp_path / "data", clips=1, t=3)
-    assert train_main(["mana", "--data", str(data), "--patch-size", size, "--output", str(tmp_path / "run"), "--quiet"]) == 1
+    assert (
+        train_main(["mana", "--data", str(data), "--patch-size", size, "--output", str(tmp_path / "run"), "--quiet"])
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --patch-size must be >= 1 (LR pixels), got {size}"]
     assert not (tmp_path / "run").exists()

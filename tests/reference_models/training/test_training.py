@@ -90,7 +90,12 @@ def test_plain_torch_antialias_differs_only_at_the_border():
     img = _photo()[:200, :200]
     ref = matlab_imresize(img, 0.25)
     x = torch.from_numpy(img).permute(2, 0, 1)[None]
-    plain = torch.nn.functional.interpolate(x, size=(50, 50), mode="bicubic", antialias=True).squeeze(0).permute(1, 2, 0).numpy()
+    plain = (
+        torch.nn.functional.interpolate(x, size=(50, 50), mode="bicubic", antialias=True)
+        .squeeze(0)
+        .permute(1, 2, 0)
+        .numpy()
+    )
     diff = np.abs(plain - ref)
     assert diff[2:-2, 2:-2].max() < 1e-12
     assert diff.max() > 1e-3
@@ -144,7 +149,9 @@ def test_training_crops_equal_crops_of_the_degraded_frame(kind):
         sample = data[i]
         start, y, x = _locate(frames, sample["hr"])
         assert y % 4 == 0 and x % 4 == 0
-        torch.testing.assert_close(sample["lr"], whole[start : start + 3, :, y // 4 : y // 4 + 5, x // 4 : x // 4 + 5], atol=0, rtol=0)
+        torch.testing.assert_close(
+            sample["lr"], whole[start : start + 3, :, y // 4 : y // 4 + 5, x // 4 : x // 4 + 5], atol=0, rtol=0
+        )
 
 
 def test_samples_are_a_function_of_seed_and_index():
@@ -254,7 +261,11 @@ class TinyVSR(nn.Module):
     def __init__(self, channels: int = 32) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(9, channels, 3, padding=1), nn.LeakyReLU(0.1), nn.Conv2d(channels, channels, 3, padding=1), nn.LeakyReLU(0.1), nn.Conv2d(channels, 48, 3, padding=1)
+            nn.Conv2d(9, channels, 3, padding=1),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(channels, 48, 3, padding=1),
         )
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
@@ -270,7 +281,17 @@ def _photo_clip(t: int, size: int, seed: int = 0) -> TensorClip:
 
 
 def _config(tmp_path, **kw) -> TrainConfig:
-    return TrainConfig(**{"output_dir": str(tmp_path), "progress": False, "device": "cpu", "val_every": 0, "checkpoint_every": 0, "log_every": 1, **kw})
+    return TrainConfig(
+        **{
+            "output_dir": str(tmp_path),
+            "progress": False,
+            "device": "cpu",
+            "val_every": 0,
+            "checkpoint_every": 0,
+            "log_every": 1,
+            **kw,
+        }
+    )
 
 
 @pytest.mark.parametrize("model_name", ["local", "mana"])
@@ -294,8 +315,12 @@ def test_tiny_model_overfits_a_tiny_clip(tmp_path, model_name):
 def _run(tmp_path, model_fn, steps, until=None, resume=None, **kw):
     torch.manual_seed(0)
     model = model_fn()
-    data = TrainClips([_photo_clip(model.num_frames, 40, seed=s) for s in range(2)], num_frames=model.num_frames, patch_size=6, seed=5)
-    trainer = Trainer(model, data, _config(tmp_path, steps=steps, batch_size=2, lr=1e-3, grad_clip=0.5, checkpoint_every=3, **kw))
+    data = TrainClips(
+        [_photo_clip(model.num_frames, 40, seed=s) for s in range(2)], num_frames=model.num_frames, patch_size=6, seed=5
+    )
+    trainer = Trainer(
+        model, data, _config(tmp_path, steps=steps, batch_size=2, lr=1e-3, grad_clip=0.5, checkpoint_every=3, **kw)
+    )
     if resume:
         trainer.load_checkpoint(resume)
     trainer.fit(until)
@@ -348,7 +373,11 @@ def test_mana_three_stages_update_exactly_their_parameters(tmp_path):
     assert memory == {"attention.memory.mb", "attention.memory.W_z1.weight", "attention.memory.W_z1.bias"}
     everything = {n for n, _ in model.named_parameters()}
     data = TrainClips([_photo_clip(7, 32)], num_frames=7, patch_size=6)
-    trainer = Trainer(model, data, _config(tmp_path, steps=12, batch_size=2, lr=1e-3, schedule="mana-3stage", stage_fractions=(4, 4, 4)))
+    trainer = Trainer(
+        model,
+        data,
+        _config(tmp_path, steps=12, batch_size=2, lr=1e-3, schedule="mana-3stage", stage_fractions=(4, 4, 4)),
+    )
     assert trainer.schedule.boundaries == (4, 8)
 
     def snapshot():
@@ -411,7 +440,9 @@ def test_validation_logs_and_curve(tmp_path):
     torch.manual_seed(0)
     data = TrainClips([_photo_clip(3, 40)], num_frames=3, patch_size=8)
     val = ValClips([_photo_clip(5, 48, seed=3)], num_frames=3, frames_per_clip=2)
-    trainer = Trainer(TinyVSR(), data, _config(tmp_path, steps=6, batch_size=2, lr=1e-3, val_every=3, checkpoint_every=3), val)
+    trainer = Trainer(
+        TinyVSR(), data, _config(tmp_path, steps=6, batch_size=2, lr=1e-3, val_every=3, checkpoint_every=3), val
+    )
     trainer.fit()
     assert [v["step"] for v in trainer.val_results] == [3, 6]
     result = trainer.val_results[-1]
@@ -481,8 +512,34 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
         for k in range(8):
             Image.fromarray(img[100 + 30 * c : 164 + 30 * c, 200 + k : 264 + k]).save(folder / f"{k:03d}.png")
     out = tmp_path / "run"
-    args = ["mana", "--data", str(tmp_path / "data"), "--steps", "4", "--batch-size", "2", "--patch-size", "8", "--val-holdout", "1"]
-    args += ["--val-every", "2", "--val-frames", "2", "--val-crop", "48", "--checkpoint-every", "2", "--output", str(out), "--quiet", "--device", "cpu"]
+    args = [
+        "mana",
+        "--data",
+        str(tmp_path / "data"),
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "8",
+        "--val-holdout",
+        "1",
+    ]
+    args += [
+        "--val-every",
+        "2",
+        "--val-frames",
+        "2",
+        "--val-crop",
+        "48",
+        "--checkpoint-every",
+        "2",
+        "--output",
+        str(out),
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     assert train_main(args) == 0
     assert {"last.pt", "best.pt", "log.csv", "log.json", "curve.png"} <= {p.name for p in out.iterdir()}
     assert "PSNR-Y" in capsys.readouterr().out
@@ -504,9 +561,22 @@ def test_cli_trains_and_resumes_dasaa_with_aux_losses(tmp_path, capsys):
     for k in range(5):
         Image.fromarray(img[100:132, 200 + k : 232 + k]).save(folder / f"{k:03d}.png")
     out = tmp_path / "run"
-    args = ["dasaa", "--data", str(tmp_path / "data"), "--aux-losses", "--aux-weight", "0.01", "--steps", "2", "--batch-size", "1"]
+    args = [
+        "dasaa",
+        "--data",
+        str(tmp_path / "data"),
+        "--aux-losses",
+        "--aux-weight",
+        "0.01",
+        "--steps",
+        "2",
+        "--batch-size",
+        "1",
+    ]
     assert train_main([*args, "--patch-size", "6", "--output", str(out), "--quiet", "--device", "cpu"]) == 0
-    assert train_main(["dasaa", "--data", str(tmp_path / "data"), "--resume", str(out / "last.pt"), "--steps", "3"]) == 0
+    assert (
+        train_main(["dasaa", "--data", str(tmp_path / "data"), "--resume", str(out / "last.pt"), "--steps", "3"]) == 0
+    )
     saved = torch.load(out / "last.pt", weights_only=True)
     assert saved["model_spec"]["overrides"] == {"aux_losses": True}
     assert saved["training"]["config"]["aux_weight"] == 0.01 and saved["training"]["step"] == 3
@@ -540,7 +610,10 @@ def test_cli_bad_inputs_exit_with_one_line(tmp_path, capsys):
         (["mana", "--data", root, "--patch-size", "4", "--preset", "huge"], "unknown preset 'huge'"),
         (["mana", "--data", root, "--patch-size", "4", "--val-holdout", "1"], "leaves no training clip"),
         (["mana", "--data", root, "--patch-size", "4", "--steps", "0"], "steps and batch_size must be >= 1"),
-        (["mana", "--data", root, "--patch-size", "4", "--aux-losses"], "--aux-losses: only dasaa has auxiliary losses"),
+        (
+            ["mana", "--data", root, "--patch-size", "4", "--aux-losses"],
+            "--aux-losses: only dasaa has auxiliary losses",
+        ),
     ]
     for argv, message in cases:
         out = tmp_path / "run"

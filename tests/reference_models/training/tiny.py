@@ -24,7 +24,9 @@ class TinyVSR(nn.Module):
 
     def __init__(self, channels: int = 8) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(9, channels, 3, padding=1), nn.LeakyReLU(0.1), nn.Conv2d(channels, 48, 3, padding=1))
+        self.body = nn.Sequential(
+            nn.Conv2d(9, channels, 3, padding=1), nn.LeakyReLU(0.1), nn.Conv2d(channels, 48, 3, padding=1)
+        )
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         base = nn.functional.interpolate(clip[:, 1], scale_factor=4, mode="bilinear", align_corners=False)
@@ -45,7 +47,14 @@ def photo_clip(seed: int = 0, t: int = 3, size: int = 32) -> TensorClip:
 
 
 def config(tmp_path: Path, **kw) -> TrainConfig:
-    base = {"output_dir": str(tmp_path), "progress": False, "device": "cpu", "val_every": 0, "checkpoint_every": 0, "log_every": 1}
+    base = {
+        "output_dir": str(tmp_path),
+        "progress": False,
+        "device": "cpu",
+        "val_every": 0,
+        "checkpoint_every": 0,
+        "log_every": 1,
+    }
     return TrainConfig(**{**base, **kw})
 
 
@@ -61,7 +70,11 @@ def clip_folder(root: Path, clips: int = 2, t: int = 5, size: int = 32) -> Path:
 
 def python_env() -> dict[str, str]:
     """The environment of a subprocess that imports this checkout (not an installed copy)."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def run_python(args: list[str], **kw) -> subprocess.CompletedProcess:
