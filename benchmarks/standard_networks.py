@@ -2,6 +2,7 @@
 
     python benchmarks/standard_networks.py                          # all four, 1x5x3x64x64, 2 threads, 5 rounds
     python benchmarks/standard_networks.py --networks edvr --rounds 3 --size 64x64 --frames 5 --threads 2
+    python benchmarks/standard_networks.py --networks basicvsrpp --profile   # where each form's time goes
 
 Per network, at its released configuration (BasicVSR 64 x 30 blocks, IconVSR REDS, BasicVSR++ 64 x 7, EDVR-M
 with TSA): the BasicSR form (``benchmarks/basicsr_forms.py``: plain ``nn.Conv2d`` stacks, torchvision's
@@ -102,6 +103,21 @@ def measure(name: str, clip: torch.Tensor, rounds: int, tolerance: float) -> dic
     }
 
 
+def profile(name: str, clip: torch.Tensor, rows: int = 12) -> None:
+    """One forward pass of each form under ``torch.profiler``: the operators with the most self CPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    ours, form = same_weights(name)
+    with torch.no_grad():
+        for label, model in (("ours", ours), ("BasicSR form", form)):
+            model(clip)
+            with profiler(activities=[ProfilerActivity.CPU]) as prof:
+                model(clip)
+            print(f"\n{name}, {label}:")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
@@ -110,11 +126,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--profile", action="store_true", help="profile one pass of each form instead of timing")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.size.split("x"))
     clip = torch.rand(1, args.frames, 3, h, w, generator=torch.Generator().manual_seed(1))
+    if args.profile:
+        for name in args.networks:
+            profile(name, clip)
+        return
     print(f"CPU: {cpu_description()}")
     print(f"torch {torch.__version__}, float32, input 1x{args.frames}x3x{h}x{w}, {args.rounds} rounds (medians)\n")
     print("| network | ours s | BasicSR form s | ratio (wall) | ratio (CPU time) | max \\|diff\\| |")
