@@ -22,6 +22,7 @@ import torch
 
 from vsrblocks.align import DeformConv2d, SPyNet
 from vsrblocks.align.deform_conv import torchvision_available
+from machine import machine_line
 
 
 def _time_ms(fn: Callable[[], torch.Tensor], reps: int, device: str) -> float:
@@ -101,6 +102,7 @@ def main() -> None:
     rows = bench_spynet(sizes, args.pairs, args.reps, args.device)
     rows += bench_deform_conv(sizes, args.channels, args.reps, args.device)
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(machine_line(args.device))
     print(f"# alignment blocks on {name}, torch {torch.__version__}, float32, median of {args.reps}")
     widths = [max(len(row[i]) for row in rows + [("block", "LR size", "time")]) for i in range(3)]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(("block", "LR size", "time"), widths)) + " |")

@@ -28,6 +28,7 @@ from reference_models.export.metadata import model_metadata
 from reference_models.export.onnx import export_onnx
 from reference_models.export.onnx_runtime import OnnxRuntimeModel
 from reference_models.export.torchscript import export_torchscript, load_torchscript
+from machine import machine_line  # noqa: E402 (sibling script module)
 
 
 def randomised(name: str, preset: str) -> torch.nn.Module:
@@ -100,6 +101,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
+    print(machine_line())
     print(f"LR {height}x{width}, batch 1, {torch.get_num_threads()} threads, median of {args.reps} interleaved runs\n")
     header = "| model | preset | PyTorch ms | ONNX Runtime ms | max abs error | onnx | exported-program | torchscript | export s |"
     print(header)

@@ -19,6 +19,7 @@ import torch
 
 import reference_models
 from reference_models.inference.flops import count_macs, count_parameters
+from machine import machine_line
 
 SIZES = ["32x32", "64x64", "64x112"]
 
@@ -52,6 +53,7 @@ def main() -> None:
     names = args.models or reference_models.list_models()
 
     header = ["model", "preset", "params (M)"] + [f"{h}x{w} conv / total (G)" for h, w in sizes] + ["counted on"]
+    print(machine_line())
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name in names:

@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import reference_models  # noqa: E402
+from machine import machine_line
 
 VARIANTS = ("fp32", "bf16", "channels_last", "compiled")
 
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         args.variants = [v for v in args.variants if v != "compiled"]
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    print(machine_line("cuda"))
     print(f"device={torch.cuda.get_device_name()} torch={torch.__version__} preset={args.preset} "
           f"reps={args.reps} warmup={args.warmup}")
     print("| model | LR size     | variant       | ms / frame | peak MiB | note |")

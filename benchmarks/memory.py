@@ -27,6 +27,7 @@ from benchmarks.peak_memory import PeakMemory
 from reference_models.inference.upscale import forward_tiled
 from reference_models.registry import create_model
 from vsrblocks.attention import PositionAttention
+from machine import machine_line  # noqa: E402 (sibling script module)
 name, preset, h, w, tile, before = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
 torch.manual_seed(0)
 model = create_model(name, preset).eval()
@@ -69,6 +70,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     budget = parse_size(args.max_memory) if args.max_memory else default_budget("cpu")
+    print(machine_line())
     print(f"budget {budget / 2**20:.0f} MiB; peak memory in MiB (estimate includes the x1.5 safety factor)")
     print(f"{'model':8} {'preset':6} {'LR size':>8} {'estimate':>9} {'tile':>5} {'measured':>9} {'before':>9}")
     for name in args.models:

@@ -33,6 +33,7 @@ from skimage.metrics import structural_similarity
 
 from vsrblocks import psnr, ssim
 from vsrblocks.metrics import rgb_to_y
+from machine import machine_line  # noqa: E402 (sibling script module)
 
 
 def _time_ms(fn: Callable[[], object], reps: int) -> float:
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--evaluate", action="store_true", help="also time evaluate bicubic on a synthetic Vid4-sized set")
     parser.add_argument("--evaluate-frames", type=int, default=171, help="frames of that set, spread over the four clips as in Vid4 (default 171)")
     args = parser.parse_args()
+    print(machine_line())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| size | psnr RGB ms | psnr Y ms | ssim RGB ms | ssim Y ms | skimage ssim RGB ms | max abs diff to skimage |")
     print("|---|---|---|---|---|---|---|")

@@ -57,6 +57,7 @@ from attention import dense_readout, distance_matrix  # noqa: E402 (sibling scri
 from official_vsrt import make_official  # noqa: E402 (sibling script module)
 from peak_memory import SUBPROCESS_ENV, PeakMemory  # noqa: E402 (sibling script module)
 from reference_models.inference.flops import count_macs  # noqa: E402
+from machine import machine_line  # noqa: E402 (sibling script module)
 
 #: The paper configuration of each model: frames come from the preset, the LR size from the paper's training.
 PAPER_SIZES = {"mana": "64x112", "vsrt": "64x64"}
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.before:
         trees["before"] = _before_tree(args.before, scratch.name)
     pass_name = "training step" if args.train else "forward"
+    print(machine_line(args.device))
     print(f"device={args.device} threads={args.threads} batch=1 pass={pass_name} reps={args.reps} rounds={args.rounds} "
           f"before={args.before or '-'} torch={torch.__version__}")
     pairs: list[str] = []

@@ -19,6 +19,10 @@ most ``tile_overlap // 4`` LR pixels gives exactly the untiled result; for the o
 tiling is an approximation that bounds memory.
 
 Frames stream through: at most one window (plus ``batch - 1`` more) of LR frames is held at a time.
+
+``precision="bfloat16"`` (or ``"auto"`` on hardware that multiplies bfloat16 fast) runs the model's
+convolutions and matrix products in bfloat16 and keeps flows, warping, norms, attention statistics and the
+bilinear skip in float32 (:mod:`reference_models.inference.precision`); the outputs are float32 either way.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from reference_models.inference.precision import low_precision_weights, mixed_precision, resolve_precision
 from vsrblocks.shapes import check_shape
 
 __all__ = [
+    "compute_dtype",
     "upscale_clip",
     "upscale_frames",
     "reflect_index",
@@ -277,6 +283,27 @@ def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+def compute_dtype(model: nn.Module, precision: str) -> tuple[torch.dtype, str]:
+    """The dtype ``model``'s convolutions run in under ``precision`` (see :func:`upscale_frames`), and why.
+
+    ``"float32"`` runs the model as it is (a model cast to another dtype runs in that dtype); ``"bfloat16"``
+    needs a float32 model; ``"auto"`` picks bfloat16 where :func:`~reference_models.inference.precision.resolve_precision`
+    does and the model is float32, else runs it as it is.
+
+    Examples:
+        >>> from reference_models import create_model
+        >>> compute_dtype(create_model("mana", "tiny"), "float32")
+        (torch.float32, 'float32 (asked for)')
+    """
+    device, dtype = _device_dtype(model)
+    wanted, reason = resolve_precision(precision, device)
+    if dtype == torch.float32:
+        return wanted, reason
+    if precision == "bfloat16":
+        raise ValueError(f"precision='bfloat16' runs a float32 model in mixed precision; this model is {dtype}")
+    return dtype, f"{str(dtype).removeprefix('torch.')} (the model's own dtype)"
+
+
 def upscale_frames(
     model: nn.Module,
     frames: Iterable[torch.Tensor],
@@ -286,6 +313,7 @@ def upscale_frames(
     batch: int = 1,
     clip_stride: int | None = None,
     skip: Container[int] = (),
+    precision: str = "float32",
 ) -> Iterator[torch.Tensor | None]:
     """Super-resolve a stream of frames, yielding one SR frame per input frame, in order.
 
@@ -303,12 +331,18 @@ def upscale_frames(
             (default ``(num_frames + 1) // 2``).
         skip: indices of frames whose output is not needed (a resumed run): ``None`` is yielded for them,
             and windows whose kept outputs are all skipped are not run. The other outputs are unchanged.
+        precision: ``"float32"`` (the model as it is), ``"bfloat16"`` (mixed precision: convolutions and
+            matrix products in bfloat16, float32 islands; the model must be float32, and its weights are held in
+            bfloat16 while the generator runs) or ``"auto"`` (bfloat16 on CPUs with AMX or AVX-512 BF16 and on
+            CUDA devices with bfloat16, else float32); see :func:`compute_dtype`.
 
     Yields:
         ``(3, scale * H, scale * W)`` float32 tensors on the model's device, not clamped (``None`` for
         frames in ``skip``).
     """
     num_frames, scale, mode = _model_attributes(model)
+    dtype, _ = compute_dtype(model, precision)
+    mixed = dtype if _device_dtype(model)[1] == torch.float32 else torch.float32  # a cast model runs as it is
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     if tile is not None:
@@ -324,11 +358,20 @@ def upscale_frames(
                 f"attention or image pyramid); tile must be >= {minimum_tile(model)}, got {tile}"
             )
     stride = _stride(num_frames, clip_stride) if mode == "all" else 1
-    buffer = _Frames(frames, *_device_dtype(model))
+    buffer = _Frames(frames, *_device_dtype(model))  # float32 frames also in bfloat16: the skip stays exact
+    with low_precision_weights(model, mixed):
+        yield from _upscale(model, buffer, num_frames, scale, mode, stride, tile, tile_overlap, batch, skip, mixed)
+
+
+def _upscale(
+    model: nn.Module, buffer: _Frames, num_frames: int, scale: int, mode: str, stride: int, tile: int | None,
+    tile_overlap: int, batch: int, skip: Container[int], dtype: torch.dtype,
+) -> Iterator[torch.Tensor | None]:
+    """The body of :func:`upscale_frames`, after its checks."""
 
     def run(windows: list[list[int]]) -> torch.Tensor:
         clip = torch.stack([buffer.window(indices) for indices in windows])
-        with torch.no_grad():
+        with torch.no_grad(), mixed_precision(model, dtype):
             if tile is not None and max(clip.shape[-2:]) > tile:
                 out = forward_tiled(model, clip, tile, tile_overlap)
             else:
@@ -402,13 +445,14 @@ def upscale_clip(
     batch: int = 1,
     clip_stride: int | None = None,
     progress: bool = False,
+    precision: str = "float32",
 ) -> torch.Tensor:
     """Super-resolve every frame of ``clip`` (any length, any size) with ``model``; see :func:`upscale_frames`.
 
     Args:
         model: a reference model in eval mode.
         clip: frames in [0, 1] (float) or [0, 255] (uint8).
-        tile, tile_overlap, batch, clip_stride: as for :func:`upscale_frames`.
+        tile, tile_overlap, batch, clip_stride, precision: as for :func:`upscale_frames`.
         progress: show a tqdm progress bar.
 
     Shape:
@@ -424,12 +468,13 @@ def upscale_clip(
     if isinstance(clip, torch.Tensor) and clip.dim() == 5:
         return torch.stack(
             [upscale_clip(model, c, tile=tile, tile_overlap=tile_overlap, batch=batch, clip_stride=clip_stride,
-                          progress=progress) for c in clip]
+                          progress=progress, precision=precision) for c in clip]
         )
     if check_shape(clip, "T C H W", name="clip", C=3)["T"] < 1:
         raise ValueError("clip has no frames")
     frames: Iterable[Any] = upscale_frames(
-        model, clip.unbind(0), tile=tile, tile_overlap=tile_overlap, batch=batch, clip_stride=clip_stride
+        model, clip.unbind(0), tile=tile, tile_overlap=tile_overlap, batch=batch, clip_stride=clip_stride,
+        precision=precision,
     )
     if progress:
         from tqdm.auto import tqdm
