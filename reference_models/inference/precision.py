@@ -11,7 +11,9 @@ float32:
 - normalisation layers (their statistics);
 - MANA's attention (:class:`~vsrblocks.attention.MANAAttention` and its parts): an unscaled softmax over
   thousands of keys, where a bfloat16 logit of magnitude 50 is off by 0.1 and its weight by 10 %, the Gaussian
-  prior and the memory bank;
+  prior and the memory bank; for the same reason the other unscaled (DANet/SAGAN-style) softmax attentions,
+  position, channel and masked self-attention (DASAA, MAFnet); VSRT's STCSA divides its logits by
+  ``sqrt(C p^2)`` and stays bfloat16;
 - the network's own list: the names of submodules in its class attribute ``float32_modules``.
 
 The bilinear (bicubic) skip every network adds at the end is computed from the float32 input clip by an
@@ -52,14 +54,26 @@ PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
 def _float32_types() -> tuple[type[nn.Module], ...]:
     from vsrblocks.align.spynet import SPyNet
     from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention
+    from vsrblocks.attention.channel_self_attention import ChannelSelfAttention
+    from vsrblocks.attention.masked_self_attention import MaskedSelfAttention
     from vsrblocks.attention.memory import MANAAttention, MemoryAugmentedAttention
+    from vsrblocks.attention.position_attention import PositionAttention
 
     norms = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._NormBase, nn.LocalResponseNorm)
-    return (*norms, SPyNet, GaussianCrossFrameAttention, MemoryAugmentedAttention, MANAAttention)
+    attentions = (GaussianCrossFrameAttention, MemoryAugmentedAttention, MANAAttention, PositionAttention,
+                  ChannelSelfAttention, MaskedSelfAttention)
+    return (*norms, SPyNet, *attentions)
 
 
 #: Module types that run in float32 wherever they appear (see the module notes).
 FLOAT32_TYPES: tuple[type[nn.Module], ...] = _float32_types()
+
+
+def _entry_points(module: nn.Module) -> tuple[str, ...]:
+    """The methods through which networks call ``module`` (DASAA calls ``MaskedSelfAttention.align``)."""
+    from vsrblocks.attention.masked_self_attention import MaskedSelfAttention
+
+    return ("forward", "align") if isinstance(module, MaskedSelfAttention) else ("forward",)
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> tuple[torch.dtype, str]:
@@ -162,21 +176,23 @@ def mixed_precision(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> It
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"mixed precision runs in bfloat16 or float16, got {dtype}")
     device_type = _device_type(model)
-    patched: list[tuple[nn.Module, Any]] = []
+    patched: list[tuple[nn.Module, str, Any]] = []
     for _, module in float32_islands(model):
-        if getattr(module.forward, "float32_island", False):  # a nested context already made it an island
-            continue
-        patched.append((module, module.__dict__.get("forward")))
-        module.forward = _island_forward(module.forward, device_type)
+        for method in _entry_points(module):
+            bound = getattr(module, method)
+            if getattr(bound, "float32_island", False):  # a nested context already made it an island
+                continue
+            patched.append((module, method, module.__dict__.get(method)))
+            setattr(module, method, _island_forward(bound, device_type))
     try:
         with torch.autocast(device_type, dtype=dtype):
             yield
     finally:
-        for module, own in patched:
+        for module, method, own in patched:
             if own is None:
-                del module.forward
+                delattr(module, method)
             else:
-                module.forward = own
+                setattr(module, method, own)
 
 
 def _device_type(model: nn.Module) -> str:
