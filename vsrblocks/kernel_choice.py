@@ -7,8 +7,9 @@ other. :func:`measured_choice` runs every candidate on the first call with a new
 key, and returns the result of the call it timed (so the first call does the work of all candidates once, later
 calls that of the winner only). The candidates must compute the same thing up to float rounding.
 
-Measuring is on by default; :func:`kernel_benchmark` turns it off (every call takes the default candidate), which
-the tests do so that their results do not depend on the machine's timings.
+Measuring is on by default (off while tracing or compiling, where every candidate run would enter the graph);
+:func:`kernel_benchmark` turns it off (every call takes the default candidate), which the tests do so that their
+results do not depend on the machine's timings.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def measured_choice(key: Hashable, candidates: dict[str, Callable[[], T]], defau
         >>> measured_choice(("doc", 1), {"sum": lambda: sum(range(10)), "formula": lambda: 9 * 10 // 2}, "sum")
         45
     """
-    if not _ENABLED:
+    if not _ENABLED or torch.jit.is_tracing() or torch.compiler.is_compiling():  # a trace would record every candidate
         return candidates[default]()
     key = (key, torch.get_num_threads())
     if key in _CHOICES:
