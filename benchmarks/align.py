@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from machine import machine_line
 
 from vsrblocks.align import DeformConv2d, SPyNet
 from vsrblocks.align.deform_conv import torchvision_available
@@ -105,6 +106,7 @@ def main() -> None:
     rows = bench_spynet(sizes, args.pairs, args.reps, args.device)
     rows += bench_deform_conv(sizes, args.channels, args.reps, args.device)
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(machine_line(args.device))
     print(f"# alignment blocks on {name}, torch {torch.__version__}, float32, median of {args.reps}")
     widths = [max(len(row[i]) for row in rows + [("block", "LR size", "time")]) for i in range(3)]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(("block", "LR size", "time"), widths)) + " |")

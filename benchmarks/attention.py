@@ -36,6 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import machine_line  # noqa: E402 (sibling script module)
 from peak_memory import SUBPROCESS_ENV, PeakMemory  # noqa: E402  (sibling script module)
 
 from vsrblocks.attention.gaussian_cross_frame import GaussianCrossFrameAttention  # noqa: E402
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     pass_name = "fwd+bwd" if args.train else "forward"
+    print(machine_line(args.device))
     print(
         f"device={args.device} threads={torch.get_num_threads()} batch=1 T={FRAMES} reps={args.reps} "
         f"warmup={args.warmup} pass={pass_name} torch={torch.__version__}"

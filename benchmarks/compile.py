@@ -18,6 +18,7 @@ import time
 
 import torch
 import torch._dynamo.testing
+from machine import machine_line
 
 from reference_models import create_model, list_models
 
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (default: inductor)")
     parser.add_argument("--size", type=int, default=8, help="LR frame height and width (default: 8)")
     args = parser.parse_args()
+    print(machine_line())
     print(
         f"torch {torch.__version__}, backend={args.backend}, {torch.get_num_threads()} threads, {args.size}x{args.size} LR"
     )

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from machine import machine_line  # noqa: E402 (sibling script module)
 
 import reference_models
 from reference_models.export.exported_program import example_clip, export_program, load_program, save_program
@@ -100,6 +101,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
+    print(machine_line())
     print(f"LR {height}x{width}, batch 1, {torch.get_num_threads()} threads, median of {args.reps} interleaved runs\n")
     header = "| model | preset | PyTorch ms | ONNX Runtime ms | max abs error | onnx | exported-program | torchscript | export s |"
     print(header)

@@ -16,6 +16,7 @@ import argparse
 import time
 
 import torch
+from machine import machine_line
 
 import reference_models
 from reference_models.inference.flops import count_macs, count_parameters
@@ -54,6 +55,7 @@ def main() -> None:
     names = args.models or reference_models.list_models()
 
     header = ["model", "preset", "params (M)"] + [f"{h}x{w} conv / total (G)" for h, w in sizes] + ["counted on"]
+    print(machine_line())
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name in names:

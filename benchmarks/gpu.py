@@ -30,6 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import machine_line
+
 import reference_models  # noqa: E402
 
 VARIANTS = ("fp32", "bf16", "channels_last", "compiled")
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         args.variants = [v for v in args.variants if v != "compiled"]
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    print(machine_line("cuda"))
     print(
         f"device={torch.cuda.get_device_name()} torch={torch.__version__} preset={args.preset} "
         f"reps={args.reps} warmup={args.warmup}"

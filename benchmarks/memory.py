@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from machine import machine_line
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = ((90, 120), (180, 320), (480, 640))
 
@@ -70,6 +72,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     budget = parse_size(args.max_memory) if args.max_memory else default_budget("cpu")
+    print(machine_line())
     print(f"budget {budget / 2**20:.0f} MiB; peak memory in MiB (estimate includes the x1.5 safety factor)")
     print(f"{'model':8} {'preset':6} {'LR size':>8} {'estimate':>9} {'tile':>5} {'measured':>9} {'before':>9}")
     for name in args.models:

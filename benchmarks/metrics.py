@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_line  # noqa: E402 (sibling script module)
 from PIL import Image
 from skimage.metrics import structural_similarity
 
@@ -97,6 +98,7 @@ def main() -> None:
         help="frames of that set, spread over the four clips as in Vid4 (default 171)",
     )
     args = parser.parse_args()
+    print(machine_line())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(
         "| size | psnr RGB ms | psnr Y ms | ssim RGB ms | ssim Y ms | skimage ssim RGB ms | max abs diff to skimage |"

@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attention import dense_readout, distance_matrix  # noqa: E402 (sibling script module)
+from machine import machine_line  # noqa: E402 (sibling script module)
 from official_vsrt import make_official  # noqa: E402 (sibling script module)
 from peak_memory import SUBPROCESS_ENV, PeakMemory  # noqa: E402 (sibling script module)
 
@@ -256,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.before:
         trees["before"] = _before_tree(args.before, scratch.name)
     pass_name = "training step" if args.train else "forward"
+    print(machine_line(args.device))
     print(
         f"device={args.device} threads={args.threads} batch=1 pass={pass_name} reps={args.reps} rounds={args.rounds} "
         f"before={args.before or '-'} torch={torch.__version__}"

@@ -4,6 +4,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+from vsrblocks.kernel_choice import kernel_benchmark
+
 # CI: bounded, reproducible, no per-example deadline (a 2-core runner is slow and noisy).
 settings.register_profile(
     "ci",
@@ -52,3 +54,11 @@ def num_threads(request):
     torch.set_num_threads(count)
     yield count
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def kernels_not_timed():
+    """Every test takes the default kernels of vsrblocks.kernel_choice, not the ones this machine's timings pick,
+    so that results do not depend on the machine or its load; tests of the measured choice turn it on."""
+    with kernel_benchmark(False):
+        yield

@@ -1,8 +1,8 @@
 """``run``: super-resolve a folder of frames or a video file.
 
     python -m reference_models run MODEL --input PATH --output DIR --checkpoint FILE [--preset NAME]
-        [--tile N] [--tile-overlap N] [--max-memory SIZE] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--batch N]
-        [--resume] [--max-seq-len N [--seq-overlap N]] [--spill-dir DIR]
+        [--tile N] [--tile-overlap N] [--max-memory SIZE] [--device cpu|cuda] [--precision auto|float32|bfloat16]
+        [--batch N] [--resume] [--max-seq-len N [--seq-overlap N]] [--spill-dir DIR]
     python -m reference_models run --checkpoint FILE --input in.mp4 --output out.mp4 [--codec NAME] [--crf N]
         [--pix-fmt NAME] [--no-audio]
     python -m reference_models run --backend onnxruntime --model FILE.onnx --input PATH --output OUT
@@ -20,6 +20,12 @@ each sweep beyond the budget spill to a private folder under ``--spill-dir`` (de
 after the run, also after SIGINT/SIGTERM; progress is shown per sweep with the whole run's ETA, and frames
 are written as the last sweep produces them. ``--max-seq-len N`` runs overlapping segments instead: the fast
 approximate mode (tiled with ``--tile`` or when frames exceed the budget, as for the other models).
+
+``--precision`` (default ``auto``) picks the arithmetic: ``auto`` is bfloat16 with float32 islands on CPUs with
+AMX or AVX-512 BF16 (and CUDA devices with bfloat16), float32 elsewhere, and the run says which it chose and why
+(:mod:`reference_models.inference.precision`). The older ``--dtype`` is deprecated: ``--dtype float32`` is
+``--precision float32``; ``--dtype bfloat16|float16`` still casts the whole model, every operation in that dtype
+with no float32 islands (less accurate than ``--precision bfloat16``). Whole-sequence runs of recurrent models are float32.
 """
 
 from __future__ import annotations
@@ -90,7 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(a private folder inside it, removed after the run; default: $TMPDIR or /tmp)",
     )
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    run.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        help="arithmetic of the model: bfloat16 runs convolutions in bfloat16 and keeps flows, warping, norms, attention "
+        "statistics and the bilinear skip in float32; auto (default): bfloat16 where the CPU has AMX or AVX-512 BF16 "
+        "(or the GPU has bfloat16), float32 elsewhere",
+    )
+    run.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="deprecated, use --precision: cast the whole model to this dtype (no float32 islands)",
+    )
     run.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
     run.add_argument(
         "--fps",
@@ -133,6 +150,20 @@ def _check_options(args: argparse.Namespace) -> None:
     """The option errors found without reading anything."""
     if args.batch < 1:
         raise UserError(f"--batch must be >= 1, got {args.batch}")
+    if args.dtype is not None and args.precision is not None:
+        raise UserError("give --precision or the deprecated --dtype, not both")
+    if args.dtype is not None:
+        if args.dtype != "float32":
+            warnings.warn(
+                f"--dtype is deprecated: --dtype {args.dtype} runs every operation in {args.dtype}; --precision "
+                "bfloat16 keeps flows, norms and the bilinear skip in float32 and is more accurate"
+            )
+        args.precision = "float32"  # the cast model runs as it is
+    else:
+        args.dtype = "float32"
+    args.precision = args.precision or "auto"
+    if args.precision == "bfloat16" and (args.backend == "onnxruntime" or args.onnx_file):
+        raise UserError("--precision bfloat16 runs a PyTorch model; --backend onnxruntime runs float32")
     if args.compile and (args.backend == "onnxruntime" or args.onnx_file):
         raise UserError("--compile compiles a PyTorch model; it does not apply to --backend onnxruntime")
     if args.fps is not None and not MIN_FPS <= args.fps <= MAX_FPS:  # also rejects nan and inf
@@ -171,6 +202,27 @@ def _check_tile(args: argparse.Namespace, model) -> int:
     if args.tile is not None and args.tile < need:
         raise UserError(f"--tile must be >= {need} for {type(model).__name__} (its patch attention or image pyramid)")
     return max(MIN_TILE, need)
+
+
+def _choose_precision(args: argparse.Namespace, model, streamed: bool = False) -> str:
+    """The ``precision`` of :func:`~reference_models.inference.upscale.upscale_frames` for this run; says which
+    arithmetic it is and why (unless ``--quiet``). A whole-sequence run of a recurrent model is float32."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):  # an ONNX Runtime session runs float32
+        return "float32"
+    if streamed:
+        if args.precision == "bfloat16":
+            raise UserError("--precision bfloat16: whole-sequence runs are float32; add --max-seq-len for segments")
+        if not args.quiet:
+            print("precision: float32 (whole-sequence streaming runs in float32)", file=sys.stderr)
+        return "float32"
+    from reference_models.inference.upscale import compute_dtype
+
+    _, reason = compute_dtype(model, args.precision)
+    if not args.quiet:
+        print(f"precision: {reason}", file=sys.stderr)
+    return args.precision
 
 
 def _open_output(args: argparse.Namespace, source, scale: int):
@@ -323,6 +375,7 @@ def _run(args: argparse.Namespace) -> int:
         model = build_model(args)
     smallest_tile = _check_tile(args, model)
     stream_options = _sequence_mode(args, model, source)
+    precision = _choose_precision(args, model, streamed=stream_options is not None)
     if (
         stream_options is None
         and args.tile is None
@@ -369,6 +422,7 @@ def _run(args: argparse.Namespace) -> int:
                 skip=skip,
                 max_seq_len=args.max_seq_len,
                 seq_overlap=args.seq_overlap,
+                precision=precision,
             )
         try:
             for name, out in zip(source.names, outputs):

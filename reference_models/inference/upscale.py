@@ -27,6 +27,11 @@ runs segments of that many frames overlapping by ``seq_overlap`` (the clip-model
 lighter, but an approximation (less temporal context near the cuts). Spatial tiles apply to segments (and,
 in :func:`upscale_clip`, to the whole clip run in memory as one segment): whole-sequence streaming
 propagates features across the whole frame and never cuts it.
+
+``precision="bfloat16"`` (or ``"auto"`` on hardware that multiplies bfloat16 fast) runs the model's
+convolutions and matrix products in bfloat16 and keeps flows, warping, norms, attention statistics and the
+bilinear skip in float32 (:mod:`reference_models.inference.precision`); the outputs are float32 either way.
+Whole-sequence streaming of recurrent models runs in float32.
 """
 
 from __future__ import annotations
@@ -38,9 +43,11 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from reference_models.inference.precision import low_precision_weights, mixed_precision, resolve_precision
 from vsrblocks.shapes import check_shape
 
 __all__ = [
+    "compute_dtype",
     "upscale_clip",
     "upscale_frames",
     "reflect_index",
@@ -290,6 +297,27 @@ def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+def compute_dtype(model: nn.Module, precision: str) -> tuple[torch.dtype, str]:
+    """The dtype ``model``'s convolutions run in under ``precision`` (see :func:`upscale_frames`), and why.
+
+    ``"float32"`` runs the model as it is (a model cast to another dtype runs in that dtype); ``"bfloat16"``
+    needs a float32 model; ``"auto"`` picks bfloat16 where :func:`~reference_models.inference.precision.resolve_precision`
+    does and the model is float32, else runs it as it is.
+
+    Examples:
+        >>> from reference_models import create_model
+        >>> compute_dtype(create_model("mana", "tiny"), "float32")
+        (torch.float32, 'float32 (asked for)')
+    """
+    device, dtype = _device_dtype(model)
+    wanted, reason = resolve_precision(precision, device)
+    if dtype == torch.float32:
+        return wanted, reason
+    if precision == "bfloat16":
+        raise ValueError(f"precision='bfloat16' runs a float32 model in mixed precision; this model is {dtype}")
+    return dtype, f"{str(dtype).removeprefix('torch.')} (the model's own dtype)"
+
+
 def upscale_frames(
     model: nn.Module,
     frames: Iterable[torch.Tensor],
@@ -302,6 +330,7 @@ def upscale_frames(
     max_seq_len: int | None = None,
     seq_overlap: int | None = None,
     max_bytes: int | None = None,
+    precision: str = "float32",
     **stream_options: Any,
 ) -> Iterator[torch.Tensor | None]:
     """Super-resolve a stream of frames, yielding one SR frame per input frame, in order.
@@ -325,6 +354,11 @@ def upscale_frames(
         seq_overlap: frames shared by consecutive segments (default ``max_seq_len // 4``).
         max_bytes: recurrent models, whole sequence: memory budget of the stored features, beyond which they
             spill to disk (``None``: all in memory).
+        precision: ``"float32"`` (the model as it is), ``"bfloat16"`` (mixed precision: convolutions and
+            matrix products in bfloat16, float32 islands; the model must be float32, and its weights are held in
+            bfloat16 while the generator runs) or ``"auto"`` (bfloat16 on CPUs with AMX or AVX-512 BF16 and on
+            CUDA devices with bfloat16, else float32); see :func:`compute_dtype`. Whole-sequence streaming of a
+            recurrent model runs in float32 (``"bfloat16"`` is refused there; ``"auto"`` takes float32).
         stream_options: recurrent models, whole sequence: more options of
             :func:`~reference_models.inference.streaming.stream_upscale` (``spill_dir``, ``pinned_bytes``,
             ``report``, ``length``, ``channels_last``).
@@ -342,11 +376,15 @@ def upscale_frames(
                 "whole-sequence streaming does not cut frames into tiles (propagation carries features across the "
                 "whole frame); give max_seq_len to run tiled segments (approximate)"
             )
+        if precision == "bfloat16":
+            raise ValueError("whole-sequence streaming runs in float32; give max_seq_len to run bfloat16 segments")
         yield from stream_frames(model, frames, skip=skip, max_bytes=max_bytes, **stream_options)
         return
     if stream_options:
         raise TypeError(f"upscale_frames: {', '.join(stream_options)} apply to whole-sequence streaming only")
     num_frames, scale, mode = _model_attributes(model)
+    dtype, _ = compute_dtype(model, precision)
+    mixed = dtype if _device_dtype(model)[1] == torch.float32 else torch.float32  # a cast model runs as it is
     if max_seq_len is not None:
         if not recurrent:
             raise ValueError(
@@ -371,11 +409,32 @@ def upscale_frames(
                 f"attention or image pyramid); tile must be >= {minimum_tile(model)}, got {tile}"
             )
     stride = _stride(num_frames, clip_stride) if mode == "all" else 1
-    buffer = _Frames(frames, *_device_dtype(model))
+    buffer = _Frames(frames, *_device_dtype(model))  # float32 frames also in bfloat16: the skip stays exact
+    with low_precision_weights(model, mixed):
+        yield from _windows(
+            model, buffer, num_frames, scale, mode, stride, tile, tile_overlap, batch, skip, mixed, recurrent
+        )
+
+
+def _windows(
+    model: nn.Module,
+    buffer: _Frames,
+    num_frames: int,
+    scale: int,
+    mode: str,
+    stride: int,
+    tile: int | None,
+    tile_overlap: int,
+    batch: int,
+    skip: Container[int],
+    dtype: torch.dtype,
+    recurrent: bool,
+) -> Iterator[torch.Tensor | None]:
+    """The windows of :func:`upscale_frames`, after its checks."""
 
     def run(windows: list[list[int]]) -> torch.Tensor:
         clip = torch.stack([buffer.window(indices) for indices in windows])
-        with torch.no_grad():
+        with torch.no_grad(), mixed_precision(model, dtype):
             if tile is not None and max(clip.shape[-2:]) > tile:
                 out = forward_tiled(model, clip, tile, tile_overlap)
             else:
@@ -453,6 +512,7 @@ def upscale_clip(
     seq_overlap: int | None = None,
     max_bytes: int | None = None,
     spill_dir: str | None = None,
+    precision: str = "float32",
 ) -> torch.Tensor:
     """Super-resolve every frame of ``clip`` (any length, any size) with ``model``; see :func:`upscale_frames`.
 
@@ -470,6 +530,7 @@ def upscale_clip(
         seq_overlap: as for :func:`upscale_frames`.
         max_bytes: as for :func:`upscale_frames`.
         spill_dir: parent of the spill folder (default: the system's temporary folder).
+        precision: as for :func:`upscale_frames`.
 
     Shape:
         - clip: ``(T, 3, H, W)`` or ``(B, T, 3, H, W)``
@@ -489,6 +550,7 @@ def upscale_clip(
         max_seq_len=max_seq_len,
         seq_overlap=seq_overlap,
         max_bytes=max_bytes,
+        precision=precision,
     )
     if isinstance(clip, torch.Tensor) and clip.dim() == 5:
         return torch.stack([upscale_clip(model, c, progress=progress, spill_dir=spill_dir, **options) for c in clip])
@@ -500,6 +562,8 @@ def upscale_clip(
         # Streaming never cuts frames; each tile instead runs the whole clip (in memory) as one sequence.
         options["max_seq_len"] = clip.shape[0]
     elif is_recurrent(model) and max_seq_len is None:
+        if precision == "bfloat16":
+            raise ValueError("whole-sequence streaming runs in float32; give max_seq_len to run bfloat16 segments")
         # In this thread (no worker): every frame lands in the output tensor, which is allocated once.
         height, width, scale = clip.shape[-2], clip.shape[-1], int(cast(int, model.scale))
         out = None

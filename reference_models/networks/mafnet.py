@@ -201,6 +201,8 @@ class MAFnet(nn.Module):
     """
 
     scale = 4
+    #: Run in float32 under mixed precision (:mod:`reference_models.inference.precision`): the flows.
+    float32_modules = ("flow_net",)
 
     def __init__(
         self,

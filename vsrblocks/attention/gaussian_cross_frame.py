@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from vsrblocks.kernel_choice import measured_choice
 from vsrblocks.shapes import check_shape
 
 __all__ = ["GaussianCrossFrameAttention", "gaussian_cross_frame_attention", "default_chunk_size", "fused_chunk_size"]
@@ -396,7 +397,10 @@ def gaussian_cross_frame_attention(
     :func:`default_chunk_size` (at most 64 MiB per chunk). Results do not depend on the chunk size (each
     query row is computed independently; only the floating-point blocking of the matrix products may
     change, at the float32 rounding level: relative ~1e-6). In float32/float64 on CPU the forward runs
-    fused (:func:`_fused_attention`, no logits buffer at all), and with autograd on and ``checkpoint=True``
+    fused (:func:`_fused_attention`, no logits buffer at all) -- without autograd only where that is faster on
+    this CPU for this shape, timed once per shape (:func:`vsrblocks.kernel_choice.measured_choice`; the two
+    paths agree to float32 rounding, and :func:`vsrblocks.kernel_choice.kernel_benchmark` ``(False)`` keeps
+    the fused path) --, and with autograd on and ``checkpoint=True``
     so does the backward (:func:`_fused_backward`: the flash kernel's backward, exact gradients, ``sigma``'s
     included, from the saved output and log-sum-exps, no recomputation; Gaussian weights below ``1e-30`` count
     as zero there, an absolute difference below ``1e-30 * max|v|``). Elsewhere, with ``checkpoint=True``
@@ -487,18 +491,46 @@ def gaussian_cross_frame_attention(
         if track:
             out = _FusedAttention.apply(q, k, v, sigma, h, w, radius, fused_chunk)
         else:
-            out = _fused_attention(q, k, v, sigma, h, w, radius, fused_chunk)[0]
+            # Without autograd both paths are exact and which is faster depends on the CPU (two flash passes
+            # against plain matrix products, issue 22): timed once per shape, see vsrblocks.kernel_choice.
+            key = ("gaussian_cross_frame", q.shape, k.shape, v.shape, q.dtype, radius, fused_chunk, chunk_size)
+            out = measured_choice(
+                key,
+                {
+                    "fused": lambda: _fused_attention(q, k, v, sigma, h, w, radius, fused_chunk)[0],
+                    "chunked": lambda: _chunked_readouts(q, k, v, sigma, h, w, radius, chunk_size, False, False),
+                },
+                default="fused",
+            )
         return cast(torch.Tensor, rearrange(out, "b t (h w) c -> b (t c) h w", h=h))
+    out = _chunked_readouts(q, k, v, sigma, h, w, radius, chunk_size, exporting, recompute)
+    return rearrange(out, "b t (h w) c -> b (t c) h w", h=h)  # frame-major channels, frame 0 first
+
+
+def _chunked_readouts(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sigma: torch.Tensor,
+    height: int,
+    width: int,
+    radius: float | None,
+    chunk_size: int,
+    exporting: bool,
+    recompute: bool,
+) -> torch.Tensor:
+    """The read-outs ``(B, T, N, Cv)`` by plain matrix products, chunk by chunk of queries (:func:`_attend_chunk`);
+    ``recompute``: each chunk recomputed in the backward pass; ``exporting``: one chunk of every query."""
+    n = height * width
     reads = []
     for start in [0] if exporting else range(0, n, chunk_size):
         stop = n if exporting else min(start + chunk_size, n)
-        args = (q[:, start:stop], k, v, sigma, start, stop, h, w, radius)
+        args = (q[:, start:stop], k, v, sigma, start, stop, height, width, radius)
         if recompute:
             reads.append(_checkpoint(_attend_chunk, *args, use_reentrant=False))
         else:
             reads.append(_attend_chunk(*args))
-    out = reads[0] if len(reads) == 1 else torch.cat(reads, dim=2)
-    return rearrange(out, "b t (h w) c -> b (t c) h w", h=h)  # frame-major channels, frame 0 first
+    return reads[0] if len(reads) == 1 else torch.cat(reads, dim=2)
 
 
 class GaussianCrossFrameAttention(nn.Module):
