@@ -296,17 +296,18 @@ def test_empty_batch_gives_empty_output(checkpoint):
 
 @given(height=sizes, width=sizes, seed=seeds, chunk=st.integers(1, 30))
 def test_window_covering_the_frame_is_exact(height, width, seed, chunk):
+    """Same maths, other summation order: equal to float32 rounding relative to the read-outs' size (a few ulps)."""
     q, k, v = _qkv(1, 2, 4, 3, height, width, seed)
     exact = gaussian_cross_frame_attention(q, k, v, 2.0)
     reach = math.hypot(height - 1, width - 1)
     torch.testing.assert_close(
-        gaussian_cross_frame_attention(q, k, v, 2.0, chunk_size=chunk, window_radius=reach), exact, atol=1e-6, rtol=0
+        gaussian_cross_frame_attention(q, k, v, 2.0, chunk_size=chunk, window_radius=reach), exact, atol=1e-6, rtol=4e-6
     )
     torch.testing.assert_close(
         gaussian_cross_frame_attention(q, k, v, 2.0, chunk_size=chunk, window_sigmas=reach / 2.0 + 1e-3),
         exact,
         atol=1e-6,
-        rtol=0,
+        rtol=4e-6,
     )
 
 
