@@ -195,7 +195,21 @@ def interrupted_run(tmp_path, checkpoint, sig, *options):
     """Start a real (slowed) ``run`` of 20 frames into ``tmp_path / "out"`` and send ``sig`` once it has
     written a frame; returns its exit status, its stderr and its command-line arguments."""
     src = write_folder(tmp_path / "in", random_frames(20, 8, 8))
-    argv = ["run", "--checkpoint", str(checkpoint), "-i", str(src), "-o", str(tmp_path / "out"), "-q", *options]
+    # --precision pinned: the child does not see the tests' stand-in CPU (auto would pick bfloat16 on a CPU with
+    # AVX-512 BF16, and the frames it leaves are compared with in-process float32 runs).
+    argv = [
+        "run",
+        "--checkpoint",
+        str(checkpoint),
+        "--precision",
+        "float32",
+        "-i",
+        str(src),
+        "-o",
+        str(tmp_path / "out"),
+        "-q",
+        *options,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-c", SLOW_RUN, *argv], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
