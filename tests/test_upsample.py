@@ -164,3 +164,17 @@ def test_hidden_width_any_size(b, h, w, scale, hidden, hr, out, seed):
     last = up.stages[-1]
     assert last.conv.out_channels == hidden * last.factor**2
     assert torch.equal(last.conv.weight[0], last.conv.weight[last.factor**2 - 1])
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_output_keeps_the_input_memory_format_and_values(memory_format):
+    # the stages run channels-last on CPU; callers must get their own layout back and the float64 values
+    torch.manual_seed(0)
+    up = PixelShuffleUpsampler(8, 4, hidden_channels=6, hr_conv=True)
+    x = torch.randn(2, 8, 5, 7)
+    out = up(x.contiguous(memory_format=memory_format))
+    assert out.is_contiguous(memory_format=memory_format)
+    with torch.no_grad():
+        exact = up.double()(x.double())
+    # float32 rounding of four chained convolutions of at most 9 * 8 = 72 terms each
+    torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-5 * exact.abs().max().item())
