@@ -25,7 +25,7 @@ approximate mode (tiled with ``--tile`` or when frames exceed the budget, as for
 AMX or AVX-512 BF16 (and CUDA devices with bfloat16), float32 elsewhere, and the run says which it chose and why
 (:mod:`reference_models.inference.precision`). The older ``--dtype`` is deprecated: ``--dtype float32`` is
 ``--precision float32``; ``--dtype bfloat16|float16`` still casts the whole model, every operation in that dtype
-with no float32 islands (less accurate than ``--precision bfloat16``). Whole-sequence runs of recurrent models are float32.
+with no float32 islands (less accurate than ``--precision bfloat16``).
 """
 
 from __future__ import annotations
@@ -204,20 +204,14 @@ def _check_tile(args: argparse.Namespace, model) -> int:
     return max(MIN_TILE, need)
 
 
-def _choose_precision(args: argparse.Namespace, model, streamed: bool = False) -> str:
+def _choose_precision(args: argparse.Namespace, model) -> str:
     """The ``precision`` of :func:`~reference_models.inference.upscale.upscale_frames` for this run; says which
-    arithmetic it is and why (unless ``--quiet``). A whole-sequence run of a recurrent model is float32."""
+    arithmetic it is and why (unless ``--quiet``)."""
     import torch
 
     if not isinstance(model, torch.nn.Module):  # an ONNX Runtime session runs float32
         return "float32"
-    if streamed:
-        if args.precision == "bfloat16":
-            raise UserError("--precision bfloat16: whole-sequence runs are float32; add --max-seq-len for segments")
-        if not args.quiet:
-            print("precision: float32 (whole-sequence streaming runs in float32)", file=sys.stderr)
-        return "float32"
-    from reference_models.inference.upscale import compute_dtype
+    from reference_models.inference.precision import compute_dtype
 
     _, reason = compute_dtype(model, args.precision)
     if not args.quiet:
@@ -375,7 +369,7 @@ def _run(args: argparse.Namespace) -> int:
         model = build_model(args)
     smallest_tile = _check_tile(args, model)
     stream_options = _sequence_mode(args, model, source)
-    precision = _choose_precision(args, model, streamed=stream_options is not None)
+    precision = _choose_precision(args, model)
     if (
         stream_options is None
         and args.tile is None
@@ -411,7 +405,9 @@ def _run(args: argparse.Namespace) -> int:
         skip = {i for i, name in enumerate(source.names) if name in done}
         if stream_options is not None:
             # frames[i] from the source itself: a folder reads any frame again, a video is decoded once into the store
-            outputs = upscale_frames(model, cast(Iterable[Any], source), skip=skip, report=sweeps, **stream_options)
+            outputs = upscale_frames(
+                model, cast(Iterable[Any], source), skip=skip, report=sweeps, precision=precision, **stream_options
+            )
         else:
             outputs = upscale_frames(
                 model,

@@ -46,9 +46,12 @@ __all__ = [
     "PRECISIONS",
     "Precision",
     "FLOAT32_TYPES",
+    "compute_dtype",
     "float32_islands",
     "low_precision_weights",
+    "mixed_dtype",
     "mixed_precision",
+    "model_device_dtype",
     "resolve_precision",
 ]
 
@@ -113,6 +116,42 @@ def resolve_precision(precision: str, device: torch.device | str) -> tuple[torch
             return torch.bfloat16, f"bfloat16 (auto: {torch.cuda.get_device_name(device)} supports it)"
         return torch.float32, "float32 (auto: this CUDA device has no native bfloat16)"
     return torch.float32, f"float32 (auto: no bfloat16 rule for {device.type} devices)"
+
+
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of ``model``'s first floating-point parameter or buffer (CPU, float32 if none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def compute_dtype(model: nn.Module, precision: str) -> tuple[torch.dtype, str]:
+    """The dtype ``model``'s convolutions run in under ``precision``, and why.
+
+    ``"float32"`` runs the model as it is (a model cast to another dtype runs in that dtype); ``"bfloat16"``
+    needs a float32 model; ``"auto"`` picks bfloat16 where :func:`resolve_precision` does and the model is
+    float32, else runs it as it is.
+
+    Examples:
+        >>> from reference_models import create_model
+        >>> compute_dtype(create_model("mana", "tiny"), "float32")
+        (torch.float32, 'float32 (asked for)')
+    """
+    device, dtype = model_device_dtype(model)
+    wanted, reason = resolve_precision(precision, device)
+    if dtype == torch.float32:
+        return wanted, reason
+    if precision == "bfloat16":
+        raise ValueError(f"precision='bfloat16' runs a float32 model in mixed precision; this model is {dtype}")
+    return dtype, f"{str(dtype).removeprefix('torch.')} (the model's own dtype)"
+
+
+def mixed_dtype(model: nn.Module, precision: str) -> torch.dtype:
+    """What :func:`mixed_precision` and :func:`low_precision_weights` take for ``precision``: the compute dtype of
+    :func:`compute_dtype` for a float32 model, ``torch.float32`` (no change) for a model cast to another dtype."""
+    dtype, _ = compute_dtype(model, precision)
+    return dtype if model_device_dtype(model)[1] == torch.float32 else torch.float32
 
 
 def float32_islands(model: nn.Module) -> list[tuple[str, nn.Module]]:

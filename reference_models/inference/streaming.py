@@ -31,6 +31,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from reference_models.inference.precision import low_precision_weights, mixed_dtype, mixed_precision, model_device_dtype
 from vsrblocks.recurrent import BidirectionalPropagation, FeatureStore, SecondOrderGridPropagation, SpillingFeatureStore
 from vsrblocks.shapes import check_shape
 
@@ -198,13 +199,6 @@ class LazyFrames:
         return frame.to(self.dtype)[None]
 
 
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return torch.device("cpu"), torch.float32
-
-
 def stream_upscale(
     model: nn.Module,
     frames: Sequence[Any] | Iterable[Any],
@@ -217,6 +211,7 @@ def stream_upscale(
     channels_last: bool = False,
     report: Callable[[SweepState], None] | None = None,
     check: Callable[[], None] | None = None,
+    precision: str = "float32",
 ) -> None:
     """Super-resolve ``frames`` as one sequence with a recurrent ``model`` (eval mode), calling
     ``emit(i, sr_frame)`` for ``i = 0 ... T-1`` as the model's last sweep produces them.
@@ -233,6 +228,10 @@ def stream_upscale(
         channels_last: frames are ``(H, W, 3)`` arrays (what :mod:`reference_models.io.video` reads).
         report: receives a :class:`SweepState` after every frame of every sweep.
         check: called before every frame step; raising there stops the run (the store cleans up).
+        precision: ``"float32"``, ``"bfloat16"`` or ``"auto"``, as in
+            :func:`~reference_models.inference.upscale.upscale_frames`: in bfloat16 the convolutions run in
+            bfloat16 with float32 islands (flows, warping, norms) and the stored features are bfloat16, half the
+            memory and spill of float32; frames and the bilinear base stay float32.
 
     Raises:
         SpillDiskFullError: the spill folder's disk filled up (an ``OSError`` naming the folder).
@@ -247,13 +246,14 @@ def stream_upscale(
     """
     if not is_recurrent(model):
         raise ValueError(f"{type(model).__name__} has no stream method (not a recurrent model)")
-    device, dtype = _device_dtype(model)
+    device, dtype = model_device_dtype(model)
+    mixed = mixed_dtype(model, precision)
     scale = int(cast(int, model.scale))
     if max_bytes is None:
         opened: Any = nullcontext(FeatureStore())
     else:
         opened = SpillingFeatureStore(max_bytes, pinned_bytes=pinned_bytes, directory=spill_dir)
-    with opened as store:
+    with opened as store, low_precision_weights(model, mixed):
         source = LazyFrames(frames, store, device, dtype, length=length, channels_last=channels_last, check=check)
         total = len(source)
         dims: dict[str, int] = {}
@@ -266,7 +266,7 @@ def stream_upscale(
             check_shape(sr, "B C H W", name=f"{type(model).__name__} output of frame {i}", B=1, C=3, **dims)
             emit(i, sr[0].float())
 
-        with torch.no_grad(), SweepProgress(model, total, report, check):
+        with torch.no_grad(), mixed_precision(model, mixed), SweepProgress(model, total, report, check):
             cast(Any, model).stream(source, store=store, emit=receive)
 
 

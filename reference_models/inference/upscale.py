@@ -31,7 +31,7 @@ propagates features across the whole frame and never cuts it.
 ``precision="bfloat16"`` (or ``"auto"`` on hardware that multiplies bfloat16 fast) runs the model's
 convolutions and matrix products in bfloat16 and keeps flows, warping, norms, attention statistics and the
 bilinear skip in float32 (:mod:`reference_models.inference.precision`); the outputs are float32 either way.
-Whole-sequence streaming of recurrent models runs in float32.
+Whole-sequence streaming of recurrent models then also stores its features in bfloat16 (half the memory).
 """
 
 from __future__ import annotations
@@ -43,11 +43,15 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from reference_models.inference.precision import low_precision_weights, mixed_precision, resolve_precision
+from reference_models.inference.precision import (
+    low_precision_weights,
+    mixed_dtype,
+    mixed_precision,
+    model_device_dtype,
+)
 from vsrblocks.shapes import check_shape
 
 __all__ = [
-    "compute_dtype",
     "upscale_clip",
     "upscale_frames",
     "reflect_index",
@@ -290,34 +294,6 @@ def _model_attributes(model: nn.Module) -> tuple[int, int, str]:
     return num_frames, scale, mode
 
 
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return torch.device("cpu"), torch.float32
-
-
-def compute_dtype(model: nn.Module, precision: str) -> tuple[torch.dtype, str]:
-    """The dtype ``model``'s convolutions run in under ``precision`` (see :func:`upscale_frames`), and why.
-
-    ``"float32"`` runs the model as it is (a model cast to another dtype runs in that dtype); ``"bfloat16"``
-    needs a float32 model; ``"auto"`` picks bfloat16 where :func:`~reference_models.inference.precision.resolve_precision`
-    does and the model is float32, else runs it as it is.
-
-    Examples:
-        >>> from reference_models import create_model
-        >>> compute_dtype(create_model("mana", "tiny"), "float32")
-        (torch.float32, 'float32 (asked for)')
-    """
-    device, dtype = _device_dtype(model)
-    wanted, reason = resolve_precision(precision, device)
-    if dtype == torch.float32:
-        return wanted, reason
-    if precision == "bfloat16":
-        raise ValueError(f"precision='bfloat16' runs a float32 model in mixed precision; this model is {dtype}")
-    return dtype, f"{str(dtype).removeprefix('torch.')} (the model's own dtype)"
-
-
 def upscale_frames(
     model: nn.Module,
     frames: Iterable[torch.Tensor],
@@ -357,8 +333,9 @@ def upscale_frames(
         precision: ``"float32"`` (the model as it is), ``"bfloat16"`` (mixed precision: convolutions and
             matrix products in bfloat16, float32 islands; the model must be float32, and its weights are held in
             bfloat16 while the generator runs) or ``"auto"`` (bfloat16 on CPUs with AMX or AVX-512 BF16 and on
-            CUDA devices with bfloat16, else float32); see :func:`compute_dtype`. Whole-sequence streaming of a
-            recurrent model runs in float32 (``"bfloat16"`` is refused there; ``"auto"`` takes float32).
+            CUDA devices with bfloat16, else float32); see
+            :func:`~reference_models.inference.precision.compute_dtype`. Whole-sequence streaming of a recurrent
+            model takes it too (its stored features are then bfloat16: half the memory and spill).
         stream_options: recurrent models, whole sequence: more options of
             :func:`~reference_models.inference.streaming.stream_upscale` (``spill_dir``, ``pinned_bytes``,
             ``report``, ``length``, ``channels_last``).
@@ -376,15 +353,12 @@ def upscale_frames(
                 "whole-sequence streaming does not cut frames into tiles (propagation carries features across the "
                 "whole frame); give max_seq_len to run tiled segments (approximate)"
             )
-        if precision == "bfloat16":
-            raise ValueError("whole-sequence streaming runs in float32; give max_seq_len to run bfloat16 segments")
-        yield from stream_frames(model, frames, skip=skip, max_bytes=max_bytes, **stream_options)
+        yield from stream_frames(model, frames, skip=skip, max_bytes=max_bytes, precision=precision, **stream_options)
         return
     if stream_options:
         raise TypeError(f"upscale_frames: {', '.join(stream_options)} apply to whole-sequence streaming only")
     num_frames, scale, mode = _model_attributes(model)
-    dtype, _ = compute_dtype(model, precision)
-    mixed = dtype if _device_dtype(model)[1] == torch.float32 else torch.float32  # a cast model runs as it is
+    mixed = mixed_dtype(model, precision)
     if max_seq_len is not None:
         if not recurrent:
             raise ValueError(
@@ -409,7 +383,7 @@ def upscale_frames(
                 f"attention or image pyramid); tile must be >= {minimum_tile(model)}, got {tile}"
             )
     stride = _stride(num_frames, clip_stride) if mode == "all" else 1
-    buffer = _Frames(frames, *_device_dtype(model))  # float32 frames also in bfloat16: the skip stays exact
+    buffer = _Frames(frames, *model_device_dtype(model))  # float32 frames also in bfloat16: the skip stays exact
     with low_precision_weights(model, mixed):
         yield from _windows(
             model, buffer, num_frames, scale, mode, stride, tile, tile_overlap, batch, skip, mixed, recurrent
@@ -562,8 +536,6 @@ def upscale_clip(
         # Streaming never cuts frames; each tile instead runs the whole clip (in memory) as one sequence.
         options["max_seq_len"] = clip.shape[0]
     elif is_recurrent(model) and max_seq_len is None:
-        if precision == "bfloat16":
-            raise ValueError("whole-sequence streaming runs in float32; give max_seq_len to run bfloat16 segments")
         # In this thread (no worker): every frame lands in the output tensor, which is allocated once.
         height, width, scale = clip.shape[-2], clip.shape[-1], int(cast(int, model.scale))
         out = None
@@ -582,7 +554,9 @@ def upscale_clip(
                 bar.update(1)
 
         try:
-            stream_upscale(model, clip.unbind(0), emit=keep, max_bytes=max_bytes, spill_dir=spill_dir)
+            stream_upscale(
+                model, clip.unbind(0), emit=keep, max_bytes=max_bytes, spill_dir=spill_dir, precision=precision
+            )
         finally:
             if bar is not None:
                 bar.close()

@@ -11,15 +11,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import reference_models
 from reference_models.inference.hardware import cpu_flags, describe_cpu
 from reference_models.inference.precision import (
+    compute_dtype,
     float32_islands,
     low_precision_weights,
     mixed_precision,
     resolve_precision,
 )
-from reference_models.inference.upscale import compute_dtype, upscale_clip
+from reference_models.inference.upscale import upscale_clip
 from tests.reference_models.conftest import play_cpu
 
-MODELS = ["mana", "vsrt", "dasaa", "mafnet"]
+MODELS = reference_models.list_models()
 
 
 def tiny(name: str) -> nn.Module:
@@ -34,17 +35,25 @@ def image_like_clip(frames: int, height: int, width: int, seed: int = 1) -> torc
     return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)[None]
 
 
+def last_conv(model: nn.Module) -> nn.Conv2d:
+    """The final convolution: ``conv_last`` (the papers' networks) or that of the x4 tail (the standard networks)."""
+    conv = getattr(model, "conv_last", None)
+    return conv if conv is not None else model.upsample.conv_last
+
+
 def scale_conv_last(model: nn.Module, clip: torch.Tensor, std: float = 0.1) -> None:
-    """Scale ``conv_last`` so that the residual over the bilinear/bicubic base has ``std``, as a trained network's."""
+    """Scale the final convolution so that the residual over the bilinear/bicubic base has ``std``, as a trained
+    network's."""
+    conv = last_conv(model)
     residuals = []
-    handle = model.conv_last.register_forward_hook(lambda module, args, out: residuals.append(out))
+    handle = conv.register_forward_hook(lambda module, args, out: residuals.append(out.flatten()))
     with torch.no_grad():
         model(clip)
     handle.remove()
-    factor = std / residuals[0].double().std().item()
+    factor = std / torch.cat(residuals).double().std().item()
     with torch.no_grad():
-        model.conv_last.weight.mul_(factor)
-        model.conv_last.bias.mul_(factor)
+        conv.weight.mul_(factor)
+        conv.bias.mul_(factor)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

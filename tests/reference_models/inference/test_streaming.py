@@ -18,11 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reference_models.inference.memory_budget import LiveTensorBytes
+from reference_models.inference.precision import low_precision_weights, mixed_precision
 from reference_models.inference.streaming import SweepProgress, is_recurrent, stream_frames, stream_upscale
 from reference_models.inference.upscale import upscale_clip, upscale_frames
 from reference_models.registry import create_model, list_models
 from tests.reference_models.inference.recurrent_toy import RecurrentToy
 from tests.strategies import seeded_rand, seeds
+from vsrblocks.recurrent import SpillingFeatureStore
 
 ROOT = Path(__file__).resolve().parents[3]
 NETWORKS = [name for name in ("basicvsr", "iconvsr", "basicvsrpp") if name in list_models()]
@@ -84,6 +86,25 @@ def test_streamed_with_spilling_equals_whole_clip_forward(tmp_path, name):
         whole,
     )
     assert max(spilled) > 0 and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_bfloat16_stream_with_spilling_equals_the_bfloat16_forward(tmp_path, monkeypatch, name):
+    torch.manual_seed(0)
+    model = create_model(name, "tiny").eval()
+    clip = seeded_rand((1, 4, 3, 12, 12), 3)
+    with torch.no_grad(), low_precision_weights(model), mixed_precision(model):
+        whole = model(clip).float()
+    stored: set[torch.dtype] = set()
+    put = SpillingFeatureStore.put
+    monkeypatch.setattr(
+        SpillingFeatureStore, "put", lambda self, key, i, value: (stored.add(value.dtype), put(self, key, i, value))[1]
+    )
+    streamed = _streamed(model, clip, max_bytes=1024, spill_dir=tmp_path, precision="bfloat16")
+    # the same bfloat16 operations, spilled features back bit for bit
+    _assert_exact(streamed, whole)
+    assert torch.bfloat16 in stored and streamed.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters()) and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("grid", [False, True])
