@@ -3,7 +3,7 @@
     python benchmarks/precision.py                         # every model, paper preset, 32x32 LR, 2 interleaved reps
     python benchmarks/precision.py --models vsrt mana --size 64x64 --reps 3
 
-Each model is built with seed 0 and its ``conv_last`` (the last convolution) scaled so that the residual over the
+Each model is built with seed 0 and its last convolution (``conv_last``, or the x4 tail's) scaled so that the residual over the
 bilinear/bicubic base has std 0.1, as a trained network's: random weights leave VSRT's at 1.9, and an output that
 is mostly residual noise would measure the rounding of noise, not of an image. The input is a smooth clip
 (bicubic enlargements of coarse noise) of the model's frame count. bfloat16 runs as ``upscale_frames(...,
@@ -43,17 +43,25 @@ def smooth_clip(frames: int, height: int, width: int, seed: int = 1) -> torch.Te
     return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)[None]
 
 
+def last_conv(model: torch.nn.Module) -> torch.nn.Conv2d:
+    """The final convolution: ``conv_last`` (the papers' networks) or that of the x4 tail (the standard networks)."""
+    conv = getattr(model, "conv_last", None)
+    return conv if conv is not None else model.upsample.conv_last
+
+
 def scale_conv_last(model: torch.nn.Module, clip: torch.Tensor, std: float = RESIDUAL_STD) -> float:
-    """Scale ``model.conv_last`` so that its output (the residual) has ``std`` on ``clip``; returns the std before."""
+    """Scale the final convolution so that its output (the residual, over all frames) has ``std`` on ``clip``;
+    returns the std before."""
+    conv = last_conv(model)
     residuals = []
-    handle = model.conv_last.register_forward_hook(lambda module, args, out: residuals.append(out))
+    handle = conv.register_forward_hook(lambda module, args, out: residuals.append(out.flatten()))
     with torch.no_grad():
         model(clip)
     handle.remove()
-    before = residuals[0].double().std().item()
+    before = torch.cat(residuals).double().std().item()
     with torch.no_grad():
-        model.conv_last.weight.mul_(std / before)
-        model.conv_last.bias.mul_(std / before)
+        conv.weight.mul_(std / before)
+        conv.bias.mul_(std / before)
     return before
 
 
@@ -90,7 +98,7 @@ def measure(name: str, preset: str, height: int, width: int, reps: int) -> dict[
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["mana", "vsrt", "dasaa", "mafnet"])
+    parser.add_argument("--models", nargs="+", default=reference_models.list_models())
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--size", default="32x32", help="LR frame size HxW")
     parser.add_argument("--reps", type=int, default=2)
