@@ -5,10 +5,13 @@ format, at the shapes of the residual stacks (issue 22): one table. A script, no
     python benchmarks/fused_conv.py --batches 5 --dtypes bfloat16 --reps 20
 
 Each row is one dtype, memory format (input and weight alike) and batch; the columns are milliseconds per call of
-``relu(conv(x))``, ``leaky_relu(conv(x), 0.1)`` and ``x + conv(x)``, plain (``torch.nn.functional``, as
-:func:`vsrblocks.fused_conv.unfused` runs them) and fused (``torch.ops.mkldnn._convolution_pointwise``, called
-directly: no NaN guard), and the speed-up plain/fused. Times are the best of ``--reps`` calls, the plain and the
-fused form taken in turns after a warm-up so that the load of a shared machine hits both. The backend PyTorch
+``relu(conv(x))``, ``leaky_relu(conv(x), 0.1)`` and ``x + conv(x)``: plain (``torch.nn.functional``, as
+:func:`vsrblocks.fused_conv.unfused` runs them), the fused kernel alone
+(``torch.ops.mkldnn._convolution_pointwise``, called directly) and ours (:func:`~vsrblocks.fused_conv.conv2d_activation`
+/ :func:`~vsrblocks.fused_conv.conv2d_add`: the fused kernel behind its checks and NaN guard), with the speed-up
+plain/ours; the last column is the NaN guard alone (``_surely_finite``: one reduction over ``x``, the weights'
+magnitudes cached). Times are the best of ``--reps`` calls, the forms taken in turns after a warm-up so that the
+load of a shared machine hits all alike. The backend PyTorch
 picks for the plain convolution is named: the fused kernel is used only where it is ``Mkldnn`` (a dtype without
 oneDNN kernels on this CPU, such as float16 without AVX-512 FP16 / AVX-NE-CONVERT, shows "no kernel").
 """
@@ -22,44 +25,50 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from machine import machine_line
+from torch import nn
+
+from vsrblocks.fused_conv import _surely_finite, conv2d_activation, conv2d_add
 
 FORMATS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
 PADDING, STRIDE, DILATION, GROUPS = [1, 1], [1, 1], [1, 1], 1
 
 
-def forms(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-) -> dict[str, tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]]:
-    """Per post-op: (plain, fused) callables."""
+def forms(conv: nn.Conv2d, x: torch.Tensor) -> dict[str, tuple[Callable[[], object], ...]]:
+    """Per post-op: (plain, fused kernel, ours) callables."""
     args = (PADDING, STRIDE, DILATION, GROUPS)
     pointwise = torch.ops.mkldnn._convolution_pointwise
-
-    def conv() -> torch.Tensor:
-        return F.conv2d(x, weight, bias, padding=1)
-
+    weight, bias = conv.weight, conv.bias
     return {
-        "relu": (lambda: F.relu(conv()), lambda: pointwise(x, weight, bias, *args, "relu", [], "")),
+        "relu": (
+            lambda: F.relu(conv(x)),
+            lambda: pointwise(x, weight, bias, *args, "relu", [], ""),
+            lambda: conv2d_activation(conv, x, "relu"),
+        ),
         "leaky": (
-            lambda: F.leaky_relu(conv(), 0.1),
+            lambda: F.leaky_relu(conv(x), 0.1),
             lambda: pointwise(x, weight, bias, *args, "leaky_relu", [0.1], ""),
+            lambda: conv2d_activation(conv, x, "leaky_relu", 0.1),
         ),
         "add": (
-            lambda: x + conv(),
+            lambda: x + conv(x),
             lambda: pointwise.binary(x, x, weight, bias, *args, "add", None, None, [], None),
+            lambda: conv2d_add(conv, x, x),
         ),
     }
 
 
-def best_of_interleaved(plain: Callable[[], torch.Tensor], fused: Callable[[], torch.Tensor], reps: int) -> tuple:
-    times: tuple[list[float], list[float]] = ([], [])
+def best_of_interleaved(runs: tuple[Callable[[], object], ...], reps: int) -> list[float]:
+    """Milliseconds per call of each of ``runs``, best of ``reps`` taken in turns."""
+    times: list[list[float]] = [[] for _ in runs]
     with torch.no_grad():
-        plain(), fused()
+        for run in runs:
+            run()
         for _ in range(reps):
-            for run, kept in zip((plain, fused), times):
+            for run, kept in zip(runs, times):
                 start = time.perf_counter()
                 run()
                 kept.append(time.perf_counter() - start)
-    return min(times[0]) * 1e3, min(times[1]) * 1e3
+    return [min(kept) * 1e3 for kept in times]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,30 +85,35 @@ def main(argv: list[str] | None = None) -> None:
     height, width = (int(v) for v in args.size.split("x"))
     c = args.channels
     print(machine_line())
-    print(f"# {c}->{c} 3x3 conv, {height}x{width}, ms per call, best of {args.reps} interleaved (plain / fused)")
-    print("| dtype | format | batch | backend | relu plain / fused | leaky plain / fused | add plain / fused |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        f"# {c}->{c} 3x3 conv, {height}x{width}, ms per call, best of {args.reps} interleaved: plain / fused kernel / "
+        "ours (speed-up plain/ours)"
+    )
+    print("| dtype | format | batch | backend | relu | leaky | add | guard ms |")
+    print("|---|---|---|---|---|---|---|---|")
     g = torch.Generator().manual_seed(0)
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
         for format_name in args.formats:
             memory_format = FORMATS[format_name]
-            weight = (0.05 * torch.randn(c, c, 3, 3, generator=g)).to(dtype).contiguous(memory_format=memory_format)
-            bias = (0.1 * torch.randn(c, generator=g)).to(dtype)
+            conv = nn.Conv2d(c, c, 3, padding=1).requires_grad_(False)
+            conv = conv.to(dtype, memory_format=memory_format)
             for batch in args.batches:
                 x = torch.randn(batch, c, height, width, generator=g).to(dtype).contiguous(memory_format=memory_format)
                 backend = torch._C._select_conv_backend(
-                    x, weight, bias, STRIDE, PADDING, DILATION, False, [0, 0], GROUPS, None
+                    x, conv.weight, conv.bias, STRIDE, PADDING, DILATION, False, [0, 0], GROUPS, None
                 )
                 cells = []
-                for plain, fused in forms(x, weight, bias).values():
+                for runs in forms(conv, x).values():
                     if backend != torch._C._ConvBackend.Mkldnn:
                         cells.append("no kernel")
                         continue
-                    t_plain, t_fused = best_of_interleaved(plain, fused, args.reps)
-                    cells.append(f"{t_plain:.2f} / {t_fused:.2f} ({t_plain / t_fused:.2f}x)")
+                    plain, kernel, ours = best_of_interleaved(runs, args.reps)
+                    cells.append(f"{plain:.2f} / {kernel:.2f} / {ours:.2f} ({plain / ours:.2f}x)")
+                (guard,) = best_of_interleaved((lambda: _surely_finite(conv, x),), args.reps)
                 print(
-                    f"| {dtype_name} | {format_name} | {batch} | {str(backend).split('.')[-1]} | {' | '.join(cells)} |",
+                    f"| {dtype_name} | {format_name} | {batch} | {str(backend).split('.')[-1]} | {' | '.join(cells)} "
+                    f"| {guard:.3f} |",
                     flush=True,
                 )
 
