@@ -466,6 +466,19 @@ def test_bfloat16_input_or_weights_beyond_the_bound_run_the_plain_operations():
         assert fused_kernel_calls(lambda: conv2d_add(conv, x, _poisoned(x, NAN, 0))) == 1  # NaN + y is NaN
 
 
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_a_float32_weight_beyond_bfloat16s_range_under_autocast_runs_the_plain_operations(activation):
+    """Autocast rounds a float32 weight above bfloat16's largest value to infinity, and ``inf * 0`` is NaN, even
+    where tiny inputs keep the product bound far below overflow."""
+    conv = _conv(0, 8, 8, 3, 1, 1).requires_grad_(False)
+    conv.weight[2, 3, 1, 1] = torch.finfo(torch.float32).max
+    x = 1e-30 * seeded_randn((2, 8, 11, 13), 0)
+    x[:, 3, 4:7, 4:7] = 0.0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = assert_same_as_plain(lambda: conv2d_activation(conv, x, activation, 0.1))
+    assert out[:, 2].isnan().any()
+
+
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_a_bfloat16_convolution_that_rounds_to_infinity_gives_infinity_plus_the_residual(memory_format):
     """``conv(x)`` between bfloat16's largest value and float32's: rounded to bfloat16 it is infinite, and so is

@@ -145,10 +145,14 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 def _surely_finite(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether ``conv(x)`` is finite and far from overflowing: every input, weight and bias finite, and every
     sum bounded by ``max|x| * max|w| * fan_in + max|b|`` (a NaN or infinity makes the bound NaN or infinite, so
-    the comparison fails). ``x`` as the kernel receives it; the weights' magnitudes are cached per version."""
-    bias = 0.0 if conv.bias is None else _parameter_magnitude(conv.bias)
-    fan_in = conv.weight[0].numel()
-    return _largest_magnitude(x) * _parameter_magnitude(conv.weight) * fan_in + bias <= _SAFE_MAGNITUDE
+    the comparisons fail). ``x`` as the kernel receives it; the weights' magnitudes are cached per version, for
+    the parameters as they are: under autocast the kernel gets their bfloat16 roundings, which stay finite
+    because each magnitude is below the bound too (a float32 weight beyond bfloat16's range rounds to infinity)."""
+    largest_x = _largest_magnitude(x)
+    largest_w = _parameter_magnitude(conv.weight)
+    largest_b = 0.0 if conv.bias is None else _parameter_magnitude(conv.bias)
+    bound = largest_x * largest_w * conv.weight[0].numel() + largest_b
+    return max(largest_x, largest_w, largest_b) <= _SAFE_MAGNITUDE and bound <= _SAFE_MAGNITUDE
 
 
 #: parameter -> (stamp, weak reference to its storage, largest magnitude); see :func:`_parameter_magnitude`.
