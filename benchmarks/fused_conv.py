@@ -7,10 +7,10 @@ format, at the shapes of the residual stacks (issue 22): one table. A script, no
 Each row is one dtype, memory format (input and weight alike) and batch; the columns are milliseconds per call of
 ``relu(conv(x))``, ``leaky_relu(conv(x), 0.1)`` and ``x + conv(x)``: plain (``torch.nn.functional``, as
 :func:`vsrblocks.fused_conv.unfused` runs them), the fused kernel alone
-(``torch.ops.mkldnn._convolution_pointwise``, called directly) and ours (:func:`~vsrblocks.fused_conv.conv2d_activation`
-/ :func:`~vsrblocks.fused_conv.conv2d_add`: the fused kernel behind its checks and NaN guard), with the speed-up
-plain/ours; the last column is the NaN guard alone (``_surely_finite``: one reduction over ``x``, the weights'
-magnitudes cached). Times are the best of ``--reps`` calls, the forms taken in turns after a warm-up so that the
+(``torch.ops.mkldnn._convolution_pointwise``, called directly) and the fused kernel behind the NaN guard of
+:mod:`vsrblocks.fused_conv` (what fusing costs there, in any dtype: the module fuses float32 only), with the
+speed-up plain/guarded; the last column is the guard alone (``_surely_no_nan``: one reduction over ``x``, the
+weights' magnitudes cached). Times are the best of ``--reps`` calls, the forms taken in turns after a warm-up so that the
 load of a shared machine hits all alike. The backend PyTorch
 picks for the plain convolution is named: the fused kernel is used only where it is ``Mkldnn`` (a dtype without
 oneDNN kernels on this CPU, such as float16 without AVX-512 FP16 / AVX-NE-CONVERT, shows "no kernel").
@@ -27,33 +27,30 @@ import torch.nn.functional as F
 from machine import machine_line
 from torch import nn
 
-from vsrblocks.fused_conv import _surely_finite, conv2d_activation, conv2d_add
+from vsrblocks.fused_conv import _surely_no_nan
 
 FORMATS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
 PADDING, STRIDE, DILATION, GROUPS = [1, 1], [1, 1], [1, 1], 1
 
 
 def forms(conv: nn.Conv2d, x: torch.Tensor) -> dict[str, tuple[Callable[[], object], ...]]:
-    """Per post-op: (plain, fused kernel, ours) callables."""
+    """Per post-op: (plain, fused kernel, guarded fused kernel) callables."""
     args = (PADDING, STRIDE, DILATION, GROUPS)
     pointwise = torch.ops.mkldnn._convolution_pointwise
     weight, bias = conv.weight, conv.bias
+    kernels: dict[str, Callable[[], object]] = {
+        "relu": lambda: pointwise(x, weight, bias, *args, "relu", [], ""),
+        "leaky": lambda: pointwise(x, weight, bias, *args, "leaky_relu", [0.1], ""),
+        "add": lambda: pointwise.binary(x, x, weight, bias, *args, "add", None, None, [], None),
+    }
+    plain: dict[str, Callable[[], object]] = {
+        "relu": lambda: F.relu(conv(x)),
+        "leaky": lambda: F.leaky_relu(conv(x), 0.1),
+        "add": lambda: x + conv(x),
+    }
     return {
-        "relu": (
-            lambda: F.relu(conv(x)),
-            lambda: pointwise(x, weight, bias, *args, "relu", [], ""),
-            lambda: conv2d_activation(conv, x, "relu"),
-        ),
-        "leaky": (
-            lambda: F.leaky_relu(conv(x), 0.1),
-            lambda: pointwise(x, weight, bias, *args, "leaky_relu", [0.1], ""),
-            lambda: conv2d_activation(conv, x, "leaky_relu", 0.1),
-        ),
-        "add": (
-            lambda: x + conv(x),
-            lambda: pointwise.binary(x, x, weight, bias, *args, "add", None, None, [], None),
-            lambda: conv2d_add(conv, x, x),
-        ),
+        name: (plain[name], kernel, lambda kernel=kernel: _surely_no_nan(conv, x) and kernel())
+        for name, kernel in kernels.items()
     }
 
 
@@ -87,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     print(machine_line())
     print(
         f"# {c}->{c} 3x3 conv, {height}x{width}, ms per call, best of {args.reps} interleaved: plain / fused kernel / "
-        "ours (speed-up plain/ours)"
+        "guarded kernel (speed-up plain/guarded)"
     )
     print("| dtype | format | batch | backend | relu | leaky | add | guard ms |")
     print("|---|---|---|---|---|---|---|---|")
@@ -108,9 +105,9 @@ def main(argv: list[str] | None = None) -> None:
                     if backend != torch._C._ConvBackend.Mkldnn:
                         cells.append("no kernel")
                         continue
-                    plain, kernel, ours = best_of_interleaved(runs, args.reps)
-                    cells.append(f"{plain:.2f} / {kernel:.2f} / {ours:.2f} ({plain / ours:.2f}x)")
-                (guard,) = best_of_interleaved((lambda: _surely_finite(conv, x),), args.reps)
+                    plain, kernel, guarded = best_of_interleaved(runs, args.reps)
+                    cells.append(f"{plain:.2f} / {kernel:.2f} / {guarded:.2f} ({plain / guarded:.2f}x)")
+                (guard,) = best_of_interleaved((lambda: _surely_no_nan(conv, x),), args.reps)
                 print(
                     f"| {dtype_name} | {format_name} | {batch} | {str(backend).split('.')[-1]} | {' | '.join(cells)} "
                     f"| {guard:.3f} |",

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -127,172 +129,29 @@ def test_flop_counter_counts_every_convolution():
     assert counter.get_total_flops() == 2 * (2 * 4 * 4 * 9 * 25)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
 def test_other_dtypes_run_the_plain_operations(dtype):
+    """Only float32 is fused (module notes: behind the NaN guard bfloat16 fusion measured slower)."""
     conv = _conv(0, 8, 8, 3, 1, 1).to(dtype)
     x = seeded_randn((2, 8, 11, 13), 0, dtype)
     with torch.no_grad():
         assert fused_kernel_calls(lambda: conv2d_add(conv, x, x)) == 0
         assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "relu")) == 0
         assert torch.equal(conv2d_add(conv, x, x), x + conv(x))
-        assert torch.equal(conv2d_activation(conv, x, "relu"), F.relu(conv(x)))
+        assert torch.equal(conv2d_activation(conv, x, "leaky_relu", 0.1), F.leaky_relu(conv(x), 0.1))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert fused_kernel_calls(lambda: conv2d_activation(conv.float(), x.float(), "relu")) == 0
 
 
-def test_autocast_to_float16_runs_the_plain_operations():
-    conv = _conv(0, 8, 8, 3, 1, 1)
-    x = seeded_randn((2, 8, 11, 13), 0)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
-        assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "relu")) == 0
-        out = conv2d_activation(conv, x, "relu")
-    assert out.dtype == torch.float16
-
-
-# --- bfloat16: the fused kernels round once where the plain operations round twice. ---
-
-#: Unit roundoffs (half the machine epsilon): the largest relative error of one rounding to nearest.
-UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8}
-
-
-def _bf16_kernels() -> bool:
-    x, w = torch.zeros(2, 8, 8, 8, dtype=torch.bfloat16), torch.zeros(8, 8, 3, 3, dtype=torch.bfloat16)
-    backend = torch._C._select_conv_backend(x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, None)
-    return fused_conv._KERNELS and backend == torch._C._ConvBackend.Mkldnn
-
-
-needs_bf16_kernels = pytest.mark.skipif(
-    not _bf16_kernels(), reason="no oneDNN bfloat16 convolutions in this build or on this CPU"
-)
-
-
-def _finite_float64(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else torch.nan_to_num(t.double(), nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def rounding_tolerance(conv: nn.Conv2d, x: torch.Tensor, exact: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Elementwise bound on ``|computed - exact|`` for ``post_op(conv(x))`` computed in ``dtype`` with float32
-    accumulation in any order (oneDNN's, and PyTorch's own kernels' for bfloat16), fused or not.
-
-    The sums: ``gamma_n * A`` with ``A = |x| * |w| + |b|`` (convolved in float64) and ``n = fan_in + 1`` terms.
-    Then at most two roundings to ``dtype`` (the convolution's output, the activation's or the sum's; the fused
-    kernel does one), each of a value below ``|exact| + A`` in magnitude: ``2 u (|exact| + A)``. The terms of
-    second order (``u * gamma_n * A`` and ``u^2 * A``) fit in the slack of the factor 2. Non-finite elements of
-    ``x`` count as 0: outputs they reach are compared exactly.
-    """
-    fan_in = conv.weight[0].numel()
-    magnitudes = F.conv2d(
-        _finite_float64(x).abs(),
-        _finite_float64(conv.weight).abs(),
-        None if conv.bias is None else _finite_float64(conv.bias).abs(),
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-    )
-    n = fan_in + 1
-    gamma = n * UNIT_ROUNDOFF[torch.float32] / (1 - n * UNIT_ROUNDOFF[torch.float32])
-    return gamma * magnitudes + 2 * UNIT_ROUNDOFF[dtype] * (exact.abs() + magnitudes)
-
-
-def exact_result(conv: nn.Conv2d, x: torch.Tensor, op: str, other: torch.Tensor | None = None) -> torch.Tensor:
-    """The operation in float64 on the values the kernels receive (already bfloat16 values)."""
-    conv64 = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        conv.bias is not None,
-    ).double()
+def test_other_dtypes_and_autocast_run_the_plain_operations():
+    conv = nn.Conv2d(3, 3, 3, padding=1).double()
+    x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
     with torch.no_grad():
-        conv64.weight.copy_(conv.weight)
-        if conv.bias is not None:
-            conv64.bias.copy_(conv.bias)
-        y = conv64(x.double())
-    if op == "relu":
-        return F.relu(y)
-    if op == "leaky_relu":
-        return F.leaky_relu(y, 0.1)
-    assert other is not None
-    return other.double() + y
-
-
-def _run(conv: nn.Conv2d, x: torch.Tensor, op: str, other: torch.Tensor | None = None) -> torch.Tensor:
-    if op == "add":
-        assert other is not None
-        return conv2d_add(conv, x, other)
-    return conv2d_activation(conv, x, op, 0.1)
-
-
-def assert_within_rounding(conv, x, op, other=None) -> torch.Tensor:
-    """Fused and unfused ``op`` in bfloat16 each within :func:`rounding_tolerance` of the float64 result."""
-    with torch.no_grad():
-        fused = _run(conv, x, op, other)
-        with unfused():
-            plain = _run(conv, x, op, other)
-    exact = exact_result(conv, x, op, other)
-    tolerance = rounding_tolerance(conv, x, exact, torch.bfloat16)
-    assert fused.dtype == plain.dtype == torch.bfloat16
-    for out in (fused, plain):
-        excess = (out.double() - exact).abs() - tolerance
-        assert excess.max() <= 0, f"off by {excess.max():.3g} beyond the bfloat16 rounding bound"
-    return fused
-
-
-@given(
-    batch=fused_batches,
-    height=sizes,
-    width=sizes,
-    kernel=st.sampled_from([1, 3]),
-    groups=st.sampled_from([1, 2]),
-    op=st.sampled_from(["relu", "leaky_relu", "add"]),
-    in_format=formats,
-    scale=st.sampled_from([1e-30, 1.0, 1e20]),
-    seed=seeds,
-)
-@settings(max_examples=25, deadline=None)
-def test_fused_bfloat16_is_within_rounding_of_float64(batch, height, width, kernel, groups, op, in_format, scale, seed):
-    conv = _conv(seed, 8, 8, kernel, groups if op != "add" else 1, 1).requires_grad_(False).to(torch.bfloat16)
-    x = (scale * seeded_randn((batch, 8, height, width), seed)).to(torch.bfloat16).contiguous(memory_format=in_format)
-    other = (scale * seeded_randn((batch, 8, height, width), seed + 1)).to(torch.bfloat16)
-    fused = assert_within_rounding(conv, x, op, other)
-    if op != "add":
-        assert fused.is_contiguous(memory_format=in_format) or min(fused.shape[1], height * width) == 1
-
-
-@needs_bf16_kernels
-@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_bfloat16_tensors_take_the_fused_kernels(memory_format):
-    conv = _conv(0, 8, 8, 3, 1, 1).to(torch.bfloat16)
-    x = seeded_randn((2, 8, 11, 13), 0, torch.bfloat16).contiguous(memory_format=memory_format)
-    with torch.no_grad():
-        assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "leaky_relu", 0.1)) == 1
-        assert fused_kernel_calls(lambda: conv2d_add(conv, x, x)) == 1
-        # ReLU commutes with rounding to nearest: fused and plain agree exactly
-        assert torch.equal(conv2d_activation(conv, x, "relu"), F.relu(conv(x)))
-
-
-@needs_bf16_kernels
-def test_autocast_to_bfloat16_takes_the_fused_kernels_as_autocast_computes():
-    conv = _conv(0, 8, 8, 3, 1, 1).requires_grad_(False)
-    x = seeded_randn((2, 8, 11, 13), 0)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "relu")) == 1
-        fused = conv2d_activation(conv, x, "relu")
-        with unfused():
-            plain = conv2d_activation(conv, x, "relu")
-        residual = x.to(torch.bfloat16)
-        assert fused_kernel_calls(lambda: conv2d_add(conv, x, residual)) == 1
-        # a float32 residual: ``other + conv(x)`` is float32, which the kernel does not make
-        assert fused_kernel_calls(lambda: conv2d_add(conv, x, x)) == 0
-        assert conv2d_add(conv, x, x).dtype == torch.float32
-    assert fused.dtype == torch.bfloat16 and torch.equal(fused, plain)
-    rounded = _conv(0, 8, 8, 3, 1, 1).requires_grad_(False).to(torch.bfloat16)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        added = conv2d_add(conv, x, residual)
-    exact = exact_result(rounded, x.to(torch.bfloat16), "add", residual)
-    assert ((added.double() - exact).abs() <= rounding_tolerance(rounded, residual, exact, torch.bfloat16)).all()
+        assert torch.equal(conv2d_add(conv, x, x), x + conv(x))
+        conv = conv.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv2d_activation(conv, x.float(), "relu")
+    assert out.dtype == torch.bfloat16
 
 
 def test_unfused_context_restores_the_setting():
@@ -350,30 +209,14 @@ def _poisoned(x: torch.Tensor, value: float, seed: int, count: int = 1) -> torch
     return poisoned
 
 
-def assert_same_as_plain(run, conv: nn.Conv2d | None = None, x: torch.Tensor | None = None) -> torch.Tensor:
-    """``run()`` without gradients gives the plain operations' result: in float32 bit for bit, NaN where they
-    give NaN; in bfloat16 NaN and infinities exactly where they give them and, given the convolution ``conv`` and
-    its input ``x``, finite values within twice the rounding bound (each is within one of the exact result)."""
+def assert_same_as_plain(run) -> torch.Tensor:
+    """``run()`` without gradients gives the plain operations' result, bit for bit, NaN where they give NaN."""
     with torch.no_grad():
         fused = run()
         with unfused():
             plain = run()
-    if plain.dtype == torch.float32:
-        torch.testing.assert_close(fused, plain, rtol=0, atol=0, equal_nan=True)
-        return fused
-    assert fused.dtype == plain.dtype
-    assert torch.equal(fused.isnan(), plain.isnan())
-    infinite = plain.isinf()
-    assert torch.equal(fused.isinf(), infinite) and torch.equal(fused[infinite], plain[infinite])
-    if conv is not None and x is not None:
-        finite = plain.isfinite()
-        # rounding_tolerance of the exact result, bounded through |exact| <= |plain| + its own bound
-        bound = 2 * rounding_tolerance(conv, x, plain.double(), plain.dtype) / (1 - 2 * UNIT_ROUNDOFF[plain.dtype])
-        assert ((fused.double() - plain.double()).abs() <= bound)[finite].all()
+    torch.testing.assert_close(fused, plain, rtol=0, atol=0, equal_nan=True)
     return fused
-
-
-dtypes = st.sampled_from([torch.float32, torch.bfloat16])
 
 
 @given(
@@ -385,62 +228,45 @@ dtypes = st.sampled_from([torch.float32, torch.bfloat16])
     activation=st.sampled_from(["relu", "leaky_relu"]),
     in_format=formats,
     count=st.integers(1, 3),
-    dtype=dtypes,
     seed=seeds,
 )
 @settings(max_examples=20, deadline=None)
 def test_fused_activation_keeps_non_finite_values(
-    batch, height, width, value, where, activation, in_format, count, dtype, seed
+    batch, height, width, value, where, activation, in_format, count, seed
 ):
-    conv = _conv(seed, 8, 8, 3, 1, 1).requires_grad_(False).to(dtype)
-    x = seeded_randn((batch, 8, height, width), seed, dtype).contiguous(memory_format=in_format)
+    conv = _conv(seed, 8, 8, 3, 1, 1).requires_grad_(False)
+    x = seeded_randn((batch, 8, height, width), seed).contiguous(memory_format=in_format)
     if where == "x":
         x = _poisoned(x, value, seed, count)
     else:
         getattr(conv, where).copy_(_poisoned(getattr(conv, where), value, seed, count))
-    out = assert_same_as_plain(lambda: conv2d_activation(conv, x, activation, 0.1), conv, x)
+    out = assert_same_as_plain(lambda: conv2d_activation(conv, x, activation, 0.1))
     if value != value:  # a NaN anywhere reaches at least one output
         assert out.isnan().any()
 
 
-@given(
-    batch=fused_batches,
-    height=sizes,
-    width=sizes,
-    scale=st.sampled_from([1e20, 1e30, 1e36, 3e38]),
-    dtype=dtypes,
-    seed=seeds,
-)
+@given(batch=fused_batches, height=sizes, width=sizes, scale=st.sampled_from([1e20, 1e30, 1e36, 3e38]), seed=seeds)
 @settings(max_examples=8, deadline=None)
-def test_fused_activation_keeps_overflow(batch, height, width, scale, dtype, seed):
+def test_fused_activation_keeps_overflow(batch, height, width, scale, seed):
     """Finite but huge inputs: sums overflow to infinities of both signs, and ``inf - inf`` is NaN."""
-    conv = _conv(seed, 8, 8, 3, 1, 1).requires_grad_(False).to(dtype)
-    x = (scale * seeded_randn((batch, 8, height, width), seed)).to(dtype)
+    conv = _conv(seed, 8, 8, 3, 1, 1).requires_grad_(False)
+    x = scale * seeded_randn((batch, 8, height, width), seed)
     for activation in ("relu", "leaky_relu"):
-        assert_same_as_plain(lambda activation=activation: conv2d_activation(conv, x, activation, 0.1), conv, x)
+        assert_same_as_plain(lambda activation=activation: conv2d_activation(conv, x, activation, 0.1))
 
 
 @given(
-    batch=fused_batches,
-    height=sizes,
-    width=sizes,
-    value=non_finite,
-    into=st.sampled_from(["x", "other"]),
-    scale=st.sampled_from([1.0, 1e36, 3e38]),
-    dtype=dtypes,
-    seed=seeds,
+    batch=fused_batches, height=sizes, width=sizes, value=non_finite, into=st.sampled_from(["x", "other"]), seed=seeds
 )
-@settings(max_examples=15, deadline=None)
-def test_fused_addition_keeps_non_finite_values(batch, height, width, value, into, scale, dtype, seed):
-    """A NaN or infinity in the input or the residual, and sums near or past the largest float (in bfloat16
-    the plain operations round ``conv(x)`` before adding, the fused kernel after)."""
-    conv = _conv(seed, 6, 6, 3, 1, 1).requires_grad_(False).to(dtype)
+@settings(max_examples=10, deadline=None)
+def test_fused_addition_keeps_non_finite_values(batch, height, width, value, into, seed):
+    conv = _conv(seed, 6, 6, 3, 1, 1).requires_grad_(False)
     tensors = {
-        "x": (scale * seeded_randn((batch, 6, height, width), seed)).to(dtype),
-        "other": (scale * seeded_randn((batch, 6, height, width), seed + 1)).to(dtype),
+        "x": seeded_randn((batch, 6, height, width), seed),
+        "other": seeded_randn((batch, 6, height, width), seed + 1),
     }
     tensors[into] = _poisoned(tensors[into], value, seed)
-    assert_same_as_plain(lambda: conv2d_add(conv, tensors["x"], tensors["other"]), conv, tensors["x"])
+    assert_same_as_plain(lambda: conv2d_add(conv, tensors["x"], tensors["other"]))
 
 
 @needs_kernels
@@ -453,47 +279,6 @@ def test_non_finite_input_or_weights_run_the_plain_operations_and_finite_ones_th
         assert fused_kernel_calls(lambda: conv2d_activation(conv, 1e35 * x, "relu")) == 0
         conv.weight[0, 0, 0, 0] = NAN
         assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "leaky_relu")) == 0
-
-
-@needs_bf16_kernels
-def test_bfloat16_input_or_weights_beyond_the_bound_run_the_plain_operations():
-    conv = _conv(0, 8, 8, 3, 1, 1).requires_grad_(False).to(torch.bfloat16)
-    x = seeded_randn((2, 8, 11, 13), 0, torch.bfloat16)
-    with torch.no_grad():
-        assert fused_kernel_calls(lambda: conv2d_add(conv, x, x)) == 1
-        assert fused_kernel_calls(lambda: conv2d_add(conv, 1e35 * x, x)) == 0
-        assert fused_kernel_calls(lambda: conv2d_add(conv, _poisoned(x, INF, 0), x)) == 0
-        assert fused_kernel_calls(lambda: conv2d_add(conv, x, _poisoned(x, NAN, 0))) == 1  # NaN + y is NaN
-
-
-@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
-def test_a_float32_weight_beyond_bfloat16s_range_under_autocast_runs_the_plain_operations(activation):
-    """Autocast rounds a float32 weight above bfloat16's largest value to infinity, and ``inf * 0`` is NaN, even
-    where tiny inputs keep the product bound far below overflow."""
-    conv = _conv(0, 8, 8, 3, 1, 1).requires_grad_(False)
-    conv.weight[2, 3, 1, 1] = torch.finfo(torch.float32).max
-    x = 1e-30 * seeded_randn((2, 8, 11, 13), 0)
-    x[:, 3, 4:7, 4:7] = 0.0
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = assert_same_as_plain(lambda: conv2d_activation(conv, x, activation, 0.1))
-    assert out[:, 2].isnan().any()
-
-
-@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_a_bfloat16_convolution_that_rounds_to_infinity_gives_infinity_plus_the_residual(memory_format):
-    """``conv(x)`` between bfloat16's largest value and float32's: rounded to bfloat16 it is infinite, and so is
-    ``other + conv(x)`` unfused; a kernel that adds ``other`` before rounding (oneDNN's channels-last one does)
-    would give a finite sum. The bound on ``|conv(x)|`` sends this to the plain operations."""
-    conv = nn.Conv2d(8, 8, 3, padding=1, bias=False).requires_grad_(False)
-    conv.weight.zero_()
-    conv.weight[0, 0, 1, :] = 1.0
-    conv = conv.to(torch.bfloat16, memory_format=memory_format)
-    x = torch.zeros(2, 8, 5, 5, dtype=torch.bfloat16)
-    x[:, 0, 2, :3] = torch.tensor([2.0**117, torch.finfo(torch.bfloat16).max, 2.0**119])  # sum 1.997 * 2^127
-    x = x.contiguous(memory_format=memory_format)
-    other = torch.full_like(x, -(2.0**127))
-    out = assert_same_as_plain(lambda: conv2d_add(conv, x, other))
-    assert out[:, 0, 2, 1].isposinf().all()
 
 
 @needs_kernels
@@ -521,13 +306,23 @@ def test_a_change_of_the_weights_after_a_fused_call_is_seen(change):
         assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "relu")) == 1
 
 
+@needs_kernels
+def test_inference_tensor_weights_are_checked_on_every_call():
+    with torch.inference_mode():
+        conv = _conv(0, 8, 8, 3, 1, 1)
+        x = seeded_randn((2, 8, 11, 13), 0)
+        assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "relu")) == 1
+        conv.weight[0, 0, 0, 0] = NAN
+        assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "relu")) == 0
+
+
 def test_largest_magnitude_in_any_memory_format():
     x = seeded_randn((2, 3, 4, 5), 0)
     x[1, 2, 3, 4] = -7.0
     for t in (x, x.contiguous(memory_format=torch.channels_last), x.transpose(1, 3), x[:, :, ::2], x[0, 0, 0]):
         assert fused_conv._largest_magnitude(t) == t.abs().max().item()
     x[0, 1, 2, 3] = NAN
-    assert fused_conv._largest_magnitude(x.contiguous(memory_format=torch.channels_last)) != 0  # NaN
+    assert math.isnan(fused_conv._largest_magnitude(x.contiguous(memory_format=torch.channels_last)))
     assert fused_conv._largest_magnitude(torch.empty(0, 3)) == 0.0
 
 
@@ -562,26 +357,17 @@ def _fused_blocks():
 FUSED_BLOCKS = list(_fused_blocks())
 
 
-#: Blocks without flows: in bfloat16 fused and plain differ by roundings, which in a block that warps by its
-#: own flows move sampling positions and so which pixels a NaN reaches; the blocks below carry it by convolution.
-CONVOLUTION_BLOCKS = ["ResidualBlockNoBN", "ResidualBlocksWithInputConv", "SPyNetBasicModule"]
-
-
 @pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
-@pytest.mark.parametrize(
-    ("block", "dtype"),
-    [(block, torch.float32) for block in FUSED_BLOCKS] + [(block, torch.bfloat16) for block in CONVOLUTION_BLOCKS],
-)
+@pytest.mark.parametrize("block", FUSED_BLOCKS)
 @given(seed=seeds)
 @settings(max_examples=2, deadline=None)
-def test_fused_blocks_keep_non_finite_inputs(block, dtype, value, seed):
+def test_fused_blocks_keep_non_finite_inputs(block, value, seed):
     """A NaN or infinite element in the first input: in ``eval()`` without gradients the block gives exactly
-    what the plain operations give (a NaN pixel through SPyNet's ReLU convolutions used to come out finite);
-    in bfloat16 NaN and infinities exactly where the plain operations give them."""
+    what the plain operations give (a NaN pixel through SPyNet's ReLU convolutions used to come out finite)."""
     torch.manual_seed(seed)
     module, inputs = _fused_blocks()[block](seed)
-    module = module.eval().to(dtype)
-    poisoned = (_poisoned(inputs[0].to(dtype), value, seed), *inputs[1:])
+    module = module.eval()
+    poisoned = (_poisoned(inputs[0], value, seed), *inputs[1:])
     out = assert_same_as_plain(lambda: module(*poisoned))
     if value != value and block != "VSRT":  # VSRT samples around bad flows; the others carry the NaN forward
         assert out.isnan().any()

@@ -4,31 +4,27 @@ Residual stacks spend a pass over the features on every ReLU/LeakyReLU and every
 convolution. oneDNN can apply both inside the convolution as it writes its output ("post-ops", the same
 kernels ``torch.compile`` uses on CPU), which saves those passes without a compile step. The fused kernel runs
 only where PyTorch would itself run the convolution with oneDNN (not, e.g., for small 1x1 convolutions, which it
-computes as a matrix product, nor for a dtype without oneDNN kernels on this CPU).
-
-Dtypes (:data:`FUSED_DTYPES`): in float32 the result is bit-identical to the separate operations: the same sum is
-rounded to float32 either way, and the activation or the addition then acts on that value. In bfloat16 (bfloat16
-tensors, or float32 ones under CPU autocast to bfloat16, which casts the convolution's operands) oneDNN
-accumulates in float32 either way, and the fused kernel applies the post-op before the one rounding to bfloat16
-where the separate operations round the convolution first: ReLU commutes with rounding (equal results),
-LeakyReLU and the addition may differ by a rounding of bfloat16 (the tests bound both against float64). Fused,
-a 64->64 3x3 convolution on 1-5 frames of 64x64 saves 1-6 % in bfloat16 on an AMD EPYC with AVX-512 BF16
-(``benchmarks/fused_conv.py``). float16 is not fused: oneDNN's float16 convolutions need AVX-512 FP16 or
-AVX-NE-CONVERT, which none of the CPUs measured here has, so it is neither measured nor tested.
+computes as a matrix product), so in float32 the result is bit-identical to the separate operations: the same
+sum is rounded to float32 either way, and the activation or the addition then acts on that value.
 
 The fused kernels have no autograd formula and are invisible to module hooks and to dispatch modes such as
 :class:`torch.utils.flop_counter.FlopCounterMode`, so the plain operations run instead whenever any of these
-could tell the difference: gradients are wanted, the convolution has hooks, a dispatch mode is on, a graph is
-being captured, autocast to another dtype than bfloat16 is on, or the tensors are not of one fused dtype on a CPU
-with oneDNN enabled.
+could tell the difference: gradients are wanted, the convolution has hooks, a dispatch mode or autocast is on,
+a graph is being captured, or the tensors are not float32 on a CPU with oneDNN enabled.
 
 oneDNN's ReLU post-op is ``max(y, 0)``, which turns a NaN into 0 where :func:`torch.relu` keeps it, and nothing
 promises that its LeakyReLU never does the same. A NaN before the activation needs a NaN or an infinity among the
 input, the weights and the bias, or a sum that overflows (``inf - inf``); :func:`conv2d_activation` rules all of
-these out with a bound on ``|conv(x)|`` from the largest magnitudes of the input (one reduction per call) and of
-the weights and bias (measured once per version of their values, then cached) before it fuses, and otherwise
-runs the plain operations, so bad input or weights are never masked. In bfloat16 :func:`conv2d_add` checks the
-same bound (see there); NaNs and infinities in the residual pass through the addition as they do unfused.
+these out with a bound on ``|conv(x)|`` from the largest magnitudes of the input (one reduction per call, over
+the tensor's memory in order) and of the weights and bias (measured once per version of their values, then
+cached) before it fuses, and otherwise runs the plain operations, so bad input or weights are never masked.
+
+Only float32 is fused. oneDNN's bfloat16 kernels take the post-ops too (within a bfloat16 rounding of the
+separate operations: the post-op acts before the one rounding), and alone they are 2-5 % faster than the
+convolution and a separate pass; but the NaN guard's reduction over the input costs as much as that pass, so
+behind it the fused call was 3-15 % slower for 64->64 3x3 convolutions on 1-5 frames of 64x64 on an AMD EPYC with
+AVX-512 BF16 and no AMX (1 thread, ``benchmarks/fused_conv.py``), and VSRT's bfloat16 pass 6-9 % slower. float16
+kernels need AVX-512 FP16 or AVX-NE-CONVERT, which that CPU lacks.
 """
 
 from __future__ import annotations
@@ -48,14 +44,11 @@ from torch.utils.weak import WeakIdKeyDictionary
 from vsrblocks.memory_format import capturing_graph
 from vsrblocks.shapes import check_shape
 
-__all__ = ["FUSED_DTYPES", "conv2d_activation", "conv2d_add", "fusion_enabled", "unfused"]
+__all__ = ["conv2d_activation", "conv2d_add", "fusion_enabled", "unfused"]
 
 Activation = Literal["relu", "leaky_relu"]
 
 _ENABLED = True
-
-#: The dtypes the fused kernels compute in (see the module notes for why not float16).
-FUSED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
 
 
 def fusion_enabled() -> bool:
@@ -96,63 +89,40 @@ _KERNELS = _has_kernels()
 _SAFE_MAGNITUDE = 2.0**100
 
 
-def _fused_operands(
-    conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
-    """``(x, weight, bias)`` in the dtype the plain convolution computes in, when the fused kernel may replace
-    it (see the module notes), else ``None``. ``other`` is the residual of :func:`conv2d_add`."""
+def _fusable(conv: nn.Conv2d, *tensors: torch.Tensor) -> bool:
     if not (_ENABLED and _KERNELS and torch.backends.mkldnn.enabled) or capturing_graph():
-        return None
+        return False
     if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        return None
+        return False
     if (
         conv._forward_hooks
         or conv._forward_pre_hooks
         or _module._global_forward_hooks
         or _module._global_forward_pre_hooks
     ):
-        return None
-    if _get_current_dispatch_mode() is not None:
-        return None
-    weight, bias = conv.weight, conv.bias
-    everything = [t for t in (x, other, weight, bias) if t is not None]
+        return False
+    if torch.is_autocast_enabled("cpu") or _get_current_dispatch_mode() is not None:
+        return False
+    params = [conv.weight] + ([] if conv.bias is None else [conv.bias])
+    everything = (*tensors, *params)
     if torch.is_grad_enabled() and any(t.requires_grad for t in everything):
-        return None
-    if not all(t.device.type == "cpu" and t.layout == torch.strided for t in everything):
-        return None
-    dtype = _compute_dtype(x, weight, bias)
-    if dtype is None or (other is not None and other.dtype != dtype):
-        return None  # under autocast a float32 residual makes ``other + conv(x)`` float32
-    x, weight = x.to(dtype), weight.to(dtype)
-    bias = None if bias is None else bias.to(dtype)
+        return False
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided for t in everything):
+        return False
     padding, stride, dilation, groups = _conv_args(conv)
-    backend = torch._C._select_conv_backend(x, weight, bias, stride, padding, dilation, False, [0, 0], groups, None)
-    if backend != torch._C._ConvBackend.Mkldnn:  # type: ignore[attr-defined]
-        return None
-    return x, weight, bias
+    backend = torch._C._select_conv_backend(
+        tensors[0], conv.weight, conv.bias, stride, padding, dilation, False, [0, 0], groups, None
+    )
+    return cast(bool, backend == torch._C._ConvBackend.Mkldnn)  # type: ignore[attr-defined]
 
 
-def _compute_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.dtype | None:
-    """The dtype ``conv(x)`` computes in, if it is one of :data:`FUSED_DTYPES`: autocast's (which casts float32
-    and bfloat16 operands to it), else the operands' common dtype."""
-    dtypes = {t.dtype for t in (x, weight, bias) if t is not None}
-    if torch.is_autocast_enabled("cpu"):
-        dtype = torch.get_autocast_dtype("cpu")
-        return dtype if dtype in FUSED_DTYPES and dtypes <= {torch.float32, dtype} else None
-    return x.dtype if dtypes == {x.dtype} and x.dtype in FUSED_DTYPES else None
-
-
-def _surely_finite(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether ``conv(x)`` is finite and far from overflowing: every input, weight and bias finite, and every
-    sum bounded by ``max|x| * max|w| * fan_in + max|b|`` (a NaN or infinity makes the bound NaN or infinite, so
-    the comparisons fail). ``x`` as the kernel receives it; the weights' magnitudes are cached per version, for
-    the parameters as they are: under autocast the kernel gets their bfloat16 roundings, which stay finite
-    because each magnitude is below the bound too (a float32 weight beyond bfloat16's range rounds to infinity)."""
-    largest_x = _largest_magnitude(x)
-    largest_w = _parameter_magnitude(conv.weight)
-    largest_b = 0.0 if conv.bias is None else _parameter_magnitude(conv.bias)
-    bound = largest_x * largest_w * conv.weight[0].numel() + largest_b
-    return max(largest_x, largest_w, largest_b) <= _SAFE_MAGNITUDE and bound <= _SAFE_MAGNITUDE
+def _surely_no_nan(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether ``conv(x)`` cannot hold a NaN: every input, weight and bias finite, and every sum bounded by
+    ``max|x| * max|w| * fan_in + max|b|`` far from overflowing (a NaN or infinity makes the bound NaN or infinite,
+    so the comparison fails). The weights' magnitudes are cached per version of their values."""
+    bias = 0.0 if conv.bias is None else _parameter_magnitude(conv.bias)
+    fan_in = conv.weight[0].numel()
+    return _largest_magnitude(x) * _parameter_magnitude(conv.weight) * fan_in + bias <= _SAFE_MAGNITUDE
 
 
 #: parameter -> (stamp, weak reference to its storage, largest magnitude); see :func:`_parameter_magnitude`.
@@ -194,14 +164,14 @@ def _largest_magnitude(t: torch.Tensor) -> float:
 def _flat(t: torch.Tensor) -> torch.Tensor:
     """``t``'s elements as a 1-D view in memory order when it is stored densely in some dimension order
     (contiguous, channels-last), else ``t``. A full reduction over a channels-last tensor in its logical order
-    takes about 8x as long as over its memory (torch.aminmax of 5x64x64x64 float32 on an AMD EPYC, 1 thread:
-    1.25 ms against 0.14 ms)."""
+    takes 5-8x as long as over its memory (torch.aminmax of 5x64x64x64 float32 on an AMD EPYC, 1 thread:
+    1.2 ms against 0.16 ms)."""
     permuted = t.permute(sorted(range(t.dim()), key=t.stride, reverse=True))
     return permuted.view(-1) if permuted.is_contiguous() else t
 
 
 def _conv_args(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
-    padding = cast(tuple[int, ...], conv.padding)  # integer padding: _fused_operands checks it
+    padding = cast(tuple[int, ...], conv.padding)  # integer padding: _fusable checks it
     return list(padding), list(conv.stride), list(conv.dilation), conv.groups
 
 
@@ -230,14 +200,13 @@ def conv2d_activation(
     if activation not in ("relu", "leaky_relu"):
         raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {activation!r}")
     check_shape(x, "B C H W", name="x", C=conv.in_channels)
-    operands = _fused_operands(conv, x)
-    if operands is None or not _surely_finite(conv, operands[0]):
+    if not (_fusable(conv, x) and _surely_no_nan(conv, x)):
         y = conv(x)
         return F.relu(y) if activation == "relu" else F.leaky_relu(y, negative_slope)
     scalars = [] if activation == "relu" else [negative_slope]
     return cast(
         torch.Tensor,
-        torch.ops.mkldnn._convolution_pointwise(*operands, *_conv_args(conv), activation, scalars, ""),
+        torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, *_conv_args(conv), activation, scalars, ""),
     )
 
 
@@ -258,17 +227,13 @@ def conv2d_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.T
         True
     """
     check_shape(x, "B C H W", name="x", C=conv.in_channels)
-    operands = _fused_operands(conv, x, other)
-    # float32 rounds the sum once either way; a lower precision rounds ``conv(x)`` first only when unfused, so
-    # a sum near the largest float could overflow there and not here: the bound rules that out
-    if operands is None or (operands[0].dtype != torch.float32 and not _surely_finite(conv, operands[0])):
+    if not _fusable(conv, x, other):
         y = conv(x)
         _check_residual(other, y.shape)
         return cast(torch.Tensor, other + y)
     _check_residual(other, _output_shape(conv, x))
-    fused_x, weight, bias = operands
     out: torch.Tensor = torch.ops.mkldnn._convolution_pointwise.binary(
-        fused_x, other, weight, bias, *_conv_args(conv), "add", None, None, [], None
+        x, other, conv.weight, conv.bias, *_conv_args(conv), "add", None, None, [], None
     )
     return out
 
@@ -279,7 +244,7 @@ def _check_residual(other: torch.Tensor, shape: tuple[int, ...]) -> None:
 
 
 def _output_shape(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, ...]:
-    """The convolution's output shape, without running it (integer padding, as :func:`_fused_operands` requires)."""
+    """The convolution's output shape, without running it (integer padding, as :func:`_fusable` requires)."""
     sizes = [
         (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
         for size, pad, dil, kernel, stride in zip(
