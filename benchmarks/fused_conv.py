@@ -9,8 +9,8 @@ Each row is one dtype, memory format (input and weight alike) and batch; the col
 :func:`vsrblocks.fused_conv.unfused` runs them), the fused kernel alone
 (``torch.ops.mkldnn._convolution_pointwise``, called directly) and the fused kernel behind the NaN guard of
 :mod:`vsrblocks.fused_conv` (what fusing costs there, in any dtype: the module fuses float32 only), with the
-speed-up plain/guarded; the last column is the guard alone (``_surely_no_nan``: one reduction over ``x``, the
-weights' magnitudes cached). Times are the best of ``--reps`` calls, the forms taken in turns after a warm-up so that the
+speed-up plain/guarded; the last column is the guard alone (``_surely_no_nan``: one reduction over each of ``x``,
+the weights and the bias, one read-back). Times are the best of ``--reps`` calls, the forms taken in turns after a warm-up so that the
 load of a shared machine hits all alike. The backend PyTorch
 picks for the plain convolution is named: the fused kernel is used only where it is ``Mkldnn`` (a dtype without
 oneDNN kernels on this CPU, such as float16 without AVX-512 FP16 / AVX-NE-CONVERT, shows "no kernel").

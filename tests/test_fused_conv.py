@@ -282,10 +282,10 @@ def test_non_finite_input_or_weights_run_the_plain_operations_and_finite_ones_th
 
 
 @needs_kernels
-@pytest.mark.parametrize("change", ["in place", "swapped data", "bias in place"])
+@pytest.mark.parametrize("change", ["in place", "swapped data", "bias in place", "through .data"])
 def test_a_change_of_the_weights_after_a_fused_call_is_seen(change):
-    """The weights' magnitudes are cached per version: in-place writes and ``param.data = ...`` swaps (as
-    ``low_precision_weights`` does) are both seen by the next call."""
+    """In-place writes, ``param.data = ...`` swaps (as ``low_precision_weights`` does) and writes through
+    ``param.data`` are all seen by the next call."""
     conv = _conv(0, 8, 8, 3, 1, 1)
     x = seeded_randn((2, 8, 11, 13), 0)
     with torch.no_grad():
@@ -294,6 +294,8 @@ def test_a_change_of_the_weights_after_a_fused_call_is_seen(change):
             conv.weight[1, 2, 0, 0] = INF
         elif change == "bias in place":
             conv.bias[3] = NAN
+        elif change == "through .data":
+            conv.weight.data[0, 1, 2, 2] = NAN  # not seen by the version counter
         else:
             conv.weight.data = _poisoned(conv.weight.data, NAN, 0)
         assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "relu")) == 0

@@ -15,9 +15,9 @@ a graph is being captured, or the tensors are not float32 on a CPU with oneDNN e
 oneDNN's ReLU post-op is ``max(y, 0)``, which turns a NaN into 0 where :func:`torch.relu` keeps it, and nothing
 promises that its LeakyReLU never does the same. A NaN before the activation needs a NaN or an infinity among the
 input, the weights and the bias, or a sum that overflows (``inf - inf``); :func:`conv2d_activation` rules all of
-these out with a bound on ``|conv(x)|`` from the largest magnitudes of the input (one reduction per call, over
-the tensor's memory in order) and of the weights and bias (measured once per version of their values, then
-cached) before it fuses, and otherwise runs the plain operations, so bad input or weights are never masked.
+these out with a bound on ``|conv(x)|`` from the largest magnitudes of the input, the weights and the bias (one
+reduction over each tensor's memory in order, one read of the three results) before it fuses, and otherwise runs
+the plain operations, so bad input or weights are never masked.
 
 Only float32 is fused. oneDNN's bfloat16 kernels take the post-ops too (within a bfloat16 rounding of the
 separate operations: the post-op acts before the one rounding), and alone they are 2-5 % faster than the
@@ -36,10 +36,8 @@ from typing import Literal, cast
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.nn.modules import module as _module
 from torch.utils._python_dispatch import _get_current_dispatch_mode
-from torch.utils.weak import WeakIdKeyDictionary
 
 from vsrblocks.memory_format import capturing_graph
 from vsrblocks.shapes import check_shape
@@ -119,46 +117,20 @@ def _fusable(conv: nn.Conv2d, *tensors: torch.Tensor) -> bool:
 def _surely_no_nan(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether ``conv(x)`` cannot hold a NaN: every input, weight and bias finite, and every sum bounded by
     ``max|x| * max|w| * fan_in + max|b|`` far from overflowing (a NaN or infinity makes the bound NaN or infinite,
-    so the comparison fails). The weights' magnitudes are cached per version of their values."""
-    bias = 0.0 if conv.bias is None else _parameter_magnitude(conv.bias)
-    fan_in = conv.weight[0].numel()
-    return _largest_magnitude(x) * _parameter_magnitude(conv.weight) * fan_in + bias <= _SAFE_MAGNITUDE
+    so the comparison fails). One reduction per tensor and a single device-to-host read for all three: the weights
+    are checked on every call, so no way of changing them (``.data`` writes included) can slip a NaN past."""
+    tensors = (x, conv.weight) if conv.bias is None else (x, conv.weight, conv.bias)
+    magnitudes: list[float] = torch.stack([_largest_magnitude(t) for t in tensors]).tolist()
+    bias = magnitudes[2] if conv.bias is not None else 0.0
+    return magnitudes[0] * magnitudes[1] * conv.weight[0].numel() + bias <= _SAFE_MAGNITUDE
 
 
-#: parameter -> (stamp, weak reference to its storage, largest magnitude); see :func:`_parameter_magnitude`.
-_MAGNITUDES: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-
-def _parameter_magnitude(t: torch.Tensor) -> float:
-    """:func:`_largest_magnitude` of a weight or bias, measured once per version of its values.
-
-    The stamp holds the version counter (every in-place change through the tensor or a view of it, e.g. an
-    optimiser step or ``load_state_dict``, bumps it) and the storage with offset, shape, strides and dtype (a
-    ``param.data = ...`` swap, as :func:`~reference_models.inference.precision.low_precision_weights` does,
-    changes those and not the version). The weak reference keeps the storage's address from being reused by
-    another storage while the entry lives, so an equal stamp means the same live storage. Like autograd, the
-    version counter does not see writes through ``t.data``.
-    """
-    try:
-        version = t._version
-    except RuntimeError:  # an inference tensor has no version counter
-        return _largest_magnitude(t)
-    storage = t.untyped_storage()
-    stamp = (version, storage._cdata, t.storage_offset(), t.shape, t.stride(), t.dtype)
-    cached = _MAGNITUDES.get(t)
-    if cached is not None and cached[0] == stamp:
-        return cast(float, cached[2])
-    magnitude = _largest_magnitude(t)
-    _MAGNITUDES[t] = (stamp, StorageWeakRef(storage), magnitude)
-    return magnitude
-
-
-def _largest_magnitude(t: torch.Tensor) -> float:
-    """``max |t|``, NaN if ``t`` holds one (a single pass, no temporary the size of ``t``)."""
+def _largest_magnitude(t: torch.Tensor) -> torch.Tensor:
+    """``max |t|`` as a 0-dim tensor, NaN if ``t`` holds one (a single pass, no temporary the size of ``t``)."""
     if t.numel() == 0:
-        return 0.0
+        return t.new_zeros((), dtype=torch.float32)
     low, high = torch.aminmax(_flat(t))
-    return torch.maximum(high, low.neg()).item()
+    return torch.maximum(high, low.neg()).float()
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
