@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -125,6 +127,20 @@ def test_flop_counter_counts_every_convolution():
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         block(torch.randn(1, 4, 5, 5))
     assert counter.get_total_flops() == 2 * (2 * 4 * 4 * 9 * 25)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_other_dtypes_run_the_plain_operations(dtype):
+    """Only float32 is fused (module notes: behind the NaN guard bfloat16 fusion measured slower)."""
+    conv = _conv(0, 8, 8, 3, 1, 1).to(dtype)
+    x = seeded_randn((2, 8, 11, 13), 0, dtype)
+    with torch.no_grad():
+        assert fused_kernel_calls(lambda: conv2d_add(conv, x, x)) == 0
+        assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "relu")) == 0
+        assert torch.equal(conv2d_add(conv, x, x), x + conv(x))
+        assert torch.equal(conv2d_activation(conv, x, "leaky_relu", 0.1), F.leaky_relu(conv(x), 0.1))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert fused_kernel_calls(lambda: conv2d_activation(conv.float(), x.float(), "relu")) == 0
 
 
 def test_other_dtypes_and_autocast_run_the_plain_operations():
@@ -263,6 +279,53 @@ def test_non_finite_input_or_weights_run_the_plain_operations_and_finite_ones_th
         assert fused_kernel_calls(lambda: conv2d_activation(conv, 1e35 * x, "relu")) == 0
         conv.weight[0, 0, 0, 0] = NAN
         assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "leaky_relu")) == 0
+
+
+@needs_kernels
+@pytest.mark.parametrize("change", ["in place", "swapped data", "bias in place", "through .data"])
+def test_a_change_of_the_weights_after_a_fused_call_is_seen(change):
+    """In-place writes, ``param.data = ...`` swaps (as ``low_precision_weights`` does) and writes through
+    ``param.data`` are all seen by the next call."""
+    conv = _conv(0, 8, 8, 3, 1, 1)
+    x = seeded_randn((2, 8, 11, 13), 0)
+    with torch.no_grad():
+        assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "relu")) == 1
+        if change == "in place":
+            conv.weight[1, 2, 0, 0] = INF
+        elif change == "bias in place":
+            conv.bias[3] = NAN
+        elif change == "through .data":
+            conv.weight.data[0, 1, 2, 2] = NAN  # not seen by the version counter
+        else:
+            conv.weight.data = _poisoned(conv.weight.data, NAN, 0)
+        assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "relu")) == 0
+        assert_same_as_plain(lambda: conv2d_activation(conv, x, "relu"))
+        if change == "swapped data":
+            conv.weight.data = conv.weight.data.nan_to_num(0.0)
+        else:
+            conv.weight.nan_to_num_(0.0, 0.0, 0.0)
+            conv.bias.nan_to_num_(0.0)
+        assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "relu")) == 1
+
+
+@needs_kernels
+def test_inference_tensor_weights_are_checked_on_every_call():
+    with torch.inference_mode():
+        conv = _conv(0, 8, 8, 3, 1, 1)
+        x = seeded_randn((2, 8, 11, 13), 0)
+        assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "relu")) == 1
+        conv.weight[0, 0, 0, 0] = NAN
+        assert fused_kernel_calls(lambda: conv2d_activation(conv, x, "relu")) == 0
+
+
+def test_largest_magnitude_in_any_memory_format():
+    x = seeded_randn((2, 3, 4, 5), 0)
+    x[1, 2, 3, 4] = -7.0
+    for t in (x, x.contiguous(memory_format=torch.channels_last), x.transpose(1, 3), x[:, :, ::2], x[0, 0, 0]):
+        assert fused_conv._largest_magnitude(t) == t.abs().max().item()
+    x[0, 1, 2, 3] = NAN
+    assert math.isnan(fused_conv._largest_magnitude(x.contiguous(memory_format=torch.channels_last)))
+    assert fused_conv._largest_magnitude(torch.empty(0, 3)) == 0.0
 
 
 def _fused_blocks():

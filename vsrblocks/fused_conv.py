@@ -15,8 +15,16 @@ a graph is being captured, or the tensors are not float32 on a CPU with oneDNN e
 oneDNN's ReLU post-op is ``max(y, 0)``, which turns a NaN into 0 where :func:`torch.relu` keeps it, and nothing
 promises that its LeakyReLU never does the same. A NaN before the activation needs a NaN or an infinity among the
 input, the weights and the bias, or a sum that overflows (``inf - inf``); :func:`conv2d_activation` rules all of
-these out with one reduction over each tensor before it fuses, and otherwise runs the plain operations, so bad
-input or weights are never masked.
+these out with a bound on ``|conv(x)|`` from the largest magnitudes of the input, the weights and the bias (one
+reduction over each tensor's memory in order, one read of the three results) before it fuses, and otherwise runs
+the plain operations, so bad input or weights are never masked.
+
+Only float32 is fused. oneDNN's bfloat16 kernels take the post-ops too (within a bfloat16 rounding of the
+separate operations: the post-op acts before the one rounding), and alone they are 2-5 % faster than the
+convolution and a separate pass; but the NaN guard's reduction over the input costs as much as that pass, so
+behind it the fused call was 3-15 % slower for 64->64 3x3 convolutions on 1-5 frames of 64x64 on an AMD EPYC with
+AVX-512 BF16 and no AMX (1 thread, ``benchmarks/fused_conv.py``), and VSRT's bfloat16 pass 6-9 % slower. float16
+kernels need AVX-512 FP16 or AVX-NE-CONVERT, which that CPU lacks.
 """
 
 from __future__ import annotations
@@ -109,18 +117,29 @@ def _fusable(conv: nn.Conv2d, *tensors: torch.Tensor) -> bool:
 def _surely_no_nan(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether ``conv(x)`` cannot hold a NaN: every input, weight and bias finite, and every sum bounded by
     ``max|x| * max|w| * fan_in + max|b|`` far from overflowing (a NaN or infinity makes the bound NaN or infinite,
-    so the comparison fails)."""
-    bias = 0.0 if conv.bias is None else _largest_magnitude(conv.bias)
-    fan_in = conv.weight[0].numel()
-    return _largest_magnitude(x) * _largest_magnitude(conv.weight) * fan_in + bias <= _SAFE_MAGNITUDE
+    so the comparison fails). One reduction per tensor and a single device-to-host read for all three: the weights
+    are checked on every call, so no way of changing them (``.data`` writes included) can slip a NaN past."""
+    tensors = (x, conv.weight) if conv.bias is None else (x, conv.weight, conv.bias)
+    magnitudes: list[float] = torch.stack([_largest_magnitude(t) for t in tensors]).tolist()
+    bias = magnitudes[2] if conv.bias is not None else 0.0
+    return magnitudes[0] * magnitudes[1] * conv.weight[0].numel() + bias <= _SAFE_MAGNITUDE
 
 
-def _largest_magnitude(t: torch.Tensor) -> float:
-    """``max |t|``, NaN if ``t`` holds one (a single pass, no temporary the size of ``t``)."""
+def _largest_magnitude(t: torch.Tensor) -> torch.Tensor:
+    """``max |t|`` as a 0-dim tensor, NaN if ``t`` holds one (a single pass, no temporary the size of ``t``)."""
     if t.numel() == 0:
-        return 0.0
-    low, high = torch.aminmax(t)
-    return torch.maximum(high, low.neg()).item()
+        return t.new_zeros((), dtype=torch.float32)
+    low, high = torch.aminmax(_flat(t))
+    return torch.maximum(high, low.neg()).float()
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s elements as a 1-D view in memory order when it is stored densely in some dimension order
+    (contiguous, channels-last), else ``t``. A full reduction over a channels-last tensor in its logical order
+    takes 5-8x as long as over its memory (torch.aminmax of 5x64x64x64 float32 on an AMD EPYC, 1 thread:
+    1.2 ms against 0.16 ms)."""
+    permuted = t.permute(sorted(range(t.dim()), key=t.stride, reverse=True))
+    return permuted.view(-1) if permuted.is_contiguous() else t
 
 
 def _conv_args(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
