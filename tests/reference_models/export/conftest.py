@@ -2,9 +2,9 @@
 
 ``torch.export`` of a recurrent tiny model takes tens of seconds on a 2-core runner (MAFnet's deformable ConvLSTM
 the most), and the ``.pt2`` checks and the ONNX checks start from the same program, so each model is exported once
-(:func:`exported_program`). The tests only read the model and the program: the model runs in eval mode under
-``no_grad``, the program through ``program.module()`` (a fresh module each call) and
-:func:`~reference_models.export.onnx.export_onnx`, which leaves the program it is given as it was.
+(:func:`exported_program`), and built once (:func:`tiny_model`). The tests only read the model and the program:
+the model runs in eval mode under ``no_grad``, the program through ``program.module()`` (a fresh module each call)
+and :func:`~reference_models.export.onnx.export_onnx`, which leaves the program it is given as it was.
 """
 
 from collections.abc import Callable
@@ -35,15 +35,29 @@ def randomised(name: str) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="session")
-def exported_program() -> Callable[[str], tuple[torch.nn.Module, torch.export.ExportedProgram]]:
-    """``exported_program(name)``: :func:`randomised` ``name`` and its ``torch.export`` program (the default
-    example clip), exported on first use and shared by the rest of the session. Read them only."""
-    cache: dict[str, tuple[torch.nn.Module, torch.export.ExportedProgram]] = {}
+def tiny_model() -> Callable[[str], torch.nn.Module]:
+    """``tiny_model(name)``: :func:`randomised` ``name``, built on first use and shared by the rest of the session.
+    Run it only (eval mode, ``no_grad``)."""
+    cache: dict[str, torch.nn.Module] = {}
+
+    def get(name: str) -> torch.nn.Module:
+        if name not in cache:
+            cache[name] = randomised(name)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def exported_program(tiny_model) -> Callable[[str], tuple[torch.nn.Module, torch.export.ExportedProgram]]:
+    """``exported_program(name)``: ``tiny_model(name)`` and its ``torch.export`` program (the default example clip),
+    exported on first use and shared by the rest of the session. Read them only."""
+    cache: dict[str, torch.export.ExportedProgram] = {}
 
     def get(name: str) -> tuple[torch.nn.Module, torch.export.ExportedProgram]:
+        model = tiny_model(name)
         if name not in cache:
-            model = randomised(name)
-            cache[name] = (model, export_program(model))
-        return cache[name]
+            cache[name] = export_program(model)
+        return model, cache[name]
 
     return get

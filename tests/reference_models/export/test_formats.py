@@ -38,9 +38,9 @@ def test_torchscript_round_trip_runs_at_another_batch(mana, tmp_path):
         torch.testing.assert_close(module(clip), mana(clip), atol=1e-5, rtol=0)
 
 
-def test_torchscript_traces_the_pure_pytorch_deformable_convolution(exported_program, tmp_path):
+def test_torchscript_traces_the_pure_pytorch_deformable_convolution(tiny_model, tmp_path):
     """MAFnet's deformable ConvLSTM: traced sizes are tensors, so the deformable convolution takes its export path."""
-    model, _ = exported_program("mafnet")  # the model only (2 frames take every path, conftest)
+    model = tiny_model("mafnet")  # 2 frames take every path (conftest)
     export_torchscript(model, tmp_path / "mafnet.ts", example=example_clip(model, 16, 20))
     module, _ = load_torchscript(tmp_path / "mafnet.ts")
     clip = torch.rand(2, model.num_frames, 3, 16, 20, generator=torch.Generator().manual_seed(1))
