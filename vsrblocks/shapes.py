@@ -19,6 +19,12 @@ def _describe(dims: list[str], fixed: dict[str, int]) -> str:
     return layout
 
 
+def _mismatch(name: str, dims: list[str], fixed: dict[str, int], shape: tuple[int, ...]) -> str:
+    # Formatted only on failure: under torch.jit.trace the sizes are tensors, and printing them on every
+    # successful check was a tenth of the time of tracing a reference model.
+    return f"{name}: expected {_describe(dims, fixed)}, got {shape}"
+
+
 def check_shape(x: object, layout: str, name: str = "input", **fixed: int | None) -> dict[str, int]:
     """Validate ``x`` against ``layout`` and return the size bound to each axis name.
 
@@ -52,15 +58,14 @@ def check_shape(x: object, layout: str, name: str = "input", **fixed: int | None
     if unknown:
         raise KeyError(f"check_shape: fixed sizes {sorted(unknown)} are not axes of layout {layout!r}")
     shape = tuple(x.shape)
-    message = f"{name}: expected {_describe(dims, constraints)}, got {shape}"
     if x.dim() != len(dims):
-        raise ValueError(message)
+        raise ValueError(_mismatch(name, dims, constraints, shape))
     bound: dict[str, int] = {}
     for axis, size in zip(dims, shape):
         if axis in bound and bound[axis] != size:
-            raise ValueError(message)
+            raise ValueError(_mismatch(name, dims, constraints, shape))
         bound[axis] = size  # not int(): under torch.export a symbolic size must stay symbolic
     for axis, size in constraints.items():
         if bound[axis] != size:
-            raise ValueError(message)
+            raise ValueError(_mismatch(name, dims, constraints, shape))
     return bound

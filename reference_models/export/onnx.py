@@ -75,6 +75,7 @@ def export_onnx(
     path: str | os.PathLike[str],
     *,
     example: torch.Tensor | None = None,
+    program: torch.export.ExportedProgram | None = None,
     opset: int = DEFAULT_OPSET,
 ) -> dict[str, str]:
     """Write ``model`` as a single ONNX file with dynamic batch, height and width.
@@ -83,12 +84,18 @@ def export_onnx(
         model: a reference model (attributes ``num_frames``, ``scale``, ``output_mode``).
         path: the ``.onnx`` file to write.
         example: the clip to trace with (default: :func:`~reference_models.export.exported_program.example_clip`).
+        program: ``model`` already exported by :func:`~reference_models.export.exported_program.export_program`
+            (then not traced again, and ``example`` must be left out): one export serving several formats. It is
+            not modified.
         opset: ONNX opset version.
 
     Returns:
         The metadata written into the file (including ``input_sizes``, what each axis accepts).
     """
-    program = export_program(model, example)
+    if program is None:
+        program = export_program(model, example)
+    elif example is not None:
+        raise ValueError("export_onnx: give example or an already exported program, not both")
     constraints = size_constraints(program)
     program = program.run_decompositions(_DECOMPOSITIONS)
     onnx_program = torch.onnx.export(

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from reference_models import create_model
-from reference_models.export.exported_program import example_clip, export_program, load_program, save_program
+from reference_models.export.exported_program import example_clip, load_program, save_program
 from reference_models.export.metadata import model_metadata, parse_metadata
 from reference_models.export.torchscript import export_torchscript, load_torchscript
 
@@ -16,14 +16,15 @@ def mana():
 
 
 @pytest.mark.slow
-def test_exported_program_round_trip_runs_at_another_size(mana, tmp_path):
+def test_exported_program_round_trip_runs_at_another_size(exported_program, tmp_path):
+    model, program = exported_program("mana")  # shared with the ONNX checks (conftest)
     path = tmp_path / "mana.pt2"
-    save_program(export_program(mana), path, model_metadata(mana))
-    program, metadata = load_program(path)
+    save_program(program, path, model_metadata(model))
+    loaded, metadata = load_program(path)
     assert parse_metadata(metadata, "mana.pt2") == (7, 4, "center")
     clip = torch.rand(1, 7, 3, 13, 18, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(program.module()(clip), mana(clip), atol=1e-5, rtol=0)
+        torch.testing.assert_close(loaded.module()(clip), model(clip), atol=1e-5, rtol=0)
 
 
 def test_torchscript_round_trip_runs_at_another_batch(mana, tmp_path):
@@ -37,13 +38,12 @@ def test_torchscript_round_trip_runs_at_another_batch(mana, tmp_path):
         torch.testing.assert_close(module(clip), mana(clip), atol=1e-5, rtol=0)
 
 
-def test_torchscript_traces_the_pure_pytorch_deformable_convolution(tmp_path):
+def test_torchscript_traces_the_pure_pytorch_deformable_convolution(tiny_model, tmp_path):
     """MAFnet's deformable ConvLSTM: traced sizes are tensors, so the deformable convolution takes its export path."""
-    torch.manual_seed(0)
-    model = create_model("mafnet", "tiny", num_frames=3).eval()
+    model = tiny_model("mafnet")  # 2 frames take every path (conftest)
     export_torchscript(model, tmp_path / "mafnet.ts", example=example_clip(model, 16, 20))
     module, _ = load_torchscript(tmp_path / "mafnet.ts")
-    clip = torch.rand(2, 3, 3, 16, 20, generator=torch.Generator().manual_seed(1))
+    clip = torch.rand(2, model.num_frames, 3, 16, 20, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(module(clip), model(clip), atol=1e-5, rtol=0)
 
@@ -63,11 +63,9 @@ def test_metadata_errors_name_the_problem(metadata, message):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mafnet", "vsrt"])  # the two whose crops and masks froze
-def test_exported_program_runs_at_multiples_of_the_padding_step_and_between(name):
+def test_exported_program_runs_at_multiples_of_the_padding_step_and_between(exported_program, name):
     """The 34x38 example needs padding (patches, pyramids); the program must not be frozen to sizes that do."""
-    torch.manual_seed(0)
-    model = create_model(name, "tiny", **({"num_frames": 3} if name == "mafnet" else {})).eval()
-    program = export_program(model)
+    model, program = exported_program(name)  # shared with the ONNX checks (conftest)
     generator = torch.Generator().manual_seed(1)
     for height, width in [(40, 48), (37, 41)]:  # multiples of 8, and of nothing
         clip = torch.rand(1, model.num_frames, 3, height, width, generator=generator)

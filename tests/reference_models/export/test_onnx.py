@@ -16,27 +16,11 @@ pytest.importorskip("onnxscript")
 SIZES = [(1, 16, 20), (1, 13, 19)]
 
 
-#: MAFnet's bidirectional deformable ConvLSTM unrolls per frame, EDVR's PCD alignment and TSA take every frame;
-#: 3 frames take the same paths as 5 and export in a fraction of the time.
-OVERRIDES = {"mafnet": {"num_frames": 3}, "edvr": {"num_frames": 3}}
-
-
-def randomised(name: str) -> torch.nn.Module:
-    """Tiny ``name`` with seeded weights; parameters initialised to zero (gates, output convs) are re-drawn."""
-    torch.manual_seed(0)
-    model = create_model(name, "tiny", **OVERRIDES.get(name, {})).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if not parameter.any():
-                parameter.normal_(0.0, 0.1)
-    return model
-
-
 @pytest.fixture(scope="module", params=["mana", "vsrt", "dasaa", "mafnet", "edvr"])
-def exported(request, tmp_path_factory):
-    model = randomised(request.param)
+def exported(request, tmp_path_factory, exported_program):
+    model, program = exported_program(request.param)  # shared with the .pt2 checks (conftest)
     path = tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx"
-    metadata = export_onnx(model, path)
+    metadata = export_onnx(model, path, program=program)
     return model, path, metadata
 
 
