@@ -9,6 +9,9 @@ identical in every row), each in a fresh process that writes PNG frames:
 - ``forward``: the plain whole-clip forward, ``model(clip)`` on all frames at once (every feature in memory);
 - ``segments``: ``run --max-seq-len 30`` (overlap 30 // 4 = 7): the approximate mode.
 
+All three run in ``--precision`` (default float32, given to ``run`` explicitly: its own default ``auto`` picks
+bfloat16 on CPUs with AVX-512 BF16 or AMX).
+
 Peak RSS is the process's ``VmHWM`` (``/proc/self/status``: Python, torch and the model included; "after
 imports" is its ``VmRSS`` once torch and the package are imported, before the model is built); time is the
 wall time of the run inside the process (imports excluded) and the CPU time (user + system, all threads),
@@ -64,8 +67,11 @@ if mode == "forward":
     source = open_frames(frames_dir)
     model = create_model("basicvsrpp", "paper").eval()
     clip = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in source]).float().div(255)[None]
-    with torch.no_grad():
-        out = model(clip)[0]
+    precision = extra[extra.index("--precision") + 1]
+    from reference_models.inference.precision import low_precision_weights, mixed_dtype, mixed_precision
+    dtype = mixed_dtype(model, precision)
+    with torch.no_grad(), low_precision_weights(model, dtype), mixed_precision(model, dtype):
+        out = model(clip)[0].float()
     Path = __import__("pathlib").Path
     Path(out_dir).mkdir()
     for name, frame in zip(source.names, out):
@@ -157,6 +163,12 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["stream", "forward", "segments"])
     parser.add_argument("--max-seq-len", type=int, default=30)
     parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=["float32", "bfloat16", "auto"],
+        help="of every run (run --precision; the forward under the same mixed precision); default float32",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=os.cpu_count(),
@@ -167,7 +179,8 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     print(f"CPU: {cpu_description()}")
     print(
-        f"basicvsrpp paper (64 ch x 7 blocks, random weights), {args.size}x{args.size} LR -> x4; stream budget "
+        f"basicvsrpp paper (64 ch x 7 blocks, random weights), {args.size}x{args.size} LR -> x4, {args.precision}; "
+        "stream budget "
         f"--max-memory {args.max_memory}; segments --max-seq-len {args.max_seq_len} (overlap {args.max_seq_len // 4})"
     )
     print()
@@ -181,12 +194,13 @@ def main() -> None:
         "forward": [],
         "segments": ["--max-seq-len", str(args.max_seq_len)],
     }
+    precision = ["--precision", args.precision]
     for count in args.frames:
         with tempfile.TemporaryDirectory(prefix="bench-streaming-") as work:
             work = Path(work)
             make_frames(work / "in", count, args.size)
             for mode in args.modes:
-                row = measure(mode, work / "in", work / mode, extras[mode], args.threads)
+                row = measure(mode, work / "in", work / mode, [*extras[mode], *precision], args.threads)
                 quality = ""
                 if mode != "stream" and (work / "stream").exists():
                     quality = f"{psnr_folders(work / 'stream', work / mode):.2f}"
