@@ -31,7 +31,9 @@ def test_tiny_model_compiles_without_recompiles_and_matches_eager(name: str) -> 
     with torch.no_grad():
         expected = [model(clip) for clip in clips]  # eager first: einops caches its backend outside the graph
         compiled = torch.compile(model, backend=counter, fullgraph=FULLGRAPH[name])
-        torch.testing.assert_close(compiled(clips[0]), expected[0], atol=1e-6, rtol=0)
+        # eager runs the upsampling tail channels-last, the traced graph NCHW: float32 rounding of another
+        # summation order (a few ulps of outputs near 1, accumulated over the tail's convolutions)
+        torch.testing.assert_close(compiled(clips[0]), expected[0], atol=1e-5, rtol=0)
         frames = counter.frame_count
-        torch.testing.assert_close(compiled(clips[1]), expected[1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(compiled(clips[1]), expected[1], atol=1e-5, rtol=0)
     assert counter.frame_count == frames, "new data of the same shape recompiled"

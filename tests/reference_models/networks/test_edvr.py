@@ -177,5 +177,7 @@ def test_compile_matches_eager_without_recompiles():
         expected = [model(clip) for clip in clips]
         compiled = torch.compile(model, backend=counter, fullgraph=True)
         for clip, want in zip(clips, expected):
-            torch.testing.assert_close(compiled(clip), want, atol=1e-6, rtol=0)
+            # eager runs the upsampling tail channels-last, the traced graph NCHW: float32 rounding of another
+            # summation order (a few ulps of outputs near 1, accumulated over the tail's convolutions)
+            torch.testing.assert_close(compiled(clip), want, atol=1e-5, rtol=0)
     assert counter.frame_count == 1

@@ -142,7 +142,9 @@ def test_compile_matches_eager_without_recompiles():
         expected = [model(clip) for clip in clips]
         compiled = torch.compile(model, backend=counter)
         for clip, want in zip(clips, expected):
-            torch.testing.assert_close(compiled(clip), want, atol=1e-6, rtol=0)
+            # eager runs the upsampling tail channels-last, the traced graph NCHW: float32 rounding of another
+            # summation order (a few ulps of outputs near 1, accumulated over the tail's convolutions)
+            torch.testing.assert_close(compiled(clip), want, atol=1e-5, rtol=0)
         frames = counter.frame_count
         compiled(clips[0])
     assert counter.frame_count == frames, "new data of the same shape recompiled"
