@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from machine import machine_line
 
 import reference_models
@@ -33,43 +34,18 @@ from reference_models.inference.precision import (
     resolve_precision,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the tests' clip and scaling
+
+from tests.reference_models.helpers import image_like_clip, scale_last_conv  # noqa: E402
+
 RESIDUAL_STD = 0.1
-
-
-def smooth_clip(frames: int, height: int, width: int, seed: int = 1) -> torch.Tensor:
-    """``(1, T, 3, H, W)`` in [0, 1]: bicubic enlargements of coarse noise, image-like in their smoothness."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(frames, 3, height // 4 + 1, width // 4 + 1, generator=g)
-    return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)[None]
-
-
-def last_conv(model: torch.nn.Module) -> torch.nn.Conv2d:
-    """The final convolution: ``conv_last`` (the papers' networks) or that of the x4 tail (the standard networks)."""
-    conv = getattr(model, "conv_last", None)
-    return conv if conv is not None else model.upsample.conv_last
-
-
-def scale_conv_last(model: torch.nn.Module, clip: torch.Tensor, std: float = RESIDUAL_STD) -> float:
-    """Scale the final convolution so that its output (the residual, over all frames) has ``std`` on ``clip``;
-    returns the std before."""
-    conv = last_conv(model)
-    residuals = []
-    handle = conv.register_forward_hook(lambda module, args, out: residuals.append(out.flatten()))
-    with torch.no_grad():
-        model(clip)
-    handle.remove()
-    before = torch.cat(residuals).double().std().item()
-    with torch.no_grad():
-        conv.weight.mul_(std / before)
-        conv.bias.mul_(std / before)
-    return before
 
 
 def measure(name: str, preset: str, height: int, width: int, reps: int) -> dict[str, float]:
     torch.manual_seed(0)
     model = reference_models.create_model(name, preset).eval()
-    clip = smooth_clip(model.num_frames, height, width)
-    raw_std = scale_conv_last(model, clip)
+    clip = image_like_clip(model.num_frames, height, width)
+    raw_std = scale_last_conv(model, clip, RESIDUAL_STD)
     times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
     outputs = {}
     with torch.no_grad():

@@ -105,8 +105,8 @@ class PixelShuffleUpsampler(nn.Module):
     nearest-neighbour upsampling of a convolution and show no checkerboard pattern.
 
     On CPU the stages run channels-last (the output comes back in the input's memory format): oneDNN's
-    convolutions then need no layout reorders, which at the high resolutions of the last stages take a
-    quarter of the tail's time in the contiguous (NCHW) layout.
+    convolutions then skip the layout reorders they do around every contiguous (NCHW) call, which are
+    largest at the high resolutions of the last stages (measured in ``docs/benchmarks.md``).
 
     Args:
         channels: feature channels C of the input (kept through every stage but the last).

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -80,3 +81,33 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def image_like_clip(frames: int, height: int, width: int, seed: int = 1) -> torch.Tensor:
+    """Smooth frames in [0, 1] (bicubic enlargements of coarse noise), ``(1, T, 3, H, W)``."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(frames, 3, height // 4 + 1, width // 4 + 1, generator=g)
+    return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)[None]
+
+
+def last_conv(model: nn.Module) -> nn.Conv2d:
+    """The final convolution: ``conv_last`` (the papers' networks) or that of the x4 tail (the standard networks)."""
+    conv = getattr(model, "conv_last", None)
+    return conv if conv is not None else model.upsample.conv_last
+
+
+def scale_last_conv(model: nn.Module, clip: torch.Tensor, std: float = 0.1) -> float:
+    """Scale the final convolution so that the residual over the bilinear/bicubic base (all frames of ``clip``)
+    has ``std``, as a trained network's (random weights leave VSRT's at 1.9: bfloat16 accuracy would then be
+    measured on noise); returns the std before."""
+    conv = last_conv(model)
+    residuals: list[torch.Tensor] = []
+    handle = conv.register_forward_hook(lambda module, args, out: residuals.append(out.flatten()))
+    with torch.no_grad():
+        model(clip)
+    handle.remove()
+    before = torch.cat(residuals).double().std().item()
+    with torch.no_grad():
+        conv.weight.mul_(std / before)
+        conv.bias.mul_(std / before)
+    return before

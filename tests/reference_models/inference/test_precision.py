@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -19,6 +18,7 @@ from reference_models.inference.precision import (
 )
 from reference_models.inference.upscale import upscale_clip
 from tests.reference_models.conftest import play_cpu
+from tests.reference_models.helpers import image_like_clip, scale_last_conv
 
 MODELS = reference_models.list_models()
 
@@ -26,34 +26,6 @@ MODELS = reference_models.list_models()
 def tiny(name: str) -> nn.Module:
     torch.manual_seed(0)
     return reference_models.create_model(name, "tiny").eval()
-
-
-def image_like_clip(frames: int, height: int, width: int, seed: int = 1) -> torch.Tensor:
-    """Smooth frames in [0, 1] (bicubic enlargements of coarse noise), ``(1, T, 3, H, W)``."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(frames, 3, height // 4 + 1, width // 4 + 1, generator=g)
-    return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)[None]
-
-
-def last_conv(model: nn.Module) -> nn.Conv2d:
-    """The final convolution: ``conv_last`` (the papers' networks) or that of the x4 tail (the standard networks)."""
-    conv = getattr(model, "conv_last", None)
-    return conv if conv is not None else model.upsample.conv_last
-
-
-def scale_conv_last(model: nn.Module, clip: torch.Tensor, std: float = 0.1) -> None:
-    """Scale the final convolution so that the residual over the bilinear/bicubic base has ``std``, as a trained
-    network's."""
-    conv = last_conv(model)
-    residuals = []
-    handle = conv.register_forward_hook(lambda module, args, out: residuals.append(out.flatten()))
-    with torch.no_grad():
-        model(clip)
-    handle.remove()
-    factor = std / torch.cat(residuals).double().std().item()
-    with torch.no_grad():
-        conv.weight.mul_(factor)
-        conv.bias.mul_(factor)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -193,7 +165,7 @@ TINY_PSNR_BOUND_DB = 40.0
 def test_bfloat16_output_is_close_to_float32(name):
     model = tiny(name)
     clip = image_like_clip(model.num_frames, 12, 12)
-    scale_conv_last(model, clip)
+    scale_last_conv(model, clip)
     with torch.no_grad():
         reference = model(clip)
     with torch.no_grad(), low_precision_weights(model), mixed_precision(model):
@@ -204,7 +176,7 @@ def test_bfloat16_output_is_close_to_float32(name):
 def test_upscale_clip_in_bfloat16_keeps_the_model_float32():
     model = tiny("vsrt")
     clip = image_like_clip(5, 8, 8)
-    scale_conv_last(model, clip)
+    scale_last_conv(model, clip)
     reference = upscale_clip(model, clip[0])
     low = upscale_clip(model, clip[0], precision="bfloat16")
     assert low.dtype == torch.float32 and low.shape == reference.shape
