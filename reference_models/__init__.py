@@ -1,4 +1,5 @@
-"""Full networks of DASAA, MAFnet, MANA and VSR-Transformer, composed from vsrblocks.
+"""Full networks composed from vsrblocks: DASAA, MAFnet, MANA and VSR-Transformer, and the field's standard
+BasicVSR, IconVSR, BasicVSR++ and EDVR.
 
 The names below are imported on first access, so that ``python -m reference_models --help`` (which imports
 this package) does not pay for importing torch.
@@ -12,6 +13,7 @@ _EXPORTS = {
     "compile_model": "reference_models.inference.compiled",
     "create_model": "reference_models.checkpoint",
     "from_official": "reference_models.registry",
+    "keep_freed_memory": "reference_models.allocator",
     "list_models": "reference_models.registry",
     "list_presets": "reference_models.registry",
     "load_checkpoint": "reference_models.checkpoint",

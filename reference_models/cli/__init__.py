@@ -3,7 +3,7 @@
 One module per subcommand (:mod:`~reference_models.cli.run`, :mod:`~reference_models.cli.train`,
 :mod:`~reference_models.cli.evaluate`, :mod:`~reference_models.cli.export`, :mod:`~reference_models.cli.demo`),
 each with its own parser and ``main(argv)``, and :mod:`~reference_models.cli.options` for what they share. This
-module only dispatches, and lists the models; a subcommand's module is imported when it is asked for, so
+module only dispatches (after :func:`~reference_models.allocator.keep_freed_memory`), and lists the models; a subcommand's module is imported when it is asked for, so
 ``--help`` and ``list`` answer at once.
 """
 
@@ -14,6 +14,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from reference_models.allocator import keep_freed_memory
 from reference_models.cli.options import models_epilog
 from reference_models.registry import list_models, list_presets
 
@@ -56,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m reference_models``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS and argv[0] != "list":
+        if not {"-h", "--help"} & set(argv):
+            keep_freed_memory()
         try:
             module = importlib.import_module(f"reference_models.cli.{argv[0]}")
         except ModuleNotFoundError as exc:
