@@ -161,8 +161,10 @@ class VSRT(nn.Module):
         spynet_channels: hidden widths of SPyNet's basic modules (the default is SPyNet's own; the ``tiny``
             preset uses a narrow SPyNet). With ``spynet_pretrained`` the file's widths are built instead.
         channels_last: run the features channels-last (NHWC), where oneDNN's convolutions need no layout
-            reorders (VSRT's time is almost all 3x3 convolution); ``None``: on CPU only. The result is the
-            same up to float rounding (the convolutions sum in another order) and is returned contiguous.
+            reorders (VSRT's time is almost all 3x3 convolution); ``None``: on CPU, without autograd (in a
+            training step at 5x64x64 channels-last was no faster with AVX-512 and 18 % slower with AVX2 only).
+            The result is the same up to float rounding (the convolutions sum in another order) and is
+            returned contiguous.
 
     Shape:
         - Input: ``(B, T, 3, H, W)``, RGB in ``[0, 1]``
@@ -251,7 +253,9 @@ class VSRT(nn.Module):
 
     def _forward_clip(self, x: torch.Tensor) -> torch.Tensor:
         batch, frames = x.shape[:2]
-        channels_last = x.device.type == "cpu" if self.channels_last is None else self.channels_last
+        channels_last = self.channels_last
+        if channels_last is None:
+            channels_last = x.device.type == "cpu" and not torch.is_grad_enabled()
         frames_flat = to_memory_format(
             x.flatten(0, 1), torch.channels_last if channels_last else torch.contiguous_format
         )

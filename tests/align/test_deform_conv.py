@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
+import vsrblocks.align.deform_conv as deform_conv_module
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
 from tests.strategies import seeded_rand, seeded_randn, seeds
 from vsrblocks.align import DeformConv2d, deform_conv2d
@@ -328,3 +329,41 @@ def test_shape_errors():
         deform_conv2d(x, torch.zeros(1, 18, 5, 5), weight, padding=1, mask=torch.ones(1, 18, 5, 5))
     with pytest.raises(ValueError, match="smaller than"):
         deform_conv2d(torch.randn(1, 4, 2, 2), torch.zeros(1, 18, 1, 1), weight)
+
+
+@pytest.mark.parametrize("config", [CONFIGS[1], CONFIGS[3]])
+@pytest.mark.parametrize("grad", [False, True])
+def test_large_batches_run_in_chunks_with_the_same_result(monkeypatch, config, grad):
+    """Chunks of whole samples (the buffer budget shrunk to one sample of a batch of 3) equal the one-shot
+    computation bit for bit in inference (mask and bias applied in place); with gradients, the weight and bias
+    gradients sum the chunks in another order, so that case runs in float64."""
+    x, offset, weight, bias, mask, kw = _case(config, seed=5, dtype=torch.float64 if grad else torch.float32)
+    x, offset, mask = (torch.cat((t, t[:1] * 0.5)) for t in (x, offset, mask))  # batch of 3
+    inputs = [t.clone().requires_grad_(grad) for t in (x, offset, weight, bias, mask)]
+
+    def run():
+        tensors = [t.detach().clone().requires_grad_(grad) for t in inputs]
+        with torch.set_grad_enabled(grad):
+            out = deform_conv2d(tensors[0], tensors[1], tensors[2], tensors[3], mask=tensors[4], backend="torch", **kw)
+            if not grad:
+                return out, []
+            out.square().sum().backward()
+            return out, [t.grad for t in tensors]
+
+    whole, whole_grads = run()
+    calls = []
+    real = deform_conv_module.F.grid_sample
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(deform_conv_module.F, "grid_sample", counting)
+    per_sample = x.shape[1] * weight.shape[2] * weight.shape[3] * offset.shape[2] * offset.shape[3] * 4
+    monkeypatch.setattr(deform_conv_module, "SAMPLES_CHUNK_BYTES", per_sample)
+    chunked, chunked_grads = run()
+    groups = offset.shape[1] // (2 * weight.shape[2] * weight.shape[3])
+    assert calls == [groups] * 3  # one sample per call
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+    for a, b in zip(chunked_grads, whole_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -49,6 +49,7 @@ from einops import rearrange
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from vsrblocks.memory_format import capturing_graph
 from vsrblocks.shapes import check_shape
 
 __all__ = ["DeformConv2d", "deform_conv2d", "torchvision_available"]
@@ -60,6 +61,13 @@ _IntOrPair = int | tuple[int, int]
 
 
 _torchvision_ok: bool | None = None
+
+#: Bytes of bilinear samples the pure-PyTorch backend holds at once: a batch whose samples take more runs in
+#: chunks of whole samples (EDVR's five frames at 64x64 and 64 channels take 47 MB). Buffers this size are reused
+#: by the allocator from call to call, where glibc maps anything above 32 MiB afresh and faults its pages in at
+#: every call, and the memory stays bounded at large batches. Every operation is per sample, so chunks change
+#: nothing in the result.
+SAMPLES_CHUNK_BYTES = 16 * 2**20
 
 
 def torchvision_available() -> bool:
@@ -151,6 +159,27 @@ def _deform_conv2d_torch(
     taps = kh * kw
     out_h, out_w = offset.shape[-2:]
     deform_groups = offset.shape[1] // (2 * taps)
+    chunk = max(1, SAMPLES_CHUNK_BYTES // (c_in * taps * out_h * out_w * x.element_size()))
+    if b > chunk and not capturing_graph():  # a traced graph keeps its batch size symbolic
+        return torch.cat(
+            [
+                _deform_conv2d_torch(
+                    x[i : i + chunk],
+                    offset[i : i + chunk],
+                    weight,
+                    bias,
+                    stride,
+                    padding,
+                    dilation,
+                    None if mask is None else mask[i : i + chunk],
+                )
+                for i in range(0, b, chunk)
+            ]
+        )
+    # Without an autograd graph to keep, the mask and bias are applied in place: no second buffer of samples.
+    in_place = not capturing_graph() and not (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, offset, weight, bias, mask))
+    )
 
     # One fused bilinear read of every (tap, output pixel) with grid_sample, which reads zeros outside the
     # input per corner exactly as torchvision's kernel does. The input is zero-padded (bottom/right, which
@@ -187,14 +216,14 @@ def _deform_conv2d_torch(
     sampled = rearrange(sampled, "(b g) c (k h) w -> b g c k h w", g=deform_groups, k=taps)
     if mask is not None:
         mask = rearrange(mask, "b (g k) h w -> b g 1 k h w", g=deform_groups, k=taps)
-        sampled = sampled * mask
+        sampled = sampled.mul_(mask) if in_place else sampled * mask
     columns = rearrange(sampled, "b g c k h w -> b (g c) k (h w)")
     columns = rearrange(columns, "b (n c) k l -> b n (c k) l", n=groups)
     weight = rearrange(weight, "(n o) c i j -> n o (c i j)", n=groups)
     out = torch.matmul(weight, columns)  # (n, o, ck) @ (b, n, ck, l): one matmul per convolution group
     out = rearrange(out, "b n o (h w) -> b (n o) h w", h=out_h)
     if bias is not None:
-        out = out + bias[None, :, None, None]
+        out = out.add_(bias[None, :, None, None]) if in_place else out + bias[None, :, None, None]
     return out
 
 
