@@ -1,3 +1,5 @@
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +10,7 @@ from torch import nn
 from tests.checks import assert_batch_independent, assert_compiles, assert_half_precision_finite
 from tests.strategies import batches, seeded_randn, seeds, sizes
 from vsrblocks import PixelShuffleUpsampler
+from vsrblocks.fused_conv import unfused
 from vsrblocks.upsample import icnr_
 
 SCALES = [2, 3, 4, 8]
@@ -178,3 +181,27 @@ def test_output_keeps_the_input_memory_format_and_values(memory_format):
         exact = up.double()(x.double())
     # float32 rounding of four chained convolutions of at most 9 * 8 = 72 terms each
     torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-5 * exact.abs().max().item())
+
+
+@pytest.mark.parametrize("act_layer", [partial(nn.LeakyReLU, 0.1), nn.ReLU, nn.GELU])
+def test_activations_inside_the_convolutions_change_nothing(act_layer):
+    """In inference the tail's ReLU/LeakyReLU run inside the convolutions (before the pixel shuffle, which they
+    commute with): bit-identical in float32 to the separate operations; other activations run as modules."""
+    torch.manual_seed(0)
+    up = PixelShuffleUpsampler(8, 4, hidden_channels=6, hr_conv=True, act_layer=act_layer).eval()
+    x = seeded_randn((2, 8, 7, 9), 1)
+    with torch.no_grad():
+        fused = up(x)
+        with unfused():
+            separate = up(x)
+    torch.testing.assert_close(fused, separate, rtol=0, atol=0)
+
+
+def test_a_hooked_activation_is_still_called_after_the_shuffle():
+    up = PixelShuffleUpsampler(4, 2, hr_conv=True).eval()
+    seen: list[tuple[int, ...]] = []
+    up.act_hr.register_forward_hook(lambda module, inputs, output: seen.append(tuple(output.shape)))
+    up.stages[0].act.register_forward_hook(lambda module, inputs, output: seen.append(tuple(output.shape)))
+    with torch.no_grad():
+        up(torch.rand(1, 4, 5, 6))
+    assert seen == [(1, 4, 10, 12), (1, 4, 10, 12)]

@@ -9,6 +9,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from vsrblocks.fused_conv import Activation, conv2d_activation
 from vsrblocks.memory_format import memory_format_of, to_memory_format
 from vsrblocks.shapes import check_shape
 
@@ -74,7 +75,23 @@ class _UpsampleStage(nn.Module):
         self.act = act_layer() if act_layer is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return cast(torch.Tensor, self.act(self.shuffle(self.conv(x))))
+        plain = _plain_activation(self.act)
+        if plain is None:
+            return cast(torch.Tensor, self.act(self.shuffle(self.conv(x))))
+        # An elementwise activation commutes with the shuffle, so it can run inside the convolution.
+        return cast(torch.Tensor, self.shuffle(conv2d_activation(self.conv, x, *plain)))
+
+
+def _plain_activation(act: nn.Module) -> tuple[Activation, float] | None:
+    """``(name, negative_slope)`` of a plain ReLU / LeakyReLU that no hook watches, which may then run inside a
+    convolution (:func:`~vsrblocks.fused_conv.conv2d_activation`, bit-identical in float32); else ``None``."""
+    if act._forward_hooks or act._forward_pre_hooks:
+        return None
+    if type(act) is nn.LeakyReLU:
+        return "leaky_relu", act.negative_slope
+    if type(act) is nn.ReLU:
+        return "relu", 0.0
+    return None
 
 
 def _factors(scale: int) -> list[int]:
@@ -190,7 +207,8 @@ class PixelShuffleUpsampler(nn.Module):
         for stage in self.stages:
             x = stage(x)
         if self.conv_hr is not None:
-            x = self.act_hr(self.conv_hr(x))
+            plain = _plain_activation(self.act_hr)
+            x = self.act_hr(self.conv_hr(x)) if plain is None else conv2d_activation(self.conv_hr, x, *plain)
         out = self.conv_last(x) if self.conv_last is not None else x
         return to_memory_format(out, memory_format)
 

@@ -130,7 +130,8 @@ class MANA(nn.Module):
         feat = F.leaky_relu(self.conv_first(clip.flatten(0, 1)), 0.1)
         feat = self.encoder(feat).unflatten(0, (b, t))
         z, memory_loss = self.attention(feat)
-        self.last_memory_loss = memory_loss
+        if not torch.compiler.is_exporting():  # an exported program has no attributes to set
+            self.last_memory_loss = memory_loss
         out = self.decoder(z)
         out = F.leaky_relu(F.pixel_shuffle(self.upconv1(out), 2), 0.1)
         out = F.leaky_relu(F.pixel_shuffle(self.upconv2(out), 2), 0.1)
