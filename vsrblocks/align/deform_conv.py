@@ -10,9 +10,10 @@ Two interchangeable backends compute the same function:
 - ``"torchvision"``: :func:`torchvision.ops.deform_conv2d` (CPU and CUDA kernels, no compiled extension of
   ours to build).
 - ``"torch"``: a pure-PyTorch implementation (all bilinear reads in one ``grid_sample`` call, then an
-  im2col-style column matrix and one matmul per convolution group). It needs no compiled ops, and on the
-  CPU it is 2-12x faster than torchvision's kernel forward and 5-20x in a training step, depending on
-  size and width (``benchmarks/align.py``), so ``"auto"`` picks it there.
+  im2col-style column matrix and one matmul per convolution group; a batch whose samples exceed
+  ``SAMPLES_CHUNK_BYTES`` (16 MiB) runs in chunks of whole samples, with the same result). It needs no
+  compiled ops, and on the CPU it is 2-12x faster than torchvision's kernel forward and 5-20x in a training
+  step, depending on size and width (``benchmarks/align.py``), so ``"auto"`` picks it there.
 
 Offset and mask layout (torchvision's, used by both backends). For ``deform_groups = G`` and a
 ``kh x kw`` kernel, ``K = kh * kw`` taps enumerated row-major (tap ``k = i * kw + j``):
