@@ -6,7 +6,7 @@
 Per model (its paper preset, ``num_frames`` frames of ``--size`` LR, batch 1, random weights, seed 0), two fresh
 subprocesses per round, one per setting, the order alternating from round to round: each builds the model, runs
 one warm-up pass and ``--reps`` timed passes under ``torch.inference_mode`` with ``--threads`` threads, and reports
-the median wall seconds, the minor page faults per pass (``ru_minflt``) and the peak resident set (``VmHWM``).
+the median wall seconds, the minor page faults per pass (``ru_minflt``) and the peak resident set of the process (``ru_maxrss``).
 Reported: medians over the rounds, and the ratio kept / default. ``keep_freed_memory`` is
 :func:`reference_models.allocator.keep_freed_memory`; every ``MALLOC_*`` variable is removed from the subprocesses'
 environment, since it would make that function change nothing.
@@ -44,10 +44,6 @@ model = reference_models.create_model(name, "paper").eval()
 clip = torch.rand(1, model.num_frames, 3, int(height), int(width))
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-def status(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
 with torch.inference_mode():
     model(clip)
     seconds, page_faults = [], []
@@ -57,7 +53,8 @@ with torch.inference_mode():
         seconds.append(time.perf_counter() - start)
         page_faults.append(faults() - before)
 print(json.dumps({"applied": applied, "seconds": statistics.median(seconds),
-                  "faults": statistics.median(page_faults), "peak_mib": status("VmHWM")}))
+                  "faults": statistics.median(page_faults),
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 

@@ -5,10 +5,9 @@ glibc's ``malloc`` serves a large request (by default above 128 KiB, a threshold
 heap to the system once more than 128 KiB lies free there. A network allocates the same multi-MB activations,
 oneDNN scratch buffers and outputs at every call; each of them then costs a page fault per 4 KiB page touched
 (the kernel zeroes the page), and the threads of a convolution wait on each other's faults. How often this
-happens depends on what the process allocated before: on one AMD EPYC (2 threads) one 64->64 3x3 convolution
-of a 64x64 NCHW frame took 2.6-2.9 ms in a fresh process and 1.5-1.6 ms once the threshold had grown.
-:func:`keep_freed_memory` sets the thresholds so that freed memory stays in the process for the next call;
-``docs/benchmarks.md`` has the measurements.
+happens depends on what the process allocated before, so the same convolution can take up to twice as long in a
+fresh process. :func:`keep_freed_memory` sets the thresholds so that freed memory stays in the process for the
+next call; ``docs/benchmarks.md`` ("Memory allocator") has the measurements.
 
 The command line (``run``, ``train``, ``evaluate``, ``export``, ``demo``) calls it at start. It changes nothing
 when the user chose for themselves: a ``MALLOC_*`` variable in the environment, or another allocator preloaded

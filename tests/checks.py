@@ -58,3 +58,10 @@ def assert_base_path_flip_consistent(model: nn.Module, clip: torch.Tensor, mode:
         base = base.unflatten(0, (b, t))
     torch.testing.assert_close(out, base)
     torch.testing.assert_close(out_of_flipped, out.flip(-1), atol=1e-6, rtol=0)
+
+
+def fused_kernel_calls(run: Callable[[], object]) -> int:
+    """How many fused oneDNN convolutions (``vsrblocks.fused_conv``) ``run()`` launched."""
+    with torch.profiler.profile() as prof:
+        run()
+    return sum("_convolution_pointwise" in event.name for event in prof.events())

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import vsrblocks.fused_conv as fused_conv
+from tests.checks import fused_kernel_calls
 from tests.strategies import seeded_rand, seeded_randn, seeds, sizes
 from vsrblocks.fused_conv import conv2d_activation, conv2d_add, fusion_enabled, unfused
 from vsrblocks.residual import ResidualBlockNoBN
@@ -20,13 +21,6 @@ formats = st.sampled_from([torch.contiguous_format, torch.channels_last])
 #: PyTorch runs small convolutions of a single image as im2col + matrix product, and from batch 2 on with oneDNN:
 #: with batches of 2 and 3 every example below takes the fused path (400 random draws checked).
 fused_batches = st.integers(min_value=2, max_value=3)
-
-
-def fused_kernel_calls(run) -> int:
-    """How many fused oneDNN convolutions ``run()`` launched."""
-    with torch.profiler.profile() as prof:
-        run()
-    return sum("_convolution_pointwise" in event.name for event in prof.events())
 
 
 def _conv(seed: int, in_channels: int, out_channels: int, kernel: int, groups: int, stride: int) -> nn.Conv2d:

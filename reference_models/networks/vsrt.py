@@ -161,8 +161,8 @@ class VSRT(nn.Module):
         spynet_channels: hidden widths of SPyNet's basic modules (the default is SPyNet's own; the ``tiny``
             preset uses a narrow SPyNet). With ``spynet_pretrained`` the file's widths are built instead.
         channels_last: run the features channels-last (NHWC), where oneDNN's convolutions need no layout
-            reorders (VSRT's time is almost all 3x3 convolution); ``None``: on CPU, without autograd (in a
-            training step at 5x64x64 channels-last was no faster with AVX-512 and 18 % slower with AVX2 only).
+            reorders (VSRT's time is almost all 3x3 convolution); ``None``: on CPU, without autograd (a training
+            step was no faster channels-last with AVX-512 and slower with AVX2 only; ``docs/benchmarks.md``).
             The result is the same up to float rounding (the convolutions sum in another order) and is
             returned contiguous.
 
